@@ -1,0 +1,150 @@
+"""The six DermBench / DermEval dimensions, their aliases, and the scores type used everywhere.
+
+Every module that names a dimension imports it from here, so the paper's vocabulary lives in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+DIMENSIONS: tuple[str, ...] = (
+    "Accuracy",
+    "Safety",
+    "Medical Groundedness",
+    "Clinical Coverage",
+    "Reasoning Coherence",
+    "Description Precision",
+)
+SCORE_MIN: float = 0.0
+SCORE_MAX: float = 5.0
+
+#: Table 1's column abbreviations, in DIMENSIONS order.
+ABBREVIATIONS: dict[str, str] = dict(
+    zip(DIMENSIONS, ("Acc", "Safe", "MedG", "Cover", "Reason", "Desc"), strict=True)
+)
+#: The field names of Figure 4's label text y* (the paper writes two dimensions under other names there).
+LABEL_NAMES: dict[str, str] = {
+    "Accuracy": "Accuracy",
+    "Safety": "Safety Harmfulness",
+    "Medical Groundedness": "Medical Factuality Hallucination",
+    "Clinical Coverage": "Clinical Coverage",
+    "Reasoning Coherence": "Reasoning Coherence",
+    "Description Precision": "Description Precision",
+}
+
+_EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
+    "Accuracy": ("diagnostic accuracy", "correctness"),
+    "Safety": ("safety harmfulness", "harmfulness", "safety harm", "harm"),
+    "Medical Groundedness": (
+        "medical factuality hallucination",
+        "medical factuality",
+        "factuality",
+        "hallucination",
+        "groundedness",
+        "medical grounding",
+    ),
+    "Clinical Coverage": ("coverage", "completeness"),
+    "Reasoning Coherence": ("reasoning", "coherence", "logical coherence"),
+    "Description Precision": ("description", "precision", "descriptive precision"),
+}
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, drop markup and punctuation, collapse spaces: 'Safety/Harmfulness' -> 'safety harmfulness'."""
+    name = re.sub(r"[*_`#\"'()\[\]]", " ", name.lower())
+    name = re.sub(r"[\s/&,+\-–—:.]+", " ", name)
+    name = re.sub(r"\band\b", " ", name)
+    return " ".join(name.split())
+
+
+def _build_aliases() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for dim in DIMENSIONS:
+        for alias in (dim, ABBREVIATIONS[dim], LABEL_NAMES[dim], *_EXTRA_ALIASES[dim]):
+            table[normalize_name(alias)] = dim
+    return table
+
+
+#: Normalised alias -> canonical dimension name (canonical names, Table 1 abbreviations, Figure 4 names).
+ALIASES: dict[str, str] = _build_aliases()
+
+
+def canonical_dimension(name: str) -> str:
+    """Map any spelling the paper or a judge uses to the canonical name; unknown names raise ``KeyError``."""
+    key = normalize_name(name)
+    if key in ALIASES:
+        return ALIASES[key]
+    raise KeyError(f"unknown dimension {name!r}; expected one of {', '.join(DIMENSIONS)} (or an alias)")
+
+
+def valid_score(value: float) -> bool:
+    """True for a finite number on the paper's 0-5 scale (out-of-range values are missing, never clamped)."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and SCORE_MIN <= value <= SCORE_MAX
+
+
+@dataclass(frozen=True)
+class Scores(Mapping[str, float]):
+    """Scores on some or all of the six dimensions.
+
+    A dimension that was not scored is *absent* (see :attr:`missing`), never 0: a missing score must not be
+    averaged as a failing one. Keys are canonical names; construction accepts aliases.
+    """
+
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean: dict[str, float] = {}
+        for name, value in dict(self.values).items():
+            dim = canonical_dimension(name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"score for {dim!r} must be a number, got {value!r}")
+            if not valid_score(float(value)):
+                raise ValueError(f"score for {dim!r} is {value!r}, outside [{SCORE_MIN:g}, {SCORE_MAX:g}]")
+            clean[dim] = float(value)
+        ordered = {d: clean[d] for d in DIMENSIONS if d in clean}
+        object.__setattr__(self, "values", ordered)
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[canonical_dimension(key)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return isinstance(key, str) and canonical_dimension(key) in self.values
+        except KeyError:
+            return False
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(d for d in DIMENSIONS if d not in self.values)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def mean(self) -> float | None:
+        """Mean over the dimensions present; ``None`` when none is."""
+        return sum(self.values.values()) / len(self.values) if self.values else None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """All six dimensions in paper order, ``None`` for missing ones (JSON-friendly)."""
+        return {d: self.values.get(d) for d in DIMENSIONS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float | None]) -> Scores:
+        return cls(dict(data))
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{ABBREVIATIONS[d]}={v:g}" for d, v in self.values.items())
+        miss = f", missing={[ABBREVIATIONS[d] for d in self.missing]}" if self.missing else ""
+        return f"Scores({body}{miss})"
