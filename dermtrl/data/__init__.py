@@ -1,0 +1,1 @@
+"""Data: synthetic cases now; the dual-stream construction pipeline lives beside it."""

@@ -1,0 +1,159 @@
+"""A tiny LLaVA-1.5-shaped model built locally, so every code path runs offline exactly as on the real model.
+
+The folder it writes loads with ``AutoProcessor`` / ``AutoModelForImageTextToText.from_pretrained`` just like
+``llava-hf/llava-1.5-7b-hf``: a CLIP vision tower, a two-layer projector and a Llama text model (a few hundred
+thousand parameters), a byte-level BPE tokenizer trained here on the project's own prompts and synthetic
+cases, a CLIP image processor and the LLaVA-1.5 chat template with ``{% generation %}`` markers (TRL's
+``assistant_only_loss`` needs them). Weights are random: the model learns only what the demo trains into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_VERSION = "tiny-llava-v1"
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+
+#: LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ..."), as in llava-hf's template, with the
+#: assistant turn wrapped in {% generation %} so that only its tokens can carry labels.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% for content in message['content'] if content['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% else %}ASSISTANT: {% generation %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}"
+    "{{ eos_token }}{% endgeneration %}{{ ' ' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
+
+
+def _corpus(seed: int) -> list[str]:
+    from dermtrl import prompts
+    from dermtrl.data.synthetic import generate_case
+
+    texts = [v for k, v in vars(prompts).items() if k.isupper() and isinstance(v, str)]
+    for i in range(400):
+        case = generate_case(i, seed)
+        texts += [case["reference"], case["narrative"], case["evaluation"]]
+    texts += [f"{a}.{b}" for a in range(11) for b in range(10)]
+    return texts
+
+
+def _train_tokenizer(seed: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    # Digits are split one by one so a score is one token per digit: the evaluator's score-token
+    # probabilities (expected score and confidence) then read straight off the logits.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    # padding_side is saved only when passed to the constructor; LLaVA generation needs left padding.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        model_max_length=2048,
+    )
+
+
+def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    output_dir = Path(output_dir)
+    tokenizer = _train_tokenizer(seed)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=IMAGE_SEQ_LENGTH, vision_feature_select_strategy="default", vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    (output_dir / "dermtrl_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    return output_dir
+
+
+def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The cached tiny model folder, built on first use (atomically, so concurrent builds cannot clash)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / f"{TINY_VERSION}-seed{seed}"
+    if (path / "dermtrl_tiny.json").exists():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+    try:
+        build_tiny_llava(tmp, seed)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race; its copy is identical
+            if not (path / "dermtrl_tiny.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
