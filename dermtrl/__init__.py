@@ -1,0 +1,52 @@
+"""dermtrl: DermBench and DermEval for dermatology diagnostic narratives, built on TRL.
+
+Light names are imported eagerly; anything that needs torch is imported on first use so that
+``import dermtrl`` and the CLI's text commands stay fast.
+"""
+
+from __future__ import annotations
+
+from dermtrl.dimensions import (
+    ABBREVIATIONS,
+    ALIASES,
+    DIMENSIONS,
+    LABEL_NAMES,
+    SCORE_MAX,
+    SCORE_MIN,
+    Scores,
+    canonical_dimension,
+)
+from dermtrl.prompts import PROMPT_VERSION
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "parse_scores": "dermtrl.parsing",
+    "ParsedScores": "dermtrl.parsing",
+    "ClientConfig": "dermtrl.client",
+    "LLMClient": "dermtrl.client",
+    "generate_cases": "dermtrl.data.synthetic",
+    "tiny_llava_path": "dermtrl.tiny",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dermtrl' has no attribute {name!r}")
+
+
+__all__ = [
+    "ABBREVIATIONS",
+    "ALIASES",
+    "DIMENSIONS",
+    "LABEL_NAMES",
+    "PROMPT_VERSION",
+    "SCORE_MAX",
+    "SCORE_MIN",
+    "Scores",
+    "canonical_dimension",
+    *_LAZY,
+]

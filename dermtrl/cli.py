@@ -1,0 +1,123 @@
+"""The ``dermtrl`` command line. Each subcommand is a thin shell over a Python function users can call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dermtrl.dimensions import DIMENSIONS
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _read_text(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.is_file():
+        raise CLIError(f"{source}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from dermtrl.parsing import parse_scores
+
+    text = _read_text(args.file)
+    if not text.strip():
+        raise CLIError(f"{args.file}: empty text, nothing to parse")
+    parsed = parse_scores(text)
+    if args.json:
+        print(json.dumps(parsed.to_dict(), indent=2))
+    else:
+        table = Table(title=f"Scores parsed from {args.file if args.file != '-' else 'stdin'}")
+        table.add_column("Dimension")
+        table.add_column("Score", justify="right")
+        table.add_column("Found by")
+        for dim in DIMENSIONS:
+            if dim in parsed.scores:
+                table.add_row(dim, f"{parsed.scores[dim]:g}", parsed.sources.get(dim, ""))
+            else:
+                table.add_row(dim, "[red]missing[/red]", "")
+        console.print(table)
+    return 0 if parsed.scores else 1
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from dermtrl.data.synthetic import generate_cases
+
+    with console.status(f"Generating {args.n} synthetic cases (seed {args.seed})"):
+        ds = generate_cases(args.n, seed=args.seed)
+        ds.save_to_disk(args.out)
+    console.print(f"Wrote {len(ds)} synthetic cases (NOT clinical data) to [bold]{args.out}[/bold]")
+    table = Table(title="Quality tiers and mean expert scores")
+    table.add_column("Tier")
+    table.add_column("n", justify="right")
+    for dim in DIMENSIONS:
+        table.add_column(dim, justify="right")
+    for tier in sorted(set(ds["quality"])):
+        rows = [r for r, q in zip(ds["expert_scores"], ds["quality"], strict=True) if q == tier]
+        table.add_row(tier, str(len(rows)), *(f"{sum(r[d] for r in rows) / len(rows):.2f}" for d in DIMENSIONS))
+    console.print(table)
+    return 0
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from dermtrl.tiny import build_tiny_llava
+
+    with console.status("Building the tiny LLaVA (tokenizer, processor, random weights)"):
+        path = build_tiny_llava(args.out, seed=args.seed)
+    console.print(f"Wrote a tiny LLaVA-1.5-shaped model to [bold]{path}[/bold]; load it with "
+                  "AutoModelForImageTextToText.from_pretrained / AutoProcessor.from_pretrained.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dermtrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("parse", help="parse six-dimension scores from an evaluation or judge text")
+    p.add_argument("file", help="a text file, or - for standard input")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_parse)
+
+    p = sub.add_parser("synth", help="write synthetic cases (for demos and tests, not clinical data)")
+    p.add_argument("--n", type=int, default=100, help="number of cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for datasets.save_to_disk")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("tiny", help="build the tiny offline LLaVA used by the demo and the tests")
+    p.add_argument("--out", required=True, help="folder to write the model to")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished work is saved where the command writes incrementally")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from dermtrl.data.synthetic import generate_case
+from dermtrl.tiny import IMAGE_SEQ_LENGTH, tiny_llava_path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tiny_llava_path(cache_dir=tmp_path_factory.mktemp("cache"))
+    return AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path), path
+
+
+def _messages(case):
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case["narrative"]}]},
+        {"role": "assistant", "content": [{"type": "text", "text": case["evaluation"]}]},
+    ]
+
+
+def test_loads_like_llava_hf(tiny):
+    processor, model, path = tiny
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(processor).__name__ == "LlavaProcessor"
+    assert processor.tokenizer.padding_side == "left"
+    n = sum(p.numel() for p in model.parameters())
+    assert 100_000 < n < 1_000_000
+    assert model.config.image_seq_length == IMAGE_SEQ_LENGTH
+    assert tiny_llava_path(cache_dir=path.parent) == path  # cached, not rebuilt
+
+
+def test_image_tokens_match_image_seq_length(tiny):
+    processor, model, _ = tiny
+    case = generate_case(0)
+    batch = processor.apply_chat_template(_messages(case)[:1], add_generation_prompt=True, tokenize=True,
+                                          return_dict=True, images=[case["image"]], return_tensors="pt")
+    n_image = int((batch["input_ids"] == model.config.image_token_index).sum())
+    assert n_image == IMAGE_SEQ_LENGTH
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 4
+
+
+def test_chat_template_marks_only_assistant_tokens(tiny):
+    processor, _, _ = tiny
+    case = generate_case(1)
+    out = processor.apply_chat_template(_messages(case), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True, images=[case["image"]],
+                                        return_tensors="pt")
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0].bool()
+    answer = processor.tokenizer.decode(ids[mask])
+    assert answer.strip() == case["evaluation"] + processor.tokenizer.eos_token
+    prompt = processor.tokenizer.decode(ids[~mask])
+    assert case["narrative"] in prompt and "The evaluation scores are" not in prompt
+
+
+def test_digits_are_single_tokens(tiny):
+    processor, _, _ = tiny
+    assert processor.tokenizer.tokenize("Accuracy: 4.5")[-3:] == ["4", ".", "5"]
