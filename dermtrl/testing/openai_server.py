@@ -1,0 +1,461 @@
+"""A real OpenAI-compatible HTTP server on the loopback interface, for tests.
+
+It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` with genuine OpenAI JSON, over real sockets,
+so the code under test runs its whole stack (the ``openai`` package, its HTTP client, retries, timeouts)
+with nothing mocked. Faults are either scripted (:meth:`FakeOpenAIServer.inject`, consumed one per request,
+in arrival order), random (``fault_rate`` and ``fault_kinds``, from a seeded generator), or chosen per
+request by the responder raising :class:`Fault`. Fault kinds:
+
+``"429"``, ``"500"``, ``"503"``
+    that status, a JSON error body and ``Retry-After: 0`` plus ``retry-after-ms`` (default 10 ms, so
+    clients that honour it, as ``openai`` does, retry quickly).
+``"timeout"``
+    no answer: the handler waits ``timeout_sleep`` seconds (longer than the client's timeout; cut short
+    by :meth:`~FakeOpenAIServer.stop`) and closes the connection.
+``"disconnect"``
+    closes the connection at once without answering (a connection error).
+``"malformed"``
+    200 with ``Content-Type: application/json`` and a body that is not JSON.
+``"empty"``
+    200 with valid JSON but ``"choices": []``.
+
+Everything is bounded: handler sockets time out, sleeps wake on stop, and :meth:`~FakeOpenAIServer.stop`
+closes open connections and joins the server thread with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from dermtrl.dimensions import DIMENSIONS
+
+FAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "timeout", "disconnect", "malformed", "empty")
+
+#: What the default responder answers: a six-line score block in the paper's dimension order.
+DEFAULT_SCORE_TEXT = "\n".join(
+    f"{dim}: {score}" for dim, score in zip(DIMENSIONS, (4, 5, 4, 3, 4, 4), strict=True)
+)
+
+_STATUS_TEXT = {"429": "Rate limit reached", "500": "Internal server error", "503": "Service unavailable"}
+
+
+class Fault(Exception):
+    """Raise from a responder to answer that request with a fault (one of :data:`FAULT_KINDS`)."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        super().__init__(kind)
+        self.kind = kind
+
+
+def last_user_text(body: Mapping[str, Any]) -> str:
+    """The text of the last user message in a chat-completions request body ('' if none)."""
+    for message in reversed(list(body.get("messages") or [])):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            return "\n".join(texts)
+    return ""
+
+
+def _default_responder(body: Mapping[str, Any]) -> str:
+    return DEFAULT_SCORE_TEXT
+
+
+def _count_tokens(body: Mapping[str, Any]) -> int:
+    """A crude, deterministic token count: whitespace-separated words of all message text."""
+    words = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            words += len(content.split())
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "text":
+                    words += len(str(part.get("text", "")).split())
+    return words
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: FakeOpenAIServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up (timeouts, disconnect faults, stop()) are expected, not errors.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real API; every answer sends Content-Length
+    server: _Server
+    timeout = 10.0  # an idle keep-alive connection frees its thread after this long
+
+    # --- plumbing -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms a call.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.owner._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass  # keep test output clean; everything is recorded in FakeOpenAIServer.requests
+
+    def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+    def _send_bytes(self, status: int, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:12]}")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    # --- routes ---------------------------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        owner = self.server.owner
+        owner._record(self, b"", None)
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": owner.model, "object": "model", "created": 0, "owned_by": "dermtrl"}],
+                },
+            )
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request"}})
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        owner = self.server.owner
+        raw = self._read_body()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        owner._record(self, raw, body)
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request"}})
+            return
+        if not isinstance(body, dict):
+            self._send_json(400, {"error": {"message": "body is not a JSON object", "type": "invalid"}})
+            return
+        owner._enter()
+        try:
+            self._chat(owner, body)
+        finally:
+            owner._leave()
+
+    def _chat(self, owner: FakeOpenAIServer, body: dict[str, Any]) -> None:
+        if owner.latency > 0:
+            owner._stopping.wait(owner.latency)
+        kind = owner._next_fault()
+        text = ""
+        if kind is None:
+            try:
+                text = owner.responder(body)
+            except Fault as fault:
+                kind = fault.kind
+            except Exception as exc:  # a bug in a test's responder: answer 500, do not retry, keep it
+                owner._note_responder_error(exc)
+                error = {"message": f"responder raised {type(exc).__name__}: {exc}", "type": "responder"}
+                self._send_json(500, {"error": error}, {"x-should-retry": "false"})
+                return
+        if kind is not None:
+            owner._count_fault(kind)
+            self._fault(owner, kind)
+            return
+        prompt_tokens = _count_tokens(body)
+        payload = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or owner.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(text.split()),
+                "total_tokens": prompt_tokens + len(text.split()),
+            },
+        }
+        self._send_json(200, payload)
+
+    def _fault(self, owner: FakeOpenAIServer, kind: str) -> None:
+        retry_headers = {"Retry-After": "0", "retry-after-ms": str(owner.retry_after_ms)}
+        if kind in _STATUS_TEXT:
+            error = {"message": _STATUS_TEXT[kind], "type": "server_error", "code": kind}
+            self._send_json(int(kind), {"error": error}, retry_headers)
+        elif kind == "malformed":
+            self._send_bytes(200, b'{"id": "chatcmpl-broken", "choices": [ <<not json', retry_headers)
+        elif kind == "empty":
+            payload = {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": owner.model,
+                "choices": [],
+            }
+            self._send_json(200, payload, retry_headers)
+        elif kind == "timeout":
+            owner._stopping.wait(owner.timeout_sleep)
+            self.close_connection = True
+        elif kind == "disconnect":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class FakeOpenAIServer:
+    """A threaded OpenAI-compatible server on ``127.0.0.1`` (a free port), for tests.
+
+    Use as a context manager (``with FakeOpenAIServer() as srv: ...``) or call :meth:`start` and
+    :meth:`stop`. Point a client at :attr:`base_url`. Observations (all thread-safe): :attr:`requests`
+    (method, path, headers, parsed body of every request), :attr:`calls` (chat-completion requests received,
+    faulted ones included), :attr:`faults_served`, :attr:`max_in_flight` (peak concurrent chat requests) and
+    :meth:`saw_text` (whether a string occurred anywhere in the raw bytes received).
+
+    ``responder`` maps a request body to the assistant's text; it may raise :class:`Fault` to fail that
+    request. ``faults`` pre-loads the scripted fault queue; ``fault_rate`` adds random faults, drawn from
+    ``fault_kinds`` with a generator seeded by ``seed``, to requests the queue does not fault.
+    """
+
+    def __init__(
+        self,
+        responder: Callable[[dict[str, Any]], str] | None = None,
+        *,
+        latency: float = 0.0,
+        faults: Iterable[str] = (),
+        fault_rate: float = 0.0,
+        fault_kinds: Iterable[str] = ("429", "500", "503", "malformed"),
+        seed: int = 0,
+        timeout_sleep: float = 3.0,
+        retry_after_ms: int = 10,
+        model: str = "fake-model",
+    ) -> None:
+        if latency < 0 or timeout_sleep < 0:
+            raise ValueError("latency and timeout_sleep must be >= 0 seconds")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate!r}")
+        self.fault_kinds = tuple(fault_kinds)
+        for kind in self.fault_kinds:
+            Fault(kind)  # validates
+        self.responder: Callable[[dict[str, Any]], str] = responder or _default_responder
+        self.latency = float(latency)
+        self.fault_rate = float(fault_rate)
+        self.timeout_sleep = float(timeout_sleep)
+        self.retry_after_ms = int(retry_after_ms)
+        self.model = model
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._scripted: deque[str] = deque()
+        self._requests: list[dict[str, Any]] = []
+        self._raw: list[bytes] = []
+        self._calls = 0
+        self._faults_served: dict[str, int] = {}
+        self._responder_errors: list[BaseException] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.inject(*faults)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> FakeOpenAIServer:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving: wake sleeping handlers, close open connections, join the thread (bounded)."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        if thread is not None and thread.is_alive():
+            done = threading.Thread(target=server.shutdown, daemon=True)
+            done.start()
+            done.join(timeout)
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeOpenAIServer is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- knobs ----------------------------------------------------------------------------------------
+    def inject(self, *kinds: str) -> None:
+        """Queue faults: the next ``len(kinds)`` chat requests get them, in order."""
+        for kind in kinds:
+            Fault(kind)  # validates
+        with self._lock:
+            self._scripted.extend(kinds)
+
+    def reset(self) -> None:
+        """Forget recorded requests and counters (the fault queue and knobs stay)."""
+        with self._lock:
+            self._requests.clear()
+            self._raw.clear()
+            self._calls = 0
+            self._faults_served.clear()
+            self._max_in_flight = self._in_flight
+
+    # --- observations ---------------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request received: ``{"method", "path", "headers", "body"}`` (a copy of the list)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith("/chat/completions")]
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def faults_served(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._faults_served)
+
+    @property
+    def responder_errors(self) -> list[BaseException]:
+        """Exceptions (other than :class:`Fault`) the responder raised; each was answered with a 500."""
+        with self._lock:
+            return list(self._responder_errors)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._scripted)
+
+    @property
+    def max_in_flight(self) -> int:
+        with self._lock:
+            return self._max_in_flight
+
+    def saw_text(self, text: str | bytes) -> bool:
+        """Whether ``text`` occurred in the raw bytes (request line, headers, body) of any request."""
+        needle = text.encode() if isinstance(text, str) else text
+        with self._lock:
+            return any(needle in raw for raw in self._raw)
+
+    # --- called by handlers ---------------------------------------------------------------------------
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _record(self, handler: _Handler, raw_body: bytes, body: Any) -> None:
+        head = handler.requestline.encode("latin-1", "replace") + b"\r\n" + bytes(handler.headers)
+        entry = {
+            "method": handler.command,
+            "path": handler.path,
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "body": body,
+        }
+        with self._lock:
+            self._raw.append(head + raw_body)
+            self._requests.append(entry)
+            if handler.command == "POST" and handler.path.rstrip("/").endswith("/chat/completions"):
+                self._calls += 1
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._scripted:
+                return self._scripted.popleft()
+            if self.fault_rate > 0 and self.fault_kinds and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.fault_kinds)
+        return None
+
+    def _note_responder_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._responder_errors.append(exc)
+
+    def _count_fault(self, kind: str) -> None:
+        with self._lock:
+            self._faults_served[kind] = self._faults_served.get(kind, 0) + 1
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1

@@ -1,0 +1,45 @@
+"""Shared test setup: offline everywhere, the repository importable, and a real loopback OpenAI server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Set before anything imports huggingface_hub / datasets / transformers / gradio: tests never touch the net.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) does not add the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+import pytest  # noqa: E402
+
+from dermtrl.testing import FakeOpenAIServer  # noqa: E402
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAIServer]:
+    """A started :class:`FakeOpenAIServer` with default behaviour (score-block answers, no faults)."""
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_openai_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
+    """Factory: ``make_openai_server(latency=0.2, faults=["429"])`` -> a started server, stopped after."""
+    servers: list[FakeOpenAIServer] = []
+
+    def make(**kwargs: Any) -> FakeOpenAIServer:
+        server = FakeOpenAIServer(**kwargs).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
