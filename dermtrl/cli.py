@@ -13,7 +13,7 @@ from rich.table import Table
 
 from dermtrl.dimensions import DIMENSIONS
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs
 err_console = Console(stderr=True)
 
 
@@ -85,6 +85,37 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from dermtrl.data.loading import load_cases, validate_cases
+    from dermtrl.eval_job import agreement_from_records, run_evaluation
+    from dermtrl.evaluator import DermEval
+    from dermtrl.report import render_table, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
+    has_scores = "expert_scores" in ds.column_names
+    validate_cases(ds, ("image", "narrative"), scores=has_scores, source=args.dataset)
+    evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
+                                         max_new_tokens=args.max_new_tokens)
+    out = Path(args.out)
+    records = run_evaluation(evaluator, ds, out / "evaluations.jsonl",
+                             model_id=args.adapter or args.model or "")
+    errors = [r for r in records if "error" in r]
+    for r in errors:
+        err_console.print(f"[yellow]skipped[/yellow] case {r['case_id']}: {r['error']}")
+    console.print(f"{len(records) - len(errors)} cases evaluated, {len(errors)} skipped; "
+                  f"records in [bold]{out / 'evaluations.jsonl'}[/bold]")
+    report = agreement_from_records(records, label=args.label, round_predictions=not args.raw)
+    if report is not None:
+        paths = write_report([report], out)
+        console.print(render_table([report]))
+        console.print("Report: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dermtrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -104,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("eval", help="run DermEval over a dataset; agreement with experts when it has scores")
+    p.add_argument("--model", help="base model: Hub id, folder, or dermtrl:tiny (default: the adapter's base)")
+    p.add_argument("--adapter", help="DermEval LoRA adapter: Hub id or folder")
+    p.add_argument("--dataset", required=True, help="Hub id, local folder or file, or dermtrl:synthetic")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first N cases (synthetic: generate N)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
+    p.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
+    p.add_argument("--out", required=True, help="folder for evaluations.jsonl (resumable) and the report")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
+    p.add_argument("--label", default="DermEval", help="row label in the report")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -15,30 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
+
 TINY_VERSION = "tiny-llava-v1"
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
-
-#: LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ..."), as in llava-hf's template, with the
-#: assistant turn wrapped in {% generation %} so that only its tokens can carry labels.
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}"
-    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] + ' ' }}{% endfor %}"
-    "{% elif message['role'] == 'user' %}USER: "
-    "{% for content in message['content'] if content['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] + ' ' }}{% endfor %}"
-    "{% else %}ASSISTANT: {% generation %}"
-    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}"
-    "{{ eos_token }}{% endgeneration %}{{ ' ' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
@@ -157,3 +141,14 @@ def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+#: Model name that selects the locally built tiny LLaVA in recipes and configs (a colon is never in a Hub id).
+TINY_MODEL_NAME = "dermtrl:tiny"
+
+
+def resolve_model_name(name: str | None) -> str:
+    """Map ``dermtrl:tiny`` to the cached tiny model folder; pass Hub ids and folders through unchanged."""
+    if not name:
+        raise ValueError("model_name_or_path is required (a Hub id, a folder, or 'dermtrl:tiny')")
+    return str(tiny_llava_path()) if name == TINY_MODEL_NAME else name

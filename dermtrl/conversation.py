@@ -1,0 +1,56 @@
+"""How DermEval is prompted: one message builder for training, inference and SOREB, and LLaVA-1.5's template.
+
+Keeping the prompt in one function guarantees that Stage 1, Stage 2 ("the same prompt as in inference",
+Section 3.3) and inference see identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dermtrl.prompts import evaluator_prompt
+
+#: LLaVA-1.5's conversation format as in llava-hf's processors ("USER: <image>\n... ASSISTANT: ..."), with the
+#: assistant turn (and its end-of-sequence token) inside {% generation %} markers so that TRL's
+#: ``assistant_only_loss`` masks everything else. TRL ships no training template for LLaVA-1.5, so the
+#: recipes install this one on the processor, for the real 7B model as for the tiny one.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}"
+    "{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'system' %}"
+    "{% for p in parts if p['type'] == 'text' %}{{ p['text'] + ' ' }}{% endfor %}"
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% for p in parts if p['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for p in parts if p['type'] == 'text' %}{{ p['text'] + ' ' }}{% endfor %}"
+    "{% else %}ASSISTANT: {% generation %}"
+    "{% for p in parts if p['type'] == 'text' %}{{ p['text'] }}{% endfor %}"
+    "{{ eos_token }}{% endgeneration %}{{ ' ' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def evaluator_messages(narrative: str, evaluation: str | None = None) -> list[dict[str, Any]]:
+    """The conversation DermEval sees: image + narrative + Figure 4's instruction, then y* when training."""
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": evaluator_prompt(narrative)}]}
+    ]
+    if evaluation is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": evaluation}]})
+    return messages
+
+
+def use_training_template(processor: Any) -> None:
+    """Install the LLaVA-1.5 template with generation markers on a processor (and its tokenizer)."""
+    processor.chat_template = LLAVA_CHAT_TEMPLATE
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+
+
+def sft_example(row: dict[str, Any]) -> dict[str, Any]:
+    """One case -> TRL's conversational vision format (``messages`` + ``images``) with y* as the answer."""
+    return {"messages": evaluator_messages(row["narrative"], row["evaluation"]), "images": [row["image"]]}

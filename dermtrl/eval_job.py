@@ -1,0 +1,105 @@
+"""Running DermEval over a dataset: per-case JSONL written as it goes, resumable, then agreement with experts.
+
+A long evaluation must never lose finished work: each batch's records are appended and flushed before the
+next batch starts, and a re-run skips the case ids already in the file. Cases whose image cannot be decoded
+are recorded with the error and counted as skipped in the report, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from datasets import Image as ImageFeature
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dermtrl.evaluator import DermEval, load_image
+from dermtrl.metrics import AgreementReport, agreement
+from dermtrl.prompts import PROMPT_VERSION
+
+
+def _decode(value: Any):
+    """Decode a raw ``Image`` cell (bytes or path) ourselves, so one bad image costs one case, not the run."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return load_image(value["bytes"], name=value.get("path") or "embedded image")
+        return load_image(value["path"])
+    return load_image(value)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a (possibly interrupted) run; a torn last line from a killed process is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _batches(ds: Dataset, done: set[str], batch_size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    batch = []
+    for i, row in enumerate(ds):
+        case_id = str(row.get("case_id") or i)
+        if case_id in done:
+            continue
+        batch.append((case_id, row))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_evaluation(
+    evaluator: DermEval, ds: Dataset, out_path: str | Path, *, model_id: str = "", progress: bool = True
+) -> list[dict[str, Any]]:
+    """Evaluate every case not yet in ``out_path`` (JSONL), appending records as each batch finishes."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    records = read_records(out_path)
+    done = {r["case_id"] for r in records}
+    if "image" in ds.column_names:
+        ds = ds.cast_column("image", ImageFeature(decode=False))
+    todo = len(ds) - len(done)
+    columns = [TextColumn("[bold]DermEval[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with out_path.open("a", encoding="utf-8") as fh, Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("evaluate", total=max(todo, 0))
+        for batch in _batches(ds, done, evaluator.batch_size):
+            new: list[dict[str, Any]] = []
+            good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
+            for case_id, row in batch:
+                new.append({"case_id": case_id, "prompt_version": PROMPT_VERSION, "model": model_id,
+                            "expert_scores": row.get("expert_scores")})
+                try:
+                    good.append((len(new) - 1, _decode(row["image"]), row["narrative"]))
+                except ValueError as exc:
+                    new[-1]["error"] = f"image: {exc}"
+            if good:
+                evals = evaluator.evaluate_batch([g[1] for g in good], [g[2] for g in good])
+                for (slot, _, _), ev in zip(good, evals, strict=True):
+                    new[slot].update(ev.to_dict())
+            for record in new:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            records += new
+            bar.advance(task, len(batch))
+    return records
+
+
+def agreement_from_records(records: list[dict[str, Any]], *, label: str = "DermEval", **kwargs: Any
+                           ) -> AgreementReport | None:
+    """Table-1 agreement for records that carry expert scores; ``None`` when the dataset has none."""
+    scored = [r for r in records if r.get("expert_scores") and "error" not in r]
+    if not scored:
+        return None
+    skipped = sum(1 for r in records if "error" in r)
+    return agreement([r["scores"] for r in scored], [r["expert_scores"] for r in scored], skipped=skipped,
+                     label=label, **kwargs)

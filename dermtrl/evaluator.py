@@ -1,0 +1,206 @@
+"""DermEval inference: (image, narrative) -> critique, six scores and a confidence for each score.
+
+One object, one call (as GREEN does): ``DermEval.from_pretrained(...)`` then ``.evaluate(image, narrative)``.
+Besides the greedy score it reports, for each score field, the expected score and its spread under the model's
+own distribution over the score digit at that position. Both come from the logits of the same generation pass,
+so they cost no extra sampling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dermtrl.conversation import evaluator_messages, use_training_template
+from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
+from dermtrl.parsing import parse_scores
+from dermtrl.tiny import resolve_model_name
+
+# A score field as DermEval writes it (Figure 4's label format): "<name>: <digit>" at the start of a line.
+_FIELD = re.compile(r"^[ \t]*([A-Za-z][A-Za-z /&_-]*?)[ \t]*:[ \t]*(\d)", re.MULTILINE)
+
+
+@dataclass
+class Evaluation:
+    """DermEval's answer for one case."""
+
+    text: str  # the raw generated evaluation
+    scores: Scores  # parsed; missing dimensions are absent, never 0
+    sources: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, float] = field(default_factory=dict)  # E[score] from the score-digit probabilities
+    spread: dict[str, float] = field(default_factory=dict)  # its standard deviation: lower = more confident
+
+    @property
+    def critique(self) -> str:
+        """The evaluation text before the score block."""
+        return self.text.split("The evaluation scores are:")[0].strip()
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self.scores.missing
+
+    @property
+    def overall(self) -> float | None:
+        return self.scores.mean()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
+                "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
+                "spread": self.spread, "sources": self.sources}
+
+
+def load_image(image: Image.Image | str | Path | bytes, name: str | None = None) -> Image.Image:
+    """An RGB image from a PIL image, a path or encoded bytes; a clear error names what is not a readable image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else Path(image)
+    label = name or (str(source) if isinstance(source, Path) else "image bytes")
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError as exc:
+        raise ValueError(f"{label}: no such image file") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"{label}: not a readable image ({exc.__class__.__name__})") from exc
+
+
+def _adapter_base(adapter: str) -> str:
+    path = Path(adapter) / "adapter_config.json"
+    if path.exists():
+        return json.loads(path.read_text())["base_model_name_or_path"]
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+class DermEval:
+    """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
+
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, batch_size: int = 8):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self._digit_ids = [self.tokenizer.encode(str(k), add_special_tokens=False)[-1] for k in range(6)]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | None = None,
+        adapter: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        merge: bool = True,
+        **kwargs: Any,
+    ) -> DermEval:
+        """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if base is None and adapter is None:
+            raise ValueError("give a base model, an adapter, or both (Hub ids or folders)")
+        if adapter is None and base is not None and (Path(base) / "adapter_config.json").exists():
+            base, adapter = None, base  # a folder written by the SFT / SOREB recipes
+        base_path = resolve_model_name(base or _adapter_base(adapter))
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
+        processor_source = base_path
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+            if merge:
+                model = model.merge_and_unload()
+            if (Path(adapter) / "processor_config.json").exists():
+                processor_source = adapter
+        processor = AutoProcessor.from_pretrained(processor_source)
+        use_training_template(processor)
+        processor.tokenizer.padding_side = "left"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), processor, **kwargs)
+
+    def evaluate(self, image: Image.Image | str | Path, narrative: str) -> Evaluation:
+        return self.evaluate_batch([image], [narrative])[0]
+
+    @torch.no_grad()
+    def evaluate_batch(
+        self, images: Sequence[Image.Image | str | Path], narratives: Sequence[str]
+    ) -> list[Evaluation]:
+        """Evaluate many cases with left-padded batched generation, ``batch_size`` at a time."""
+        if len(images) != len(narratives):
+            raise ValueError(f"got {len(images)} images but {len(narratives)} narratives")
+        results: list[Evaluation] = []
+        for start in range(0, len(images), self.batch_size):
+            results += self._generate(
+                [load_image(im) for im in images[start : start + self.batch_size]],
+                list(narratives[start : start + self.batch_size]),
+            )
+        return results
+
+    def _generate(self, images: list[Image.Image], narratives: list[str]) -> list[Evaluation]:
+        conversations = []
+        for image, narrative in zip(images, narratives, strict=True):
+            messages = evaluator_messages(narrative)
+            messages[0]["content"][0]["image"] = image
+            conversations.append(messages)
+        batch = self.processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+        ).to(self.model.device)
+        out = self.model.generate(
+            **batch, max_new_tokens=self.max_new_tokens, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        logits = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
+        results = []
+        for i in range(len(images)):
+            ids = out.sequences[i, prompt_len:].tolist()
+            if self.tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+            ids = [t for t in ids if t != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            parsed = parse_scores(text)
+            expected, spread = self._score_distributions(ids, logits[i])
+            results.append(Evaluation(text=text, scores=parsed.as_scores(), sources=dict(parsed.sources),
+                                      expected=expected, spread=spread))
+        return results
+
+    def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:
+        """E[score] and its spread at each score-field digit, from the logits that produced it."""
+        # char offset where each generated token ends, to map a field's digit back to its token position
+        ends, text = [], ""
+        for k in range(len(ids)):
+            text = self.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            ends.append(len(text))
+        text = text.lstrip()
+        shift = ends[-1] - len(text) if ends else 0
+        expected: dict[str, float] = {}
+        spread: dict[str, float] = {}
+        for match in _FIELD.finditer(text):
+            dim = ALIASES.get(normalize_name(match.group(1)))
+            if dim is None:
+                continue
+            char = match.start(2) + shift
+            pos = next((k for k, e in enumerate(ends) if e > char), None)
+            if pos is None or ids[pos] not in self._digit_ids:
+                continue
+            p = torch.softmax(logits[pos, self._digit_ids], dim=-1)
+            values = torch.arange(6, dtype=p.dtype)
+            mean = float((p * values).sum())
+            expected[dim] = round(mean, 4)
+            spread[dim] = round(math.sqrt(max(0.0, float((p * (values - mean) ** 2).sum()))), 4)
+        return ({d: expected[d] for d in DIMENSIONS if d in expected},
+                {d: spread[d] for d in DIMENSIONS if d in spread})

@@ -1,0 +1,131 @@
+"""DermEval Stage 1 (recipes/sft.py through TRL's SFTTrainer) and inference on the tiny model."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+from trl import ModelConfig, SFTConfig, TrlParser
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from dermtrl.conversation import sft_example, use_training_template
+from dermtrl.data.synthetic import generate_cases
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.eval_job import agreement_from_records, read_records, run_evaluation
+from dermtrl.evaluator import DermEval
+from dermtrl.tiny import tiny_llava_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sft_args(output_dir, *overrides):
+    recipe = _load_recipe("sft")
+    parser = TrlParser((recipe.DermEvalScriptArguments, SFTConfig, ModelConfig))
+    argv = ["--config", str(ROOT / "recipes/configs/demo_sft.yaml"), "--output_dir", str(output_dir), *overrides]
+    return recipe, parser.parse_args_and_config(args=argv)
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tmp_path_factory):
+    """A Stage-1 adapter trained by the demo recipe, shortened to 200 steps (~45 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("sft")
+    recipe, args = _sft_args(out, "--synthetic_train_cases", "400", "--num_train_epochs", "4")
+    recipe.main(*args)
+    return out
+
+
+def test_only_assistant_tokens_carry_labels():
+    processor = AutoProcessor.from_pretrained(tiny_llava_path())
+    use_training_template(processor)
+    rows = [sft_example(r) for r in generate_cases(3)]
+    collator = DataCollatorForVisionLanguageModeling(processor=processor, assistant_only_loss=True)
+    batch = collator([dict(r) for r in rows])
+    for i, row in enumerate(rows):
+        labels = batch["labels"][i]
+        target = processor.tokenizer.decode(labels[labels != -100])
+        assert target.strip() == row["messages"][1]["content"][0]["text"] + processor.tokenizer.eos_token
+        image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+        assert not (labels == image_token).any()
+
+
+def test_only_lora_and_declared_modules_change(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_path()).state_dict()
+    recipe, args = _sft_args(tmp_path, "--synthetic_train_cases", "16", "--max_steps", "3")
+    trainer = recipe.main(*args)
+    trained, frozen = {}, {}
+    for name, param in trainer.model.named_parameters():
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        (trained if param.requires_grad else frozen)[key] = param.detach()
+    assert trained and all(("lora_" in k) or ("modules_to_save" in k) for k in trained)
+    lora = [k for k in trained if "lora_" in k]
+    assert all(".language_model." in k for k in lora)  # LoRA on the language model, not the CLIP tower
+    saved = [k for k in trained if "modules_to_save" in k]
+    assert saved and all(("lm_head" in k) or ("multi_modal_projector" in k) for k in saved)
+    for key, value in frozen.items():
+        original = base[key.replace("original_module.", "")]
+        assert torch.equal(value.cpu(), original), f"frozen parameter {key} changed"
+    moved = [k for k in saved if not torch.equal(trained[k].cpu(), base[k.replace("modules_to_save.default.", "")])]
+    assert moved, "modules_to_save did not train"
+    assert any(trained[k].abs().sum() > 0 for k in lora if "lora_B" in k), "LoRA B matrices did not move"
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["r"] == 16 and sorted(config["modules_to_save"]) == ["lm_head", "multi_modal_projector"]
+
+
+def test_trained_model_scores_all_six_and_batches_agree(sft_adapter):
+    evaluator = DermEval.from_pretrained(adapter=str(sft_adapter), batch_size=4)
+    cases = generate_cases(6, start=100_000)
+    batched = evaluator.evaluate_batch(cases["image"], cases["narrative"])
+    single = [evaluator.evaluate(im, text) for im, text in zip(cases["image"], cases["narrative"], strict=True)]
+    for b, s in zip(batched, single, strict=True):
+        assert b.missing == ()
+        assert b.scores == s.scores
+        assert set(b.expected) == set(DIMENSIONS)
+        for dim in DIMENSIONS:
+            assert 0 <= b.expected[dim] <= 5 and b.spread[dim] >= 0
+            assert b.expected[dim] == pytest.approx(s.expected[dim], abs=1e-3)
+        assert b.critique and "The evaluation scores are" not in b.critique
+
+
+def test_eval_job_resumes_and_reports_skipped_images(sft_adapter, tmp_path):
+    evaluator = DermEval.from_pretrained(adapter=str(sft_adapter), batch_size=4)
+    ds = generate_cases(6, start=200_000)
+    ds = ds.cast_column("image", ds.features["image"].__class__(decode=False))
+    rows = ds.to_list()
+    rows[2]["image"] = {"bytes": b"not an image at all", "path": None}
+    from datasets import Dataset
+
+    broken = Dataset.from_list(rows, features=ds.features)
+    out = tmp_path / "evaluations.jsonl"
+    first = run_evaluation(evaluator, broken.select(range(4)), out, progress=False)
+    assert len(first) == 4
+    records = run_evaluation(evaluator, broken, out, progress=False)  # resumes: only cases 4 and 5 are new
+    assert [r["case_id"] for r in records] == [r["case_id"] for r in rows]
+    assert [r["case_id"] for r in read_records(out)] == [r["case_id"] for r in rows]  # nothing written twice
+    errors = [r for r in records if "error" in r]
+    assert len(errors) == 1 and errors[0]["case_id"] == rows[2]["case_id"] and "image" in errors[0]["error"]
+    report = agreement_from_records(records, label="tiny")
+    assert report.skipped == 1 and report.n_cases == 5
+
+
+def test_unreadable_image_file_is_named(tmp_path, sft_adapter):
+    bad = tmp_path / "lesion.jpg"
+    bad.write_text("plain text")
+    evaluator = DermEval.from_pretrained(adapter=str(sft_adapter))
+    with pytest.raises(ValueError, match="lesion.jpg"):
+        evaluator.evaluate(bad, "A red plaque.")
+    with pytest.raises(ValueError, match="narrative is empty"):
+        evaluator.evaluate(Image.new("RGB", (8, 8)), "  ")
