@@ -48,7 +48,7 @@ def main() -> None:
     reports = []
 
     untrained = DermEval.from_pretrained("dermtrl:tiny", max_new_tokens=64)
-    records = run_evaluation(untrained, held_out, out / "untrained.jsonl", model_id="dermtrl:tiny")
+    records = run_evaluation(untrained, held_out, out / "untrained.jsonl", overwrite=True)
     reports.append(agreement_from_records(records, label="Untrained tiny LLaVA"))
 
     n_train = yaml.safe_load(Path(args.config).read_text()).get("synthetic_train_cases", 800)
@@ -65,7 +65,7 @@ def main() -> None:
         console.print("[bold]Stage 1:[/bold] " + " ".join(cmd[2:]))
         subprocess.run(cmd, check=True, env=env)
     trained = DermEval.from_pretrained(adapter=adapter)
-    records = run_evaluation(trained, held_out, out / "stage1.jsonl", model_id=adapter)
+    records = run_evaluation(trained, held_out, out / "stage1.jsonl", overwrite=True)
     reports.append(agreement_from_records(records, label="DermEval Stage 1 (SFT)"))
 
     paths = write_report(reports, out)

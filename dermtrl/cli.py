@@ -101,8 +101,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
                                          max_new_tokens=args.max_new_tokens)
     out = Path(args.out)
-    records = run_evaluation(evaluator, ds, out / "evaluations.jsonl",
-                             model_id=args.adapter or args.model or "")
+    try:
+        records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite)
+    except ValueError as exc:
+        raise CLIError(f"{exc} (--overwrite starts afresh)") from exc
     errors = [r for r in records if "error" in r]
     for r in errors:
         err_console.print(f"[yellow]skipped[/yellow] case {r['case_id']}: {r['error']}")
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for evaluations.jsonl (resumable) and the report")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
     p.add_argument("--label", default="DermEval", help="row label in the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -59,12 +59,25 @@ def _batches(ds: Dataset, done: set[str], batch_size: int) -> Iterator[list[tupl
 
 
 def run_evaluation(
-    evaluator: DermEval, ds: Dataset, out_path: str | Path, *, model_id: str = "", progress: bool = True
+    evaluator: DermEval, ds: Dataset, out_path: str | Path, *, progress: bool = True, overwrite: bool = False
 ) -> list[dict[str, Any]]:
-    """Evaluate every case not yet in ``out_path`` (JSONL), appending records as each batch finishes."""
+    """Evaluate every case not yet in ``out_path`` (JSONL), appending records as each batch finishes.
+
+    Records from other weights or another prompt version are never mixed in: resuming such a file is refused
+    (``overwrite=True`` starts it afresh).
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        out_path.unlink(missing_ok=True)
     records = read_records(out_path)
+    for r in records:
+        if (r.get("model_fingerprint"), r.get("prompt_version")) != (evaluator.model_fingerprint, PROMPT_VERSION):
+            raise ValueError(
+                f"{out_path}: holds results of other weights or prompts (case {r['case_id']}: model "
+                f"{r.get('model')!r}, fingerprint {r.get('model_fingerprint')}, {r.get('prompt_version')}); "
+                "use another output folder, or overwrite it"
+            )
     done = {r["case_id"] for r in records}
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
@@ -76,7 +89,8 @@ def run_evaluation(
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
             for case_id, row in batch:
-                new.append({"case_id": case_id, "prompt_version": PROMPT_VERSION, "model": model_id,
+                new.append({"case_id": case_id, "prompt_version": PROMPT_VERSION, "model": evaluator.model_id,
+                            "model_fingerprint": evaluator.model_fingerprint,
                             "expert_scores": row.get("expert_scores")})
                 try:
                     good.append((len(new) - 1, _decode(row["image"]), row["narrative"]))

@@ -25,8 +25,8 @@ from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
 from dermtrl.parsing import parse_scores
 from dermtrl.tiny import resolve_model_name
 
-# A score field as DermEval writes it (Figure 4's label format): "<name>: <digit>" at the start of a line.
-_FIELD = re.compile(r"^[ \t]*([A-Za-z][A-Za-z /&_-]*?)[ \t]*:[ \t]*(\d)", re.MULTILINE)
+# The text before a score digit in Figure 4's label format: "<name>:" at the start of a line.
+_FIELD_END = re.compile(r"(?:^|\n)[ \t]*([A-Za-z][A-Za-z /&_-]*?)[ \t]*:[ \t]*$")
 
 
 @dataclass
@@ -74,6 +74,29 @@ def load_image(image: Image.Image | str | Path | bytes, name: str | None = None)
         raise ValueError(f"{label}: not a readable image ({exc.__class__.__name__})") from exc
 
 
+def fingerprint(*sources: str | None) -> str:
+    """Identify model weights: a hash of local weight and config files, or the Hub id itself.
+
+    Resumed jobs compare it with their records so that answers from other weights are never mixed in.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in sources:
+        if source is None:
+            continue
+        path = Path(source)
+        files = sorted(f for f in path.glob("*") if f.suffix in {".safetensors", ".json", ".bin"}) if path.is_dir() else []
+        if not files:
+            digest.update(f"id:{source}".encode())
+        for f in files:
+            digest.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def _adapter_base(adapter: str) -> str:
     path = Path(adapter) / "adapter_config.json"
     if path.exists():
@@ -86,13 +109,17 @@ def _adapter_base(adapter: str) -> str:
 class DermEval:
     """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
 
-    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, batch_size: int = 8):
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, batch_size: int = 8,
+                 model_id: str = "", model_fingerprint: str = ""):
         self.model = model.eval()
+        self.model_id = model_id
+        self.model_fingerprint = model_fingerprint
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self._digit_ids = [self.tokenizer.encode(str(k), add_special_tokens=False)[-1] for k in range(6)]
+        self._digit_set = set(self._digit_ids)
 
     @classmethod
     def from_pretrained(
@@ -129,7 +156,8 @@ class DermEval:
         use_training_template(processor)
         processor.tokenizer.padding_side = "left"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), processor, **kwargs)
+        return cls(model.to(device), processor, model_id=adapter or base_path,
+                   model_fingerprint=fingerprint(base_path, adapter), **kwargs)
 
     def evaluate(self, image: Image.Image | str | Path, narrative: str) -> Evaluation:
         return self.evaluate_batch([image], [narrative])[0]
@@ -179,26 +207,24 @@ class DermEval:
         return results
 
     def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:
-        """E[score] and its spread at each score-field digit, from the logits that produced it."""
-        # char offset where each generated token ends, to map a field's digit back to its token position
-        ends, text = [], ""
-        for k in range(len(ids)):
-            text = self.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
-            ends.append(len(text))
-        text = text.lstrip()
-        shift = ends[-1] - len(text) if ends else 0
+        """E[score] and its spread at each score-field digit, from the logits that produced it.
+
+        A digit token is a score field's when the text just before it ends a line like ``Safety Harmfulness:``;
+        only a short window is decoded per digit, so this stays cheap beside generation. Last field wins, as
+        in the parser.
+        """
         expected: dict[str, float] = {}
         spread: dict[str, float] = {}
-        for match in _FIELD.finditer(text):
-            dim = ALIASES.get(normalize_name(match.group(1)))
+        values = torch.arange(6, dtype=logits.dtype, device=logits.device)
+        for pos, token in enumerate(ids):
+            if token not in self._digit_set:
+                continue
+            before = self.tokenizer.decode(ids[max(0, pos - 24) : pos], skip_special_tokens=True)
+            match = _FIELD_END.search(before)
+            dim = ALIASES.get(normalize_name(match.group(1))) if match else None
             if dim is None:
                 continue
-            char = match.start(2) + shift
-            pos = next((k for k, e in enumerate(ends) if e > char), None)
-            if pos is None or ids[pos] not in self._digit_ids:
-                continue
             p = torch.softmax(logits[pos, self._digit_ids], dim=-1)
-            values = torch.arange(6, dtype=p.dtype)
             mean = float((p * values).sum())
             expected[dim] = round(mean, 4)
             spread[dim] = round(math.sqrt(max(0.0, float((p * (values - mean) ** 2).sum()))), 4)

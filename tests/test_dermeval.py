@@ -119,6 +119,10 @@ def test_eval_job_resumes_and_reports_skipped_images(sft_adapter, tmp_path):
     assert len(errors) == 1 and errors[0]["case_id"] == rows[2]["case_id"] and "image" in errors[0]["error"]
     report = agreement_from_records(records, label="tiny")
     assert report.skipped == 1 and report.n_cases == 5
+    evaluator.model_fingerprint = "other-weights"
+    with pytest.raises(ValueError, match="other weights or prompts"):
+        run_evaluation(evaluator, broken, out, progress=False)  # never mixes answers of other weights
+    assert len(run_evaluation(evaluator, broken, out, progress=False, overwrite=True)) == 6
 
 
 def test_unreadable_image_file_is_named(tmp_path, sft_adapter):
