@@ -86,7 +86,8 @@ def fingerprint(*sources: str | None) -> str:
         if source is None:
             continue
         path = Path(source)
-        files = sorted(f for f in path.glob("*") if f.suffix in {".safetensors", ".json", ".bin"}) if path.is_dir() else []
+        weights = {".safetensors", ".json", ".bin"}
+        files = sorted(f for f in path.glob("*") if f.suffix in weights) if path.is_dir() else []
         if not files:
             digest.update(f"id:{source}".encode())
         for f in files:
