@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	# Stage 1 on the tiny model and synthetic cases, then the Table-1 report on 200 held-out cases.
-	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --cpu --num_processes 1 recipes/sft.py --config recipes/configs/demo_sft.yaml
-	HF_HUB_OFFLINE=1 $(BIN)/dermtrl eval --adapter outputs/dermeval-tiny-sft --dataset dermtrl:synthetic --n 200 --out outputs/eval-sft --label "DermEval Stage 1 (tiny)" --threads 1 --overwrite
+	# Stage 1 (when its output is absent) and Stage 2 (SOREB) on the tiny model and synthetic cases, then the
+	# Table-1 report on 200 held-out cases before and after Stage 2.
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --cpu --num_processes 1 recipes/soreb.py --config recipes/configs/demo_soreb.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests

@@ -6,6 +6,7 @@ Section 3.3) and inference see identical inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dermtrl.prompts import evaluator_prompt
@@ -54,3 +55,35 @@ def use_training_template(processor: Any) -> None:
 def sft_example(row: dict[str, Any]) -> dict[str, Any]:
     """One case -> TRL's conversational vision format (``messages`` + ``images``) with y* as the answer."""
     return {"messages": evaluator_messages(row["narrative"], row["evaluation"]), "images": [row["image"]]}
+
+
+def _conversations(images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str] | None):
+    conversations = []
+    for i, (image, narrative) in enumerate(zip(images, narratives, strict=True)):
+        messages = evaluator_messages(narrative, evaluations[i] if evaluations is not None else None)
+        messages[0]["content"][0]["image"] = image
+        conversations.append(messages)
+    return conversations
+
+
+def prompt_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str]) -> Any:
+    """Left-padded prompts ending in the generation prompt: what DermEval generates from (inference and SOREB)."""
+    return processor.apply_chat_template(
+        _conversations(images, narratives, None), add_generation_prompt=True, tokenize=True, return_dict=True,
+        return_tensors="pt", processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+    )
+
+
+def training_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str]
+                   ) -> Any:
+    """Full conversations with ``labels`` on the assistant's tokens only (the L_TEXT target y*), right-padded."""
+    batch = processor.apply_chat_template(
+        _conversations(images, narratives, evaluations), tokenize=True, return_dict=True, return_tensors="pt",
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
+    )
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    labels[batch.pop("assistant_masks") == 0] = -100
+    batch["labels"] = labels
+    return batch

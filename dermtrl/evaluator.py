@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dermtrl.conversation import evaluator_messages, use_training_template
+from dermtrl.conversation import prompt_batch, use_training_template
 from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
 from dermtrl.parsing import parse_scores
 from dermtrl.tiny import resolve_model_name
@@ -179,15 +179,7 @@ class DermEval:
         return results
 
     def _generate(self, images: list[Image.Image], narratives: list[str]) -> list[Evaluation]:
-        conversations = []
-        for image, narrative in zip(images, narratives, strict=True):
-            messages = evaluator_messages(narrative)
-            messages[0]["content"][0]["image"] = image
-            conversations.append(messages)
-        batch = self.processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
-        ).to(self.model.device)
+        batch = prompt_batch(self.processor, images, narratives).to(self.model.device)
         out = self.model.generate(
             **batch, max_new_tokens=self.max_new_tokens, do_sample=False, output_logits=True,
             return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,

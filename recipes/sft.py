@@ -27,11 +27,8 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, 
 
 from dermtrl.conversation import sft_example, use_training_template
 from dermtrl.data.loading import load_cases, validate_cases
+from dermtrl.lora import restrict_to_language_model
 from dermtrl.tiny import resolve_model_name
-
-#: LoRA goes on the language model's linear layers only (as in LLaVA-1.5's LoRA recipe), not on the CLIP tower.
-LANGUAGE_MODEL_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
 
 @dataclass
 class DermEvalScriptArguments(ScriptArguments):
@@ -65,8 +62,8 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
         attn_implementation=model_args.attn_implementation,
     )
     peft_config = get_peft_config(model_args)
-    if peft_config is not None and script_args.lora_language_model_only and not model_args.lora_target_modules:
-        peft_config.target_modules = LANGUAGE_MODEL_LORA_REGEX
+    if script_args.lora_language_model_only:
+        restrict_to_language_model(peft_config)
 
     # Dataset: (image, narrative, y*) -> conversational messages + images
     if not script_args.dataset_name:

@@ -1,0 +1,154 @@
+"""DermEval Stage 2: SOREB (Score-Oriented REINFORCE with EMA Baseline, paper Section 3.3, eqs. 2-5).
+
+Continues the Stage-1 LoRA adapter: one sampled evaluation per example, reward = negative MSE between its parsed
+scores and the expert scores, an EMA baseline, a policy gradient on the generated tokens only, plus the text loss.
+
+Usage:
+
+```bash
+# the paper's settings (GPU): llava-1.5-7b + the Stage-1 adapter, LoRA r=64 / alpha=16, lr 2e-5 cosine, 5 epochs
+accelerate launch recipes/soreb.py --config recipes/configs/dermeval_soreb.yaml
+
+# the embedded default: tiny local model, synthetic cases, CPU; runs Stage 1 first when its output is absent and
+# prints the Table-1 report on held-out cases before and after Stage 2
+accelerate launch recipes/soreb.py --config recipes/configs/demo_soreb.yaml
+
+# data parallel on CPU (both processes end with the same baseline and weights)
+accelerate launch --cpu --num_processes 2 recipes/soreb.py --config recipes/configs/demo_soreb.yaml
+```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
+
+from dermtrl.data.loading import load_cases, validate_cases
+from dermtrl.lora import restrict_to_language_model
+from dermtrl.soreb_config import SOREBConfig
+from dermtrl.soreb_trainer import SOREBTrainer
+from dermtrl.tiny import resolve_model_name
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class SOREBScriptArguments(ScriptArguments):
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub id, local dataset folder or file, or 'dermtrl:synthetic'."}
+    )
+    synthetic_train_cases: int = field(default=800, metadata={"help": "Cases to generate for 'dermtrl:synthetic'."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic cases."})
+    sft_adapter: str | None = field(
+        default=None, metadata={"help": "The Stage-1 adapter (Hub id or folder) that Stage 2 continues."}
+    )
+    sft_config: str | None = field(
+        default=None, metadata={"help": "A recipes/sft.py config: run Stage 1 first when sft_adapter is absent."}
+    )
+    report_cases: int = field(
+        default=0, metadata={"help": "Held-out synthetic cases for a Table-1 report before and after (0: none)."}
+    )
+    lora_language_model_only: bool = field(
+        default=True, metadata={"help": "Without sft_adapter: restrict new LoRA layers to the language model."}
+    )
+    cpu_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads on CPU."})
+
+
+def _load_sft_recipe():
+    spec = importlib.util.spec_from_file_location("dermtrl_recipe_sft", HERE / "sft.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_stage1(config: str, output_dir: str) -> None:
+    """Stage 1 with its own recipe and config, so Stage 2 can start from a fresh machine."""
+    sft = _load_sft_recipe()
+    parser = TrlParser((sft.DermEvalScriptArguments, SFTConfig, ModelConfig))
+    sft.main(*parser.parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
+
+
+def held_out_report(trainer: SOREBTrainer, processor, n: int, label: str, out: Path):
+    """Table-1 agreement of the model being trained, on synthetic cases never used for training."""
+    from dermtrl.eval_job import agreement_from_records, run_evaluation
+    from dermtrl.evaluator import DermEval
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    evaluator = DermEval(model, processor, model_id=label, model_fingerprint=f"{label}-{trainer.state.global_step}")
+    cases = load_cases("dermtrl:synthetic", n=n, start=100_000)
+    records = run_evaluation(evaluator, cases, out / f"{label.split()[0].lower()}.jsonl", overwrite=True)
+    model.train()
+    return agreement_from_records(records, label=label)
+
+
+def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
+    if script_args.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(script_args.cpu_threads)
+    adapter = script_args.sft_adapter
+    if adapter and script_args.sft_config and not Path(adapter).exists():
+        print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
+        run_stage1(script_args.sft_config, adapter)
+
+    # Model: the base plus the Stage-1 adapter (trainable), or the base with a new LoRA
+    base = resolve_model_name(model_args.model_name_or_path)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForImageTextToText.from_pretrained(base, revision=model_args.model_revision, dtype=dtype,
+                                                        attn_implementation=model_args.attn_implementation)
+    peft_config = None
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        peft_config = get_peft_config(model_args)
+        if script_args.lora_language_model_only:
+            restrict_to_language_model(peft_config)
+    processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
+    processor = AutoProcessor.from_pretrained(processor_source)
+
+    # Dataset: cases with image, narrative, y* and expert scores
+    if not script_args.dataset_name:
+        raise ValueError("dataset_name is required (a Hub id, a local path, or 'dermtrl:synthetic')")
+    synthetic = script_args.dataset_name.startswith("dermtrl:")
+    train = load_cases(script_args.dataset_name, script_args.dataset_train_split,
+                       n=script_args.synthetic_train_cases if synthetic else None, seed=script_args.synthetic_seed)
+    validate_cases(train, ("image", "narrative", "evaluation"), scores=True, source=script_args.dataset_name)
+
+    # Training
+    trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
+                           peft_config=peft_config)
+    reports = []
+    report_dir = Path(training_args.output_dir) / "report"
+    if script_args.report_cases and trainer.accelerator.is_main_process:
+        reports.append(held_out_report(trainer, processor, script_args.report_cases, "Before SOREB (Stage 1)",
+                                       report_dir))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+        trainer.create_model_card(dataset_name=script_args.dataset_name)
+    if script_args.report_cases and trainer.accelerator.is_main_process:
+        from rich.console import Console
+
+        from dermtrl.report import render_table, write_report
+
+        reports.append(held_out_report(trainer, processor, script_args.report_cases, "After SOREB (Stage 2)",
+                                       report_dir))
+        write_report(reports, report_dir)
+        Console(width=140).print(render_table(
+            reports, title=f"Held-out agreement with expert scores, {script_args.report_cases} synthetic cases"))
+    trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+if __name__ == "__main__":
+    parser = TrlParser((SOREBScriptArguments, SOREBConfig, ModelConfig))
+    main(*parser.parse_args_and_config())
