@@ -111,7 +111,7 @@ class SOREBTrainer(_BaseTrainer):
         "id": None,
         "citation": textwrap.dedent("""\
             @misc{dermeval_soreb,
-                title  = {{DermBench and DermEval: clinically grounded evaluation of dermatology diagnostic narratives}},
+                title  = {{DermBench and DermEval: evaluating dermatology diagnostic narratives}},
                 note   = {Section 3.3: Score-Oriented REINFORCE with EMA Baseline (SOREB)},
             }"""),
     }

@@ -30,6 +30,7 @@ from dermtrl.data.loading import load_cases, validate_cases
 from dermtrl.lora import restrict_to_language_model
 from dermtrl.tiny import resolve_model_name
 
+
 @dataclass
 class DermEvalScriptArguments(ScriptArguments):
     dataset_name: str | None = field(
