@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from transformers import GenerationConfig, TrainerCallback
+from transformers import GenerationConfig, TrainerCallback, set_seed
 from transformers.trainer_callback import ExportableState
 from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
@@ -135,6 +135,7 @@ class SOREBTrainer(_BaseTrainer):
         if peft_config is not None:
             from peft import get_peft_model
 
+            set_seed(args.seed)  # LoRA initialisation is random: make it follow the run's seed
             model = get_peft_model(model, peft_config)
         for name in ("image", "narrative", "evaluation", "expert_scores"):
             if train_dataset is not None and name not in train_dataset.column_names:
@@ -170,6 +171,15 @@ class SOREBTrainer(_BaseTrainer):
     def baseline(self) -> EMABaseline:
         """The live baseline (a resumed run replaces the callback object with the restored one)."""
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, EMABaseline))
+
+    def _load_callback_state(self) -> None:
+        """Restore the baseline on resume even when other callbacks' states are not restored (the default)."""
+        super()._load_callback_state()
+        saved = self.state.stateful_callbacks.get(EMABaseline.__name__)
+        if saved and not self.args.restore_callback_states_from_checkpoint:
+            saved = saved[0] if isinstance(saved, list) else saved
+            self.callback_handler.remove_callback(EMABaseline)
+            self.callback_handler.add_callback(EMABaseline(**saved["args"]))
 
     def _set_signature_columns_if_needed(self):
         self._signature_columns = ["image", "narrative", "evaluation", "expert_scores"]

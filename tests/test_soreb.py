@@ -1,0 +1,212 @@
+"""SOREB (paper eqs. 2-5): baseline, loss masking, reward, loss weights, checkpoint resume, trainable parameters."""
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+
+from dermtrl.data.synthetic import generate_cases
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+from dermtrl.rewards import ScoreAlignmentReward, score_reward
+from dermtrl.soreb_config import SOREBConfig
+from dermtrl.soreb_trainer import EMABaseline, SOREBTrainer, policy_gradient_loss
+from dermtrl.tiny import tiny_llava_path
+
+
+# -- eq. 3: the EMA baseline ------------------------------------------------------------------------------------
+
+def test_ema_baseline_matches_hand_computation():
+    b = EMABaseline(beta=0.9)
+    adv = b.update([-1.0, -3.0, None, -2.0])
+    # init: mean of the first batch's rewards = (-1 - 3 - 2) / 3 = -2
+    # b = 0.9*-2 + 0.1*-1 = -1.9,    adv = -1 - -1.9 = 0.9
+    # b = 0.9*-1.9 + 0.1*-3 = -2.01, adv = -3 - -2.01 = -0.99
+    # None: no reward, no update
+    # b = 0.9*-2.01 + 0.1*-2 = -2.009, adv = -2 - -2.009 = 0.009
+    assert adv[0] == pytest.approx(0.9) and adv[1] == pytest.approx(-0.99)
+    assert adv[2] is None and adv[3] == pytest.approx(0.009)
+    assert b.value == pytest.approx(-2.009) and b.count == 3
+    # adv = beta * (r - b_prev), as the trainer's docstring says
+    assert adv[1] == pytest.approx(0.9 * (-3.0 - -1.9))
+
+
+def test_ema_baseline_explicit_init_and_state_round_trip():
+    b = EMABaseline(beta=0.5, value=0.0)
+    assert b.update([-2.0]) == [pytest.approx(-1.0)]  # b = 0.5*0 + 0.5*-2 = -1; adv = -2 - -1
+    restored = EMABaseline(**b.state()["args"])
+    assert (restored.beta, restored.value, restored.count) == (0.5, -1.0, 1)
+    assert EMABaseline().update([None, None]) == [None, None]  # K = 0 everywhere: baseline untouched
+
+
+# -- eq. 4: gradients only from generated tokens -----------------------------------------------------------------
+
+def _toy_batch():
+    torch.manual_seed(0)
+    # two sequences: [pad, prompt, prompt, gen, gen, pad] and [prompt, prompt, prompt, gen, gen, gen]
+    input_ids = torch.tensor([[0, 5, 6, 7, 8, 0], [5, 6, 5, 9, 7, 8]])
+    generated = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]])
+    logits = torch.randn(2, 6, 10)
+    return logits, input_ids, generated
+
+
+def test_policy_gradient_matches_hand_computation():
+    logits, input_ids, generated = _toy_batch()
+    adv = torch.tensor([0.5, -2.0])
+    logp = torch.log_softmax(logits, dim=-1)
+    mean0 = (logp[0, 2, 7] + logp[0, 3, 8]) / 2  # token t is predicted by the logits at t-1
+    mean1 = (logp[1, 2, 9] + logp[1, 3, 7] + logp[1, 4, 8]) / 3
+    expected = -(0.5 * mean0 + -2.0 * mean1) / 2
+    assert policy_gradient_loss(logits, input_ids, generated, adv) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_prompt_image_and_padding_positions_contribute_nothing():
+    logits, input_ids, generated = _toy_batch()
+    adv = torch.tensor([1.0, 1.0])
+    base = policy_gradient_loss(logits, input_ids, generated, adv)
+    perturbed = logits.clone()
+    # positions whose next token is prompt/image/padding, and the last position (predicts nothing)
+    for i in range(2):
+        for t in range(6):
+            if t == 5 or generated[i, t + 1] == 0:
+                perturbed[i, t] += torch.randn(10) * 100
+    assert policy_gradient_loss(perturbed, input_ids, generated, adv) == pytest.approx(float(base), abs=1e-6)
+    leaf = logits.clone().requires_grad_(True)
+    policy_gradient_loss(leaf, input_ids, generated, adv).backward()
+    assert leaf.grad[0, :2].abs().sum() == 0 and leaf.grad[0, 4:].abs().sum() == 0  # only t=2,3 of row 0
+    assert leaf.grad[0, 2:4].abs().sum() > 0
+
+
+def test_no_reward_means_no_rl_term():
+    logits, input_ids, generated = _toy_batch()
+    leaf = logits.clone().requires_grad_(True)
+    loss = policy_gradient_loss(leaf, input_ids, generated, torch.tensor([math.nan, math.nan]))
+    loss.backward()
+    assert float(loss) == 0.0 and leaf.grad.abs().sum() == 0
+    only_second = policy_gradient_loss(logits, input_ids, generated, torch.tensor([math.nan, -2.0]))
+    logp = torch.log_softmax(logits, dim=-1)
+    mean1 = (logp[1, 2, 9] + logp[1, 3, 7] + logp[1, 4, 8]) / 3
+    assert only_second == pytest.approx(float(2.0 * mean1), abs=1e-6)  # averaged over examples with a reward
+
+
+# -- eq. 2: the reward ---------------------------------------------------------------------------------------------
+
+def test_score_reward_is_negative_mse_on_parsed_dimensions():
+    expert = dict.fromkeys(DIMENSIONS, 4.0)
+    assert score_reward({"Accuracy": 2.0, "Safety": 5.0}, expert) == pytest.approx(-(4 + 1) / 2)
+    assert score_reward({}, expert) is None  # K = 0: no reward, never 0
+    reward = ScoreAlignmentReward()
+    completions = ["Accuracy: 4\nSafety: 3", [{"role": "assistant", "content": "nothing parseable"}]]
+    out = reward(prompts=["p", "p"], completions=completions, expert_scores=[expert, expert])
+    assert out == [pytest.approx(-0.5), None]
+    assert reward.last_parsed[0].scores == {"Accuracy": 4.0, "Safety": 3.0}
+    with pytest.raises(KeyError, match="expert_scores"):
+        reward(prompts=["p"], completions=["Accuracy: 4"])
+
+
+# -- the trainer on the tiny model ---------------------------------------------------------------------------------
+
+def length_reward(prompts, completions, **kwargs):
+    """A deterministic user reward (TRL contract): longer samples score lower; every third has none."""
+    return [None if i % 3 == 2 else -len(c) / 100 for i, c in enumerate(completions)]
+
+
+def _trainer(tmp_path, reward_funcs=None, **overrides):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path())
+    processor = AutoProcessor.from_pretrained(tiny_llava_path())
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=3, max_steps=2, logging_steps=1,
+                    learning_rate=1e-2, bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                    save_strategy="no", max_completion_length=12, log_completions=False, seed=0)
+    settings.update(overrides)
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_MODEL_LORA_REGEX, modules_to_save=["lm_head"])
+    return SOREBTrainer(model=model, args=SOREBConfig(**settings), train_dataset=generate_cases(12),
+                        processing_class=processor, reward_funcs=reward_funcs or [length_reward], peft_config=peft)
+
+
+def _loss_parts(trainer, weights):
+    trainer.args.rl_weight, trainer.args.text_weight = weights
+    torch.manual_seed(1)
+    inputs = trainer._prepare_inputs([trainer.train_dataset[i] for i in range(3)])
+    trainer._metrics["train"].clear()
+    loss = trainer.compute_loss(trainer.model, inputs)
+    m = trainer._metrics["train"]
+    return float(loss), m["loss/rl"][-1], m["loss/text"][-1]
+
+
+def test_loss_weights_follow_eq5(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.model.train()
+    loss, rl, text = _loss_parts(trainer, (0.5, 1.0))
+    assert loss == pytest.approx(0.5 * rl + 1.0 * text, rel=1e-5)
+    assert rl != 0.0 and text > 0.0
+    loss2, rl2, text2 = _loss_parts(trainer, (2.0, 3.0))
+    assert loss2 == pytest.approx(2.0 * rl2 + 3.0 * text2, rel=1e-5)
+    assert text2 == pytest.approx(text, rel=1e-5)
+
+
+def test_no_parsed_scores_gives_only_the_text_loss(tmp_path):
+    trainer = _trainer(tmp_path, reward_funcs=[ScoreAlignmentReward()])  # untrained model: nothing parses
+    trainer.model.train()
+    loss, rl, text = _loss_parts(trainer, (0.5, 1.0))
+    assert rl == 0.0 and loss == pytest.approx(text, rel=1e-6)
+    assert trainer.baseline.value is None and trainer.baseline.count == 0  # K = 0 never enters the baseline
+
+
+def test_only_adapter_and_declared_modules_change(tmp_path):
+    trainer = _trainer(tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed
+    assert all(("lora_" in n) or ("modules_to_save" in n) for n in changed)
+    assert any("lora_" in n for n in changed) and any("modules_to_save" in n for n in changed)
+    logged = [h for h in trainer.state.log_history if "loss/rl" in h]
+    for key in ("reward", "baseline", "advantage", "no_reward_fraction", "loss/text", "completion_length"):
+        assert key in logged[0]
+    assert logged[0]["no_reward_fraction"] == pytest.approx(1 / 3)
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
+
+
+def test_resume_restores_baseline_and_next_step_loss(tmp_path):
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    full = _trainer(tmp_path / "full", **common)
+    full.train()
+    interrupted = _trainer(tmp_path / "part", **common)
+    interrupted.add_callback(StopAfter(2))  # same schedule, stopped after the first checkpoint like a killed run
+    interrupted.train()
+    state = json.loads((tmp_path / "part/checkpoint-2/trainer_state.json").read_text())
+    saved = state["stateful_callbacks"]["EMABaseline"]["args"]
+    assert saved["value"] == pytest.approx(interrupted.baseline.value) and saved["count"] == 4
+
+    resumed = _trainer(tmp_path / "part", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part/checkpoint-2"))
+    step3 = {h["step"]: h for h in full.state.log_history if "loss" in h}[3]
+    step3_resumed = {h["step"]: h for h in resumed.state.log_history if "loss" in h}[3]
+    assert step3_resumed["loss"] == pytest.approx(step3["loss"], rel=1e-4)
+    assert step3_resumed["baseline"] == pytest.approx(step3["baseline"], rel=1e-6)
+    assert resumed.baseline.value == pytest.approx(full.baseline.value, rel=1e-6)
+    assert resumed.baseline.count == full.baseline.count == 8
+
+
+def test_model_card_names_the_trainer(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.create_model_card(dataset_name="dermtrl:synthetic")
+    card = (tmp_path / "README.md").read_text()
+    assert "SOREB" in card and "dermeval_soreb" in card
+
+
+def test_config_refuses_paper_violations(tmp_path):
+    with pytest.raises(ValueError, match="beta"):
+        SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, beta=1.0)
+    with pytest.raises(ValueError, match="rl_weight"):
+        SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, rl_weight=0.0)
