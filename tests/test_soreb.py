@@ -16,7 +16,6 @@ from dermtrl.soreb_config import SOREBConfig
 from dermtrl.soreb_trainer import EMABaseline, SOREBTrainer, policy_gradient_loss
 from dermtrl.tiny import tiny_llava_path
 
-
 # -- eq. 3: the EMA baseline ------------------------------------------------------------------------------------
 
 def test_ema_baseline_matches_hand_computation():
