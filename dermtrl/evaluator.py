@@ -183,6 +183,7 @@ class DermEval:
         out = self.model.generate(
             **batch, max_new_tokens=self.max_new_tokens, do_sample=False, output_logits=True,
             return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[self.model.config.image_token_id],
         )
         prompt_len = batch["input_ids"].shape[1]
         logits = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)

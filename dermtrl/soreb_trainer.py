@@ -148,6 +148,8 @@ class SOREBTrainer(_BaseTrainer):
             max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
             top_p=args.top_p, top_k=args.top_k, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            # a sampled image placeholder would break the teacher-forced pass (image tokens != image features)
+            suppress_tokens=[model.config.image_token_id],
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._completions: list[dict[str, Any]] = []
