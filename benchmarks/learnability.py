@@ -1,13 +1,14 @@
-"""Does DermEval learn? Table-1 agreement on held-out synthetic cases, before and after Stage 1.
+"""Does DermEval learn? Table-1 agreement on held-out synthetic cases: untrained, Stage 1, Stage 2.
 
 Rows, side by side in one run on the same held-out cases:
 - the untrained tiny LLaVA (random weights: it writes no parseable score, so every dimension is missing);
 - a constant baseline that predicts the training set's mean expert score per dimension (what an evaluator
   that ignores its input would get);
-- DermEval after Stage 1 (recipes/sft.py with recipes/configs/demo_sft.yaml, launched as users launch it).
+- DermEval after Stage 1 (recipes/sft.py with recipes/configs/demo_sft.yaml, launched as users launch it);
+- DermEval after Stage 2, SOREB (recipes/soreb.py with recipes/configs/demo_soreb.yaml, from that Stage 1).
 
-    python benchmarks/learnability.py                     # trains Stage 1 (~3 minutes on 2 CPU cores)
-    python benchmarks/learnability.py --sft-adapter DIR   # reuse a trained adapter
+    python benchmarks/learnability.py                     # trains both stages (~4 minutes on 2 CPU cores)
+    python benchmarks/learnability.py --sft-adapter DIR   # reuse a trained Stage-1 adapter
 """
 
 from __future__ import annotations
@@ -33,12 +34,21 @@ ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_START = 100_000  # training cases use indices 0..n-1; evaluation cases never overlap them
 
 
+def launch(console: Console, stage: str, recipe: str, *args: str) -> None:
+    """Run a recipe exactly as users do: `accelerate launch recipes/<recipe> ...`."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           str(ROOT / "recipes" / recipe), *args]
+    console.print(f"[bold]{stage}:[/bold] accelerate launch " + " ".join(cmd[5:]))
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval-cases", type=int, default=200)
     parser.add_argument("--out", default="outputs/learnability")
     parser.add_argument("--sft-adapter", default=None, help="a trained Stage-1 adapter (skips training)")
     parser.add_argument("--config", default=str(ROOT / "recipes/configs/demo_sft.yaml"))
+    parser.add_argument("--soreb-config", default=str(ROOT / "recipes/configs/demo_soreb.yaml"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console(width=None if sys.stdout.isatty() else 140)
@@ -59,14 +69,16 @@ def main() -> None:
     adapter = args.sft_adapter
     if adapter is None:
         adapter = str(out / "sft")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-               str(ROOT / "recipes/sft.py"), "--config", args.config, "--output_dir", adapter]
-        console.print("[bold]Stage 1:[/bold] " + " ".join(cmd[2:]))
-        subprocess.run(cmd, check=True, env=env)
+        launch(console, "Stage 1", "sft.py", "--config", args.config, "--output_dir", adapter)
     trained = DermEval.from_pretrained(adapter=adapter)
     records = run_evaluation(trained, held_out, out / "stage1.jsonl", overwrite=True)
     reports.append(agreement_from_records(records, label="DermEval Stage 1 (SFT)"))
+
+    soreb = str(out / "soreb")
+    launch(console, "Stage 2", "soreb.py", "--config", args.soreb_config, "--sft_adapter", adapter,
+           "--output_dir", soreb, "--report_cases", "0")
+    records = run_evaluation(DermEval.from_pretrained(adapter=soreb), held_out, out / "stage2.jsonl", overwrite=True)
+    reports.append(agreement_from_records(records, label="DermEval Stage 2 (SOREB)"))
 
     paths = write_report(reports, out)
     console.print(f"Held-out synthetic cases: {len(held_out)} (indices from {HELD_OUT_START}); reports: "
