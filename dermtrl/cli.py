@@ -95,9 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
-    has_scores = "expert_scores" in ds.column_names
-    validate_cases(ds, ("image", "narrative"), scores=has_scores, source=args.dataset)
+    try:
+        ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
+        validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
     evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
                                          max_new_tokens=args.max_new_tokens)
     out = Path(args.out)

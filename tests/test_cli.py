@@ -1,0 +1,83 @@
+"""The `dermtrl` command line, called as users call it (in-process through its `main`)."""
+
+import io
+import json
+import sys
+
+import pytest
+
+from dermtrl.cli import main
+from dermtrl.data.loading import load_cases, validate_cases
+from dermtrl.data.synthetic import generate_cases
+
+
+def test_help_lists_only_existing_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("parse", "eval", "synth", "tiny"):
+        assert command in out
+
+
+def test_parse_prints_table_and_json(tmp_path, capsys):
+    f = tmp_path / "evaluation.txt"
+    f.write_text("Critique.\n\nAccuracy: 9/10\n**Safety**: 5\nMedG - 3\n")
+    assert main(["parse", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "Accuracy" in table and "4.5" in table and "missing" in table
+    assert main(["parse", str(f), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["scores"]["Accuracy"] == 4.5 and data["scores"]["Clinical Coverage"] is None
+    assert "Clinical Coverage" in data["missing"]
+
+
+def test_parse_reads_stdin(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Safety: 4"))
+    assert main(["parse", "-", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scores"]["Safety"] == 4.0
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "no such file"), ("   \n", "empty text"),
+                                                  (b"\xff\xfe\x00bad", "not UTF-8")])
+def test_parse_bad_input_names_the_file(tmp_path, capsys, content, message):
+    f = tmp_path / "judge-output.txt"
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
+        f.write_text(content)
+    assert main(["parse", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "judge-output.txt" in err and message in err
+
+
+def test_parse_exit_status_1_when_nothing_found(tmp_path):
+    f = tmp_path / "echo.txt"
+    f.write_text("Please rate Accuracy, Safety and Clinical Coverage from 0 to 5.")
+    assert main(["parse", str(f)]) == 1
+
+
+def test_synth_writes_a_loadable_dataset(tmp_path, capsys):
+    assert main(["synth", "--n", "10", "--out", str(tmp_path / "cases")]) == 0
+    ds = load_cases(str(tmp_path / "cases"))
+    assert len(ds) == 10 and "NOT clinical data" in capsys.readouterr().out
+
+
+def test_validate_names_column_and_row():
+    ds = generate_cases(4)
+    with pytest.raises(ValueError, match="missing column 'narrative'"):
+        validate_cases(ds.remove_columns("narrative"))
+    rows = ds.to_list()
+    rows[2]["expert_scores"]["Safety"] = 7.0
+    from datasets import Dataset
+
+    bad = Dataset.from_list(rows, features=ds.features)
+    with pytest.raises(ValueError, match=r"column 'expert_scores', row 2: 'Safety' = 7.0 is outside \[0, 5\]"):
+        validate_cases(bad, scores=True, source="cases.jsonl")
+
+
+def test_eval_refuses_a_dataset_without_narratives(tmp_path, capsys):
+    ds = generate_cases(3).remove_columns("narrative")
+    ds.save_to_disk(str(tmp_path / "cases"))
+    assert main(["eval", "--model", "dermtrl:tiny", "--dataset", str(tmp_path / "cases"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "missing column 'narrative'" in capsys.readouterr().err
