@@ -22,12 +22,15 @@ The baseline is a stateful callback: it is written into every checkpoint and res
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import trl
 from accelerate.utils import gather_object
 from transformers import GenerationConfig, TrainerCallback, set_seed
 from transformers.trainer_callback import ExportableState
@@ -115,6 +118,10 @@ class SOREBTrainer(_BaseTrainer):
                 note   = {Section 3.3: Score-Oriented REINFORCE with EMA Baseline (SOREB)},
             }"""),
     }
+
+    # TRL renders cards from its own templates folder; point it at ours (a DermEval quick start, not a chat one)
+    _template_file = os.path.relpath(Path(__file__).parent / "templates" / "soreb_model_card.md",
+                                     Path(trl.__file__).parent / "templates")
 
     def __init__(
         self,

@@ -25,13 +25,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from peft import PeftModel
-from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser, get_peft_config
+from transformers import AutoProcessor
+from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
 
-from dermtrl.data.loading import load_cases, validate_cases
+from dermtrl.data.loading import load_cases
 from dermtrl.lora import restrict_to_language_model
+from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
 from dermtrl.soreb_config import SOREBConfig
 from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import resolve_model_name
@@ -40,12 +40,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @dataclass
-class SOREBScriptArguments(ScriptArguments):
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub id, local dataset folder or file, or 'dermtrl:synthetic'."}
-    )
-    synthetic_train_cases: int = field(default=800, metadata={"help": "Cases to generate for 'dermtrl:synthetic'."})
-    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic cases."})
+class SOREBScriptArguments(DermEvalScriptArguments):
     sft_adapter: str | None = field(
         default=None, metadata={"help": "The Stage-1 adapter (Hub id or folder) that Stage 2 continues."}
     )
@@ -55,10 +50,6 @@ class SOREBScriptArguments(ScriptArguments):
     report_cases: int = field(
         default=0, metadata={"help": "Held-out synthetic cases for a Table-1 report before and after (0: none)."}
     )
-    lora_language_model_only: bool = field(
-        default=True, metadata={"help": "Without sft_adapter: restrict new LoRA layers to the language model."}
-    )
-    cpu_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads on CPU."})
 
 
 def _load_sft_recipe():
@@ -72,7 +63,7 @@ def _load_sft_recipe():
 def run_stage1(config: str, output_dir: str) -> None:
     """Stage 1 with its own recipe and config, so Stage 2 can start from a fresh machine."""
     sft = _load_sft_recipe()
-    parser = TrlParser((sft.DermEvalScriptArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig))
     sft.main(*parser.parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
 
 
@@ -90,18 +81,14 @@ def held_out_report(trainer: SOREBTrainer, processor, n: int, label: str, out: P
 
 
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
-    if script_args.cpu_threads and not torch.cuda.is_available():
-        torch.set_num_threads(script_args.cpu_threads)
+    setup_threads(script_args)
     adapter = script_args.sft_adapter
     if adapter and script_args.sft_config and not Path(adapter).exists():
         print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
         run_stage1(script_args.sft_config, adapter)
 
     # Model: the base plus the Stage-1 adapter (trainable), or the base with a new LoRA
-    base = resolve_model_name(model_args.model_name_or_path)
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForImageTextToText.from_pretrained(base, revision=model_args.model_revision, dtype=dtype,
-                                                        attn_implementation=model_args.attn_implementation)
+    model = load_model(model_args)
     peft_config = None
     if adapter:
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
@@ -109,16 +96,12 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
         peft_config = get_peft_config(model_args)
         if script_args.lora_language_model_only:
             restrict_to_language_model(peft_config)
+    base = resolve_model_name(model_args.model_name_or_path)
     processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
     processor = AutoProcessor.from_pretrained(processor_source)
 
     # Dataset: cases with image, narrative, y* and expert scores
-    if not script_args.dataset_name:
-        raise ValueError("dataset_name is required (a Hub id, a local path, or 'dermtrl:synthetic')")
-    synthetic = script_args.dataset_name.startswith("dermtrl:")
-    train = load_cases(script_args.dataset_name, script_args.dataset_train_split,
-                       n=script_args.synthetic_train_cases if synthetic else None, seed=script_args.synthetic_seed)
-    validate_cases(train, ("image", "narrative", "evaluation"), scores=True, source=script_args.dataset_name)
+    train = load_training_cases(script_args, scores=True)
 
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
@@ -132,7 +115,9 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
-        trainer.create_model_card(dataset_name=script_args.dataset_name)
+        synthetic = script_args.dataset_name.startswith("dermtrl:")
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name,
+                                  dataset_name=None if synthetic else script_args.dataset_name)
     if script_args.report_cases and trainer.accelerator.is_main_process:
         from rich.console import Console
 

@@ -17,6 +17,7 @@ from dermtrl.data.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.eval_job import agreement_from_records, read_records, run_evaluation
 from dermtrl.evaluator import DermEval
+from dermtrl.script_args import DermEvalScriptArguments
 from dermtrl.tiny import tiny_llava_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def _load_recipe(name: str):
 
 def _sft_args(output_dir, *overrides):
     recipe = _load_recipe("sft")
-    parser = TrlParser((recipe.DermEvalScriptArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig))
     argv = ["--config", str(ROOT / "recipes/configs/demo_sft.yaml"), "--output_dir", str(output_dir), *overrides]
     return recipe, parser.parse_args_and_config(args=argv)
 

@@ -202,6 +202,7 @@ def test_model_card_names_the_trainer(tmp_path):
     trainer.create_model_card(dataset_name="dermtrl:synthetic")
     card = (tmp_path / "README.md").read_text()
     assert "SOREB" in card and "dermeval_soreb" in card
+    assert "DermEval.from_pretrained" in card and "not a medical device" in card
 
 
 def test_config_refuses_paper_violations(tmp_path):
