@@ -27,6 +27,8 @@ _LAZY = {
     "LLMClient": "dermtrl.client",
     "generate_cases": "dermtrl.data.synthetic",
     "tiny_llava_path": "dermtrl.tiny",
+    "DermEval": "dermtrl.evaluator",
+    "DermBench": "dermtrl.bench",
 }
 
 

@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="DermEval", help="row label in the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
+
+    from dermtrl.bench.cli import register as register_bench
+    from dermtrl.data.cli import register as register_data
+    from dermtrl.publish_adapter import register_publish_adapter
+
+    register_bench(sub)
+    publish = register_data(sub)  # `dermtrl data ...` and `dermtrl publish dataset`
+    register_publish_adapter(publish)  # `dermtrl publish adapter`
     return parser
 
 
@@ -172,4 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m dermtrl.cli` runs this file as __main__: call the package's own module so that the CLIError
+    # raised by subcommand modules is the one main() catches
+    from dermtrl.cli import main as package_main
+
+    raise SystemExit(package_main())

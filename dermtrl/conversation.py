@@ -57,9 +57,31 @@ def sft_example(row: dict[str, Any]) -> dict[str, Any]:
     return {"messages": evaluator_messages(row["narrative"], row["evaluation"]), "images": [row["image"]]}
 
 
-def _conversations(images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str] | None):
+def control_tokens(processor: Any) -> list[str]:
+    """The model's own control tokens (``<image>``, ``</s>``, ...), longest first."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    image_token = getattr(processor, "image_token", None) or "<image>"
+    return sorted({*tokenizer.all_special_tokens, image_token}, key=len, reverse=True)
+
+
+def neutralise_control_tokens(text: str, tokens: Sequence[str]) -> tuple[str, list[str]]:
+    """Replace control tokens written inside a narrative by look-alikes, so they are read as plain text.
+
+    The tokenizer would read them as the real tokens: ``<image>`` makes the prompt's image count wrong (the
+    model refuses the batch) and ``</s>`` ends the turn early. Look-alike angle quotes keep the text readable.
+    """
+    found = [t for t in tokens if t and t in text]
+    for token in sorted(found, key=len, reverse=True):
+        text = text.replace(token, token.replace("<", "\u2039").replace(">", "\u203a"))
+    return text, found
+
+
+def _conversations(processor: Any, images: Sequence[Any], narratives: Sequence[str],
+                   evaluations: Sequence[str] | None):
+    tokens = control_tokens(processor)
     conversations = []
     for i, (image, narrative) in enumerate(zip(images, narratives, strict=True)):
+        narrative, _ = neutralise_control_tokens(narrative, tokens)
         messages = evaluator_messages(narrative, evaluations[i] if evaluations is not None else None)
         messages[0]["content"][0]["image"] = image
         conversations.append(messages)
@@ -69,8 +91,9 @@ def _conversations(images: Sequence[Any], narratives: Sequence[str], evaluations
 def prompt_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str]) -> Any:
     """Left-padded prompts ending in the generation prompt: what DermEval generates from (inference and SOREB)."""
     return processor.apply_chat_template(
-        _conversations(images, narratives, None), add_generation_prompt=True, tokenize=True, return_dict=True,
-        return_tensors="pt", processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
+        _conversations(processor, images, narratives, None), add_generation_prompt=True, tokenize=True,
+        return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
     )
 
 
@@ -78,8 +101,8 @@ def training_batch(processor: Any, images: Sequence[Any], narratives: Sequence[s
                    ) -> Any:
     """Full conversations with ``labels`` on the assistant's tokens only (the L_TEXT target y*), right-padded."""
     batch = processor.apply_chat_template(
-        _conversations(images, narratives, evaluations), tokenize=True, return_dict=True, return_tensors="pt",
-        return_assistant_tokens_mask=True,
+        _conversations(processor, images, narratives, evaluations), tokenize=True, return_dict=True,
+        return_tensors="pt", return_assistant_tokens_mask=True,
         processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
     )
     labels = batch["input_ids"].clone()

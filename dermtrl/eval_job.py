@@ -16,7 +16,9 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dermtrl.evaluator import DermEval, load_image
+from dermtrl.data.images import load_image
+from dermtrl.evaluator import DermEval
+from dermtrl.jsonl import read_records, repair_tail
 from dermtrl.metrics import AgreementReport, agreement
 from dermtrl.prompts import PROMPT_VERSION
 
@@ -28,20 +30,6 @@ def _decode(value: Any):
             return load_image(value["bytes"], name=value.get("path") or "embedded image")
         return load_image(value["path"])
     return load_image(value)
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a (possibly interrupted) run; a torn last line from a killed process is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _batches(ds: Dataset, done: set[str], batch_size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -70,6 +58,7 @@ def run_evaluation(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:
         out_path.unlink(missing_ok=True)
+    repair_tail(out_path)  # a killed run may have left half a line: appending after it would lose a record
     records = read_records(out_path)
     for r in records:
         if (r.get("model_fingerprint"), r.get("prompt_version")) != (evaluator.model_fingerprint, PROMPT_VERSION):

@@ -8,7 +8,6 @@ so they cost no extra sampling.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dermtrl.conversation import prompt_batch, use_training_template
+from dermtrl.data.images import load_image
 from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
 from dermtrl.parsing import parse_scores
 from dermtrl.tiny import resolve_model_name
@@ -56,22 +56,6 @@ class Evaluation:
         return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
                 "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
                 "spread": self.spread, "sources": self.sources}
-
-
-def load_image(image: Image.Image | str | Path | bytes, name: str | None = None) -> Image.Image:
-    """An RGB image from a PIL image, a path or encoded bytes; a clear error names what is not a readable image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else Path(image)
-    label = name or (str(source) if isinstance(source, Path) else "image bytes")
-    try:
-        with Image.open(source) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError as exc:
-        raise ValueError(f"{label}: no such image file") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"{label}: not a readable image ({exc.__class__.__name__})") from exc
 
 
 def fingerprint(*sources: str | None) -> str:

@@ -28,11 +28,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
 
 
-def _corpus(seed: int) -> list[str]:
+def _prompt_texts() -> list[str]:
     from dermtrl import prompts
+
+    return [v for k, v in sorted(vars(prompts).items()) if k.isupper() and isinstance(v, str)]
+
+
+def corpus_key() -> str:
+    """Identify what the tokenizer is trained on (the prompts and the synthetic generator's code).
+
+    The cache folder is named after it, so a new prompt or a changed generator builds a new tiny model instead
+    of silently reusing one whose tokenizer was trained on other text.
+    """
+    import hashlib
+    import inspect
+
+    from dermtrl.data import synthetic
+
+    digest = hashlib.sha256(TINY_VERSION.encode())
+    for text in (*_prompt_texts(), inspect.getsource(synthetic)):
+        digest.update(text.encode())
+    return digest.hexdigest()[:10]
+
+
+def _corpus(seed: int) -> list[str]:
     from dermtrl.data.synthetic import generate_case
 
-    texts = [v for k, v in vars(prompts).items() if k.isupper() and isinstance(v, str)]
+    texts = _prompt_texts()
     for i in range(400):
         case = generate_case(i, seed)
         texts += [case["reference"], case["narrative"], case["evaluation"]]
@@ -119,14 +141,15 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    (output_dir / "dermtrl_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    (output_dir / "dermtrl_tiny.json").write_text(
+        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed}))
     return output_dir
 
 
 def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
     """The cached tiny model folder, built on first use (atomically, so concurrent builds cannot clash)."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = root / f"{TINY_VERSION}-seed{seed}"
+    path = root / f"{TINY_VERSION}-{corpus_key()}-seed{seed}"
     if (path / "dermtrl_tiny.json").exists():
         return path
     root.mkdir(parents=True, exist_ok=True)

@@ -60,4 +60,4 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
 
 if __name__ == "__main__":
     parser = TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*parser.parse_args_and_config()).end()  # finish trackers, destroy the process group (as TRL's scripts)

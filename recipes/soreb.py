@@ -136,4 +136,4 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
 
 if __name__ == "__main__":
     parser = TrlParser((SOREBScriptArguments, SOREBConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*parser.parse_args_and_config()).end()  # finish trackers, destroy the process group (as TRL's scripts)

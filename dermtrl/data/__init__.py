@@ -1,1 +1,1 @@
-"""Data: synthetic cases now; the dual-stream construction pipeline lives beside it."""
+"""Data: the dual-stream construction pipeline (paper Section 3.1), loading and validation, synthetic cases."""

@@ -3,6 +3,7 @@ process writes its baseline and a checksum of its trainable weights."""
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,11 @@ def main(out: Path) -> None:
         "world": trainer.accelerator.num_processes, "baseline": trainer.baseline.value,
         "count": trainer.baseline.count, "weights": digest.hexdigest(),
     }))
-
+    trainer.end()  # destroy the process group before exit, as TRL's scripts do
+    # CPU/gloo processes sometimes hang in native teardown after everything has finished (seen here in about half
+    # of the runs, with only daemon threads left): leave at once, the results are on disk.
+    sys.stdout.flush()
+    os._exit(0)
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))

@@ -1,0 +1,125 @@
+"""DermBench judge throughput: 64-way concurrency against sequential, and what a second run costs.
+
+A loopback OpenAI-compatible server (dermtrl.testing.FakeOpenAIServer, in its own process like a real vLLM
+server) answers every judge request after a fixed latency (100 ms). The same judge code runs 512 cases with
+``max_concurrency=64`` and, for the sequential baseline, the first 64 cases with ``max_concurrency=1``
+(512 x 100 ms would take 51 s; the per-case times are compared side by side in one run). Goal: speed-up
+>= 54x (0.85 of the ideal 64x). Then the same bench runs again: resuming from its JSONL it must make 0 calls,
+and a fresh output file with the same response cache must make 0 calls too.
+
+    python benchmarks/judge_throughput.py [--cases 512] [--sequential-cases 64] [--latency 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dermtrl.bench import DermBench
+from dermtrl.client import ClientConfig
+from dermtrl.data.synthetic import generate_case
+
+_SERVER = """
+import sys, time
+from dermtrl.testing import FakeOpenAIServer
+server = FakeOpenAIServer(latency=float(sys.argv[1])).start()
+print(server.base_url, flush=True)
+sys.stdin.read()  # serve until the parent closes our stdin
+server.stop()
+"""
+
+
+def cases(n: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    rows, candidates = [], []
+    for i in range(n):
+        case = generate_case(i, seed=0)
+        rows.append({"case_id": case["case_id"], "reference": case["reference"], "category": case["category"]})
+        # Synthetic texts repeat across cases; the case id makes every prompt unique, so every case is a real call.
+        candidates.append({"case_id": case["case_id"], "text": f"[{case['case_id']}] {case['narrative']}"})
+    return rows, {"synthetic-narratives": candidates}
+
+
+def timed_judge(base_url: str, rows, candidates, concurrency: int, out: Path, cache: Path) -> tuple[float, dict]:
+    config = ClientConfig(base_url=base_url, model="judge", max_concurrency=concurrency, cache_path=str(cache))
+    with DermBench(config, progress=False) as bench:
+        start, cpu = time.perf_counter(), time.process_time()
+        records = bench.judge(rows, candidates, out)
+        elapsed = time.perf_counter() - start
+        usage = {**bench.usage.as_dict(), "cpu_s": time.process_time() - cpu}
+    failed = sum(r["status"] != "scored" for r in records)
+    if len(records) != len(rows) or failed:
+        raise SystemExit(f"benchmark run is broken: {len(records)} records for {len(rows)} cases, {failed} failed")
+    return elapsed, usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=512)
+    parser.add_argument("--sequential-cases", type=int, default=64, help="cases for the sequential baseline")
+    parser.add_argument("--latency", type=float, default=0.1, help="server latency per call, seconds")
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    console = Console(width=None if sys.stdout.isatty() else 120)
+
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.latency)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = server.stdout.readline().strip()
+        rows, candidates = cases(args.cases)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            # Warm-up (imports, first connections) on other cases, so neither timed run pays for it.
+            warm_rows, warm = cases(args.cases + 8)
+            timed_judge(base_url, warm_rows[-8:], {"warm-up": warm["synthetic-narratives"][-8:]}, 8,
+                        tmp_path / "warm.jsonl", tmp_path / "warm.sqlite")
+
+            k = args.sequential_cases
+            seq_time, _ = timed_judge(base_url, rows[:k], {m: c[:k] for m, c in candidates.items()}, 1,
+                                      tmp_path / "seq.jsonl", tmp_path / "seq.sqlite")
+            out, cache = tmp_path / "judgments.jsonl", tmp_path / "cache.sqlite"
+            conc_time, first = timed_judge(base_url, rows, candidates, args.concurrency, out, cache)
+            resume_time, resumed = timed_judge(base_url, rows, candidates, args.concurrency, out, cache)
+            cached_time, cached = timed_judge(base_url, rows, candidates, args.concurrency,
+                                              tmp_path / "judgments-again.jsonl", cache)
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(timeout=30)
+
+    seq_per_case = seq_time / k
+    conc_per_case = conc_time / args.cases
+    speedup = seq_per_case / conc_per_case
+    table = Table(title=f"DermBench judge throughput ({args.latency * 1000:.0f} ms latency per call)")
+    for name in ("run", "cases", "concurrency", "wall s", "ms / case", "cases / s", "API calls", "cache hits"):
+        table.add_column(name, justify="left" if name == "run" else "right")
+    table.add_row("sequential (first cases only)", str(k), "1", f"{seq_time:.2f}", f"{seq_per_case * 1000:.1f}",
+                  f"{1 / seq_per_case:.1f}", str(k), "0")
+    table.add_row("concurrent, first run", str(args.cases), str(args.concurrency), f"{conc_time:.2f}",
+                  f"{conc_per_case * 1000:.2f}", f"{1 / conc_per_case:.1f}", str(first["calls"]),
+                  str(first["cache_hits"]))
+    table.add_row("second run (resume from JSONL)", str(args.cases), str(args.concurrency), f"{resume_time:.2f}",
+                  "", "", str(resumed["calls"]), str(resumed["cache_hits"]))
+    table.add_row("second run (new file, same cache)", str(args.cases), str(args.concurrency), f"{cached_time:.2f}",
+                  "", "", str(cached["calls"]), str(cached["cache_hits"]))
+    console.print(table)
+    console.print(f"Sequential baseline measured on the first {k} of {args.cases} cases ({k} x "
+                  f"{args.latency * 1000:.0f} ms); the speed-up compares time per case, both measured in this run.")
+    console.print(f"speed-up of {args.concurrency}-way concurrency over sequential: {speedup:.1f}x "
+                  f"(ideal {args.concurrency}x, goal >= {0.85 * args.concurrency:.0f}x: "
+                  f"{'met' if speedup >= 0.85 * args.concurrency else 'NOT met'})")
+    console.print(f"judge process CPU in the concurrent run: {first['cpu_s']:.2f} s "
+                  f"({first['cpu_s'] / max(first['calls'], 1) * 1000:.2f} ms per call; on {os.cpu_count()} CPUs)")
+    console.print(f"second run API calls: {resumed['calls']} (resume from JSONL), "
+                  f"{cached['calls']} (new output file, same response cache)")
+
+
+if __name__ == "__main__":
+    main()

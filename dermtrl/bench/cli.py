@@ -1,0 +1,298 @@
+"""``dermtrl bench``: generate, judge, report, probe, run. Each subcommand is a thin shell over dermtrl.bench.
+
+:func:`register` adds the ``bench`` command to the ``dermtrl`` parser; ``python -m dermtrl.bench.cli`` runs it
+on its own. Heavy imports happen inside the commands, so ``dermtrl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["main", "register"]
+
+
+def _consoles() -> tuple[Any, Any]:
+    from dermtrl.cli import console, err_console
+
+    return console, err_console
+
+
+def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (a config, a dataset, a results file made with other settings) -> CLIError, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from dermtrl.cli import CLIError
+
+        try:
+            return func(args)
+        except (ValueError, FileNotFoundError) as exc:
+            raise CLIError(str(exc)) from exc
+
+    return wrapper
+
+
+# --- shared arguments ----------------------------------------------------------------------------------
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cases")
+    g.add_argument("--dataset", required=True, help="Hub id, local folder or file, or dermtrl:synthetic")
+    g.add_argument("--split", default="test")
+    g.add_argument("--n", type=int, default=None, help="use the first N cases (synthetic: generate N)")
+    g.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
+    g.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
+
+
+def _client_args(p: argparse.ArgumentParser, who: str, *, model_required: bool = True) -> None:
+    g = p.add_argument_group(f"{who} endpoint (OpenAI-compatible: OpenAI, Gemini, a vLLM server, ...)")
+    g.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)")
+    g.add_argument("--model", required=model_required, help=f"the {who} model name at that endpoint")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env variable holding the key")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--max-tokens", type=int, default=1024)
+    g.add_argument("--cache", default=None, help="SQLite response cache (resumes at no cost, reruns free)")
+
+
+def _client_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from dermtrl.client import ClientConfig
+
+    return ClientConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                        max_concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
+                        max_tokens=args.max_tokens, cache_path=args.cache, **extra)
+
+
+def _cases(args: argparse.Namespace) -> Any:
+    from dermtrl.data.loading import load_cases
+
+    return load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
+
+
+def _candidate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("candidates")
+    g.add_argument("--candidates", nargs="+", default=[], metavar="JSONL",
+                   help="candidates files from `dermtrl bench generate` (one per model)")
+    g.add_argument("--dataset-narratives", metavar="NAME", default=None,
+                   help="also judge the dataset's own 'narrative' column as model NAME (with its expert scores)")
+
+
+def _candidate_sets(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
+    from dermtrl.bench.dermbench import candidate_sets
+    from dermtrl.bench.generate import candidates_from_dataset
+    from dermtrl.cli import CLIError
+
+    sets = candidate_sets(args.candidates) if args.candidates else {}
+    if args.dataset_narratives:
+        if args.dataset_narratives in sets:
+            raise CLIError(f"--dataset-narratives {args.dataset_narratives!r}: a candidates file has that name")
+        scores = "expert_scores" if "expert_scores" in ds.column_names else None
+        sets[args.dataset_narratives] = candidates_from_dataset(ds, "narrative", expert_scores=scores)
+    if not sets:
+        raise CLIError("nothing to judge: give --candidates FILE ... and/or --dataset-narratives NAME")
+    return sets
+
+
+def _print_failures(records: Sequence[dict[str, Any]], limit: int = 10) -> None:
+    _, err = _consoles()
+    failed = [r for r in records if r.get("error")]
+    for r in failed[:limit]:
+        err.print(f"[yellow]failed[/yellow] {r.get('model')} / {r['case_id']}: {str(r['error'])[:200]}")
+    if len(failed) > limit:
+        err.print(f"... and {len(failed) - limit} more failed (see the JSONL)")
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+@_user_errors
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dermtrl.bench.generate import OpenAIGenerator, TransformersGenerator, generate_candidates
+    from dermtrl.cli import CLIError
+
+    console, _ = _consoles()
+    if (args.model is None) == (args.local is None):
+        raise CLIError("give exactly one of --model (an OpenAI-compatible endpoint) or --local (transformers)")
+    ds = _cases(args)
+    if args.local is not None:
+        generator: Any = TransformersGenerator(args.local, batch_size=args.batch_size,
+                                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                               device=args.device, dtype=args.dtype)
+    else:
+        generator = OpenAIGenerator(_client_config(args, temperature=args.temperature, seed=args.sampling_seed))
+    try:
+        records = generate_candidates(ds, generator, args.out, name=args.name, overwrite=args.overwrite,
+                                      progress=not args.no_progress)
+    finally:
+        generator.close()
+    _print_failures(records)
+    errors = sum(1 for r in records if r.get("error"))
+    console.print(f"{len(records) - errors} candidates generated, {errors} failed; records in [bold]{args.out}[/bold]")
+    if isinstance(generator, OpenAIGenerator):
+        console.print(generator.client.usage.summary())
+    return 0
+
+
+@_user_errors
+def cmd_judge(args: argparse.Namespace) -> int:
+    from dermtrl.bench.dermbench import DermBench
+
+    console, _ = _consoles()
+    ds = _cases(args)
+    sets = _candidate_sets(args, ds)
+    with DermBench(_client_config(args), parse_retries=args.parse_retries, progress=not args.no_progress) as bench:
+        records = bench.judge(ds, sets, args.out, overwrite=args.overwrite, retry_failed=args.retry_failed)
+        _print_failures(records)
+        failed = sum(1 for r in records if r["status"] == "failed")
+        console.print(f"{len(records) - failed} candidates scored, {failed} failed; records in "
+                      f"[bold]{args.out}[/bold]")
+        console.print(bench.usage.table("Judge usage"))
+    return 0
+
+
+@_user_errors
+def cmd_report(args: argparse.Namespace) -> int:
+    from dermtrl.bench.dermbench import read_judgments
+    from dermtrl.bench.leaderboard import build_leaderboard
+    from dermtrl.bench.render import render_tables, write_report
+
+    console, _ = _consoles()
+    board = build_leaderboard(read_judgments(*args.judgments), n_bootstrap=args.n_bootstrap, seed=args.seed, ci=args.ci)
+    for table in render_tables(board):
+        console.print(table)
+    if args.out:
+        paths = write_report(board, args.out)
+        console.print("Report: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+@_user_errors
+def cmd_probe(args: argparse.Namespace) -> int:
+    from dermtrl.bench.dermbench import DermBench
+    from dermtrl.bench.render import probe_table
+
+    console, _ = _consoles()
+    kinds = [k.strip() for k in args.probes.split(",") if k.strip()]
+    ds = _cases(args)
+    sets = _candidate_sets(args, ds)
+    with DermBench(_client_config(args), parse_retries=args.parse_retries, progress=not args.no_progress) as bench:
+        report = bench.probe(ds, sets, args.out, kinds=kinds, n=args.probe_n, threshold=args.threshold,
+                             n_bootstrap=args.n_bootstrap, overwrite=args.overwrite)
+        console.print(probe_table(report))
+        console.print(bench.usage.table("Judge usage"))
+    console.print(f"Probe report: {args.out}/probes.md, {args.out}/probes.json")
+    return 1 if args.strict and report.flagged else 0
+
+
+@_user_errors
+def cmd_run(args: argparse.Namespace) -> int:
+    from dermtrl.bench.config import load_config
+    from dermtrl.bench.dermbench import run_config
+    from dermtrl.bench.render import probe_table, render_tables
+
+    console, _ = _consoles()
+    config = load_config(args.config)
+    result = run_config(config, overwrite=args.overwrite, progress=not args.no_progress)
+    for table in render_tables(result.leaderboard):
+        console.print(table)
+    if result.probes is not None:
+        console.print(probe_table(result.probes))
+    u = result.usage
+    console.print(f"Judge: {u['calls']} calls, {u['cache_hits']} cache hits, {u['failures']} failures")
+    console.print("Report: " + ", ".join(str(p) for p in result.paths.values()))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``bench`` and its subcommands to the ``dermtrl`` CLI's subparsers."""
+    bench = subparsers.add_parser("bench", help="DermBench: generate candidates, judge, report, probe the judge",
+                                  description="DermBench (paper Section 3.2): candidate narratives from any VLM, "
+                                              "judged against certified references on six dimensions.")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="STEP")
+
+    p = sub.add_parser("generate", help="candidate narratives from one VLM (endpoint or local), one JSONL")
+    _dataset_args(p)
+    _client_args(p, "candidate", model_required=False)
+    g = p.add_argument_group("local transformers model (instead of --model)")
+    g.add_argument("--local", default=None, help="AutoModelForImageTextToText: Hub id, folder or dermtrl:tiny")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--device", default=None)
+    g.add_argument("--dtype", default=None, help="e.g. bfloat16")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: deterministic (and cached)")
+    p.add_argument("--sampling-seed", type=int, default=None, help="endpoint sampling seed")
+    p.add_argument("--name", default=None, help="model name in the records (default: --model / --local)")
+    p.add_argument("--out", required=True, help="candidates JSONL (written as it goes, resumable)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="score candidates against certified references (six dimensions, 0-5)")
+    _dataset_args(p)
+    _candidate_args(p)
+    _client_args(p, "judge")
+    p.add_argument("--parse-retries", type=int, default=2, help="re-asks of an answer that misses a score")
+    p.add_argument("--out", required=True, help="judgments JSONL (written as it goes, resumable)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
+    p.add_argument("--retry-failed", action="store_true", help="retry cases whose judge call failed")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("report", help="leaderboard, categories, rank stability, agreement: tables and files")
+    p.add_argument("judgments", nargs="+", help="judgments JSONL file(s)")
+    p.add_argument("--out", default=None, help="folder for report.md/.json, leaderboard.csv/.png, ...")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--ci", type=float, default=0.95)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("probe", help="judge robustness: injection, length padding, reference order")
+    _dataset_args(p)
+    _candidate_args(p)
+    _client_args(p, "judge")
+    p.add_argument("--probes", default="injection,length,order", help="comma-separated probes")
+    p.add_argument("--probe-n", type=int, default=None, help="probe the first N candidates of each model")
+    p.add_argument("--threshold", type=float, default=0.25, help="flag a mean shift of at least this")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--parse-retries", type=int, default=2)
+    p.add_argument("--out", required=True, help="folder for the probe runs and probes.md/.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a probe is flagged")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("run", help="generate + judge + report (+ probes) from a YAML config")
+    p.add_argument("--config", required=True, help="YAML file (see recipes/configs/bench_example.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dermtrl.bench.cli generate ...``: the ``bench`` command on its own."""
+    from dermtrl.cli import CLIError
+
+    parser = argparse.ArgumentParser(prog="dermtrl")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    _, err = _consoles()
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted; finished work is saved (rerun the same command to resume)")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

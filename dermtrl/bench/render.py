@@ -1,0 +1,256 @@
+"""Rendering of the DermBench leaderboard: rich tables, Markdown, CSV, JSON and a Figure 6 style PNG.
+
+Only formats what :class:`~dermtrl.bench.leaderboard.Leaderboard` and
+:class:`~dermtrl.bench.probes.ProbeReport` hold; the agreement with experts is rendered by the shared Table 1
+renderers of :mod:`dermtrl.report`, so DermBench and DermEval agreement tables look the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from dermtrl import report as agreement_report
+from dermtrl.bench.leaderboard import Leaderboard
+from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
+
+if TYPE_CHECKING:
+    from dermtrl.bench.probes import ProbeReport
+
+__all__ = ["leaderboard_csv", "plot", "probe_markdown", "probe_table", "render_tables", "to_json",
+           "to_markdown", "write_probe_report", "write_report"]
+
+_NA = "n/a"
+LOW_N = 5  # a category cell on fewer cases is marked as unreliable
+
+
+def _cell(value: float | None, ci: tuple[float, float] | None = None, digits: int = 3) -> str:
+    if value is None:
+        return _NA
+    return f"{value:.{digits}f}" if ci is None else f"{value:.{digits}f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _pct(value: float | None) -> str:
+    return _NA if value is None else f"{value:.0%}"
+
+
+def _caption(lb: Leaderboard) -> str:
+    judge = lb.judge or {}
+    ci = (f"{lb.ci_level:.0%} percentile bootstrap CI over cases ({lb.n_bootstrap} resamples, seed {lb.seed})"
+          if lb.n_bootstrap else "no bootstrap CI")
+    return (f"Judge {judge.get('model', '?')} ({judge.get('prompt_version', '?')}, order "
+            f"{judge.get('order', '?')}); mean over scored cases, failed cases excluded; {ci}")
+
+
+def _leaderboard_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    header = ["Rank", "Model", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Overall", "n", "failed"]
+    rows = [[_NA if m.rank is None else str(m.rank), m.model, *(_cell(m.mean[d], m.ci[d]) for d in DIMENSIONS),
+             _cell(m.overall, m.overall_ci), str(m.n_scored), str(m.n_failed)] for m in lb.models]
+    return header, rows
+
+
+def _category_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    models = lb.model_names
+    header = ["Category", *models]
+    rows = []
+    for category in lb.category_names:
+        row = [category]
+        for model in models:
+            c = lb.category_result(category, model)
+            row.append(_NA if c is None or c.overall is None else
+                       f"{c.overall:.2f} (n={c.n}{', low n' if c.n < LOW_N else ''})")
+        rows.append(row)
+    spread = ["spread (max - min)"]
+    for model in models:
+        values = [c.overall for c in lb.categories if c.model == model and c.overall is not None]
+        spread.append(f"{max(values) - min(values):.2f}" if len(values) > 1 else _NA)
+    rows.append(spread)
+    return header, rows
+
+
+def _stability_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    header = ["Rank", "Model", "P(same rank)", f"rank {lb.ci_level:.0%} interval", "P(first)"]
+    rows = [[str(r.rank), r.model, _pct(r.p_same_rank), f"{r.rank_interval[0]}-{r.rank_interval[1]}",
+             _pct(r.p_first)] for r in lb.rank_stability]
+    return header, rows
+
+
+def _failure_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    rows = [[m.model, kind, str(count)] for m in lb.models for kind, count in m.failures.items()]
+    return ["Model", "Reason", "Cases"], rows
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None,
+           left: int = 2) -> Table:
+    table = Table(title=title, caption=caption)
+    for j, name in enumerate(header):
+        table.add_column(name, justify="left" if j < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def render_tables(lb: Leaderboard) -> list[Table]:
+    """Leaderboard, per-category, rank stability, failures and (when there are expert scores) agreement."""
+    tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
+    tables = [
+        _table("DermBench leaderboard (Table 2: mean judge score 0-5 [CI])", *_leaderboard_rows(lb), _caption(lb)),
+        _table("Overall score by Figure 5 category (fairness view)", *_category_rows(lb), left=1),
+        _table("Rank stability under bootstrap resampling of cases", *_stability_rows(lb),
+               f"mean Kendall's tau of resampled vs full ranking: {tau}"),
+    ]
+    header, rows = _failure_rows(lb)
+    if rows:
+        tables.append(_table("Failed cases (excluded from the means)", header, rows))
+    if lb.agreement:
+        tables.append(agreement_report.render_table(list(lb.agreement.values()),
+                                                    title="DermBench judge vs expert scores (MAE)"))
+    return tables
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> list[str]:
+    return [_md_row(header), _md_row(["---"] * left + ["---:"] * (len(header) - left)), *map(_md_row, rows)]
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    """The whole report as Markdown: leaderboard, categories, rank stability, failures, agreement."""
+    lines = ["## DermBench leaderboard", "", *_md_table(*_leaderboard_rows(lb)), "", f"_{_caption(lb)}_", ""]
+    lines += ["### Overall score by Figure 5 category", "", *_md_table(*_category_rows(lb), left=1), ""]
+    tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
+    lines += ["### Rank stability", "", *_md_table(*_stability_rows(lb)), "",
+              f"Mean Kendall's tau of resampled vs full ranking: {tau}.", ""]
+    header, rows = _failure_rows(lb)
+    lines += ["### Failed cases", ""] + (_md_table(header, rows) if rows else ["None."]) + [""]
+    if lb.agreement:
+        lines += [agreement_report.to_markdown(list(lb.agreement.values()),
+                                               title="DermBench judge vs expert scores (MAE)")]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def leaderboard_csv(lb: Leaderboard) -> str:
+    """Table 2 as CSV: one row per model, mean and CI bounds per dimension and overall."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = [*DIMENSIONS, "Overall"]
+    writer.writerow(["rank", "model", "n_scored", "n_failed", *(f"{n}{s}" for n in names for s in ("", "_lo", "_hi"))])
+    for m in lb.models:
+        cells: list[Any] = [m.rank, m.model, m.n_scored, m.n_failed]
+        for mean, ci in [*((m.mean[d], m.ci[d]) for d in DIMENSIONS), (m.overall, m.overall_ci)]:
+            cells += [mean, *(ci if ci is not None else (None, None))]
+        writer.writerow(["" if c is None else c for c in cells])
+    return buf.getvalue()
+
+
+def categories_csv(lb: Leaderboard) -> str:
+    """The per-category breakdown: one row per (category, model)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["category", "model", "n", *DIMENSIONS, "Overall", "Overall_lo", "Overall_hi"])
+    for c in lb.categories:
+        lo, hi = c.overall_ci if c.overall_ci is not None else (None, None)
+        cells = [c.category, c.model, c.n, *(c.mean[d] for d in DIMENSIONS), c.overall, lo, hi]
+        writer.writerow(["" if v is None else v for v in cells])
+    return buf.getvalue()
+
+
+def to_json(lb: Leaderboard) -> str:
+    return json.dumps(lb.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def plot(lb: Leaderboard, path: str | Path) -> Path:
+    """Figure 6 style: grouped bars of the mean score per dimension for each model, CIs as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    models = lb.models
+    x = np.arange(len(DIMENSIONS))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(DIMENSIONS) + 0.4 * len(models)), 4.8))
+    for i, m in enumerate(models):
+        means = np.array([m.mean[d] if m.mean[d] is not None else np.nan for d in DIMENSIONS])
+        err = np.array([[means[j] - m.ci[d][0], m.ci[d][1] - means[j]] if m.ci[d] is not None else [0.0, 0.0]
+                        for j, d in enumerate(DIMENSIONS)]).T
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=err, capsize=2, label=m.model)
+    ax.set_xticks(x, [ABBREVIATIONS[d] for d in DIMENSIONS])
+    ax.set_ylim(0, 5)
+    ax.set_ylabel("mean judge score (0-5)")
+    ax.set_title("DermBench: mean score per dimension (bars: CI)")
+    if models:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def write_report(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.md, report.json, leaderboard.csv, categories.csv, leaderboard.png (and agreement.*)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "report.md", "json": out / "report.json", "csv": out / "leaderboard.csv",
+             "categories_csv": out / "categories.csv"}
+    paths["md"].write_text(to_markdown(lb), encoding="utf-8")
+    paths["json"].write_text(to_json(lb), encoding="utf-8")
+    paths["csv"].write_text(leaderboard_csv(lb), encoding="utf-8", newline="")
+    paths["categories_csv"].write_text(categories_csv(lb), encoding="utf-8", newline="")
+    paths["png"] = plot(lb, out / "leaderboard.png")
+    if lb.agreement:
+        for kind, p in agreement_report.write_report(list(lb.agreement.values()), out, stem="agreement").items():
+            paths[f"agreement_{kind}"] = p
+    return paths
+
+
+# --- probes ------------------------------------------------------------------------------------------------
+
+
+def _probe_rows(report: ProbeReport) -> tuple[list[str], list[list[str]]]:
+    header = ["Probe", "Pairs", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Overall", "Flag"]
+    rows = []
+    for r in report.results:
+        cells = [f"{r.shift[d]:+.2f} [{r.ci[d][0]:+.2f}, {r.ci[d][1]:+.2f}]" if r.ci.get(d) is not None
+                 else (_NA if r.shift.get(d) is None else f"{r.shift[d]:+.2f}") for d in DIMENSIONS]
+        overall = (_NA if r.overall is None else f"{r.overall:+.2f}" if r.overall_ci is None
+                   else f"{r.overall:+.2f} [{r.overall_ci[0]:+.2f}, {r.overall_ci[1]:+.2f}]")
+        flag = "FLAGGED: " + ", ".join(ABBREVIATIONS.get(d, d) for d in r.flagged) if r.flagged else "ok"
+        rows.append([r.kind, str(r.n_pairs), *cells, overall, flag])
+    return header, rows
+
+
+def _probe_caption(report: ProbeReport) -> str:
+    return (f"Mean score shift (probe minus baseline, same cases) with {report.ci_level:.0%} bootstrap CI; a "
+            f"dimension is flagged when |shift| >= {report.threshold:g}. Judge {report.judge_model}.")
+
+
+def probe_table(report: ProbeReport) -> Table:
+    return _table("DermBench judge robustness probes", *_probe_rows(report), _probe_caption(report))
+
+
+def probe_markdown(report: ProbeReport) -> str:
+    lines = ["## DermBench judge robustness probes", "", *_md_table(*_probe_rows(report)), "",
+             f"_{_probe_caption(report)}_", ""]
+    return "\n".join(lines)
+
+
+def write_probe_report(report: ProbeReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write probes.md and probes.json under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "probes.md", "json": out / "probes.json"}
+    paths["md"].write_text(probe_markdown(report), encoding="utf-8")
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return paths

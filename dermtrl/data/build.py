@@ -1,0 +1,272 @@
+"""Build the two datasets of Section 3.1 from a finished run: ``dermbench`` and ``dermeval``.
+
+Both have ``datasets`` :class:`~datasets.Image` features (the image bytes are embedded, so a saved or pushed
+dataset needs no other file) and a fixed schema, :data:`DERMBENCH_FEATURES` and :data:`DERMEVAL_FEATURES`:
+
+``dermbench`` (split ``test``; one row per image with a certified reference)
+    ``id`` (item id), ``image``, ``image_sha256`` (pixel hash), ``category`` (Figure 5), ``label``,
+    ``reference`` (the certified narrative; the clinician's revision when there is one), ``reference_revised``,
+    ``caption``, ``ratings`` (every rater's six scores of the text before certification), ``metadata`` (a JSON
+    object as a string: source row extras such as ``fitzpatrick``), ``source`` (file or row it came from).
+``dermeval`` (splits ``train`` and ``test``; one row per image and stream)
+    ``id`` (text id), ``item_id``, ``image``, ``image_sha256``, ``category``, ``label``, ``narrative``,
+    ``stream`` (``certified`` | ``regular``), ``expert_scores`` (the six recorded scores: certified ones fixed at
+    5, regular ones the mean over raters), ``ratings`` (every rater), ``evaluation`` (y*, Figure 4's label text),
+    ``rationale``, ``split``, ``metadata``, ``prompt_version``.
+
+The split guard: the paper evaluates DermEval on images not used for training, so the split is decided per
+*image content hash* (never per file name or row): every row of one picture, under whatever name or stream, falls
+in the same split, chosen by a seeded hash of the pixels or forced to ``test`` for images listed as evaluation
+images (``exclude_from_train``). :func:`check_split_guard` verifies it on any built ``dermeval``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermtrl.data.reviews import TextStatus, review_status
+from dermtrl.data.run import RunDir
+from dermtrl.data.summary import StepSummary
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.prompts import PROMPT_VERSION
+
+__all__ = [
+    "DERMBENCH_FEATURES",
+    "DERMEVAL_FEATURES",
+    "BuildResult",
+    "SplitLeak",
+    "build_datasets",
+    "check_split_guard",
+    "evaluation_hashes",
+]
+
+
+def _features() -> tuple[Any, Any]:
+    from datasets import Features, Image, List, Value
+
+    scores = {d: Value("float32") for d in DIMENSIONS}
+    ratings = List({"rater_id": Value("string"), "scores": scores})
+    bench = Features({
+        "id": Value("string"), "image": Image(), "image_sha256": Value("string"), "category": Value("string"),
+        "label": Value("string"), "reference": Value("string"), "reference_revised": Value("bool"),
+        "caption": Value("string"), "ratings": ratings, "metadata": Value("string"), "source": Value("string"),
+    })
+    evaluation = Features({
+        "id": Value("string"), "item_id": Value("string"), "image": Image(), "image_sha256": Value("string"),
+        "category": Value("string"), "label": Value("string"), "narrative": Value("string"),
+        "stream": Value("string"), "expert_scores": scores, "ratings": ratings, "evaluation": Value("string"),
+        "rationale": Value("string"), "split": Value("string"), "metadata": Value("string"),
+        "prompt_version": Value("string"),
+    })
+    return bench, evaluation
+
+
+DERMBENCH_FEATURES, DERMEVAL_FEATURES = _features()
+
+
+class SplitLeak(ValueError):
+    """An image (by content hash) is in DermEval's training split and also in its test split or evaluation set."""
+
+
+def check_split_guard(dermeval: Any, evaluation: Iterable[str] = ()) -> None:
+    """Raise :class:`SplitLeak` when a training image is also a test or evaluation image (by pixel hash)."""
+    from datasets import DatasetDict
+
+    splits = dermeval if isinstance(dermeval, DatasetDict) else {"all": dermeval}
+    train: set[str] = set()
+    test: set[str] = set()
+    for ds in splits.values():
+        for sha, split in zip(ds["image_sha256"], ds["split"], strict=True):
+            (train if split == "train" else test).add(sha)
+    leaked = (train & test) | (train & set(evaluation))
+    if leaked:
+        raise SplitLeak(f"{len(leaked)} image(s) are in DermEval's training split and also used for evaluation: "
+                        + ", ".join(sorted(s[:16] for s in leaked)[:10]))
+
+
+def _assign_split(sha: str, test_fraction: float, seed: int, forced_test: set[str]) -> str:
+    if sha in forced_test:
+        return "test"
+    bucket = int(hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest()[:12], 16) / float(16**12)
+    return "test" if bucket < test_fraction else "train"
+
+
+def evaluation_hashes(sources: Iterable[str | os.PathLike[str]]) -> set[str]:
+    """Pixel hashes of evaluation images: from a text file of hashes (one a line), an image folder, or a dataset
+    folder with an ``image_sha256`` or ``image`` column."""
+    from dermtrl.data.images import ImageError, read_image
+
+    out: set[str] = set()
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            out.update(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        elif path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+            from datasets import DatasetDict, load_from_disk
+            from datasets import Image as ImageFeature
+
+            loaded = load_from_disk(str(path))
+            for ds in (loaded.values() if isinstance(loaded, DatasetDict) else [loaded]):
+                if "image_sha256" in ds.column_names:
+                    out.update(ds["image_sha256"])
+                elif "image" in ds.column_names:
+                    for cell in ds.cast_column("image", ImageFeature(decode=False))["image"]:
+                        out.add(read_image(cell.get("bytes") or cell["path"]).content_hash)
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                try:
+                    out.add(read_image(file).content_hash)
+                except ImageError:
+                    continue
+        else:
+            raise ValueError(f"{source}: no such file or folder of evaluation images")
+    return out
+
+
+@contextmanager
+def _datasets_progress(enabled: bool) -> Iterator[None]:
+    """datasets' own progress bars, off when the caller asked for quiet."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not enabled and was_enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and was_enabled:
+            datasets.enable_progress_bars()
+
+
+@dataclass
+class BuildResult:
+    """The two datasets, where they were saved, the skipped items and how long the build took."""
+
+    dermbench: Any
+    dermeval: Any
+    paths: dict[str, Path] = field(default_factory=dict)
+    summary: StepSummary = field(default_factory=lambda: StepSummary("build"))
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        out = {f"dermbench/{k}": len(v) for k, v in self.dermbench.items()}
+        out.update({f"dermeval/{k}": len(v) for k, v in self.dermeval.items()})
+        return out
+
+
+def _ratings(st: TextStatus) -> list[dict[str, Any]]:
+    return [{"rater_id": r["rater_id"], "scores": {d: float(r["scores"][d]) for d in DIMENSIONS}} for r in st.ratings]
+
+
+def build_datasets(
+    run: RunDir | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    exclude_from_train: Iterable[str] = (),
+    keep_flagged: bool = False,
+    license: str = "cc-by-nc-4.0",
+    write_cards: bool = True,
+    progress: bool = True,
+) -> BuildResult:
+    """Assemble, check and save ``dermbench`` and ``dermeval`` (``save_to_disk``) with their cards.
+
+    ``exclude_from_train`` are pixel hashes forced into DermEval's test split (see :func:`evaluation_hashes`);
+    ``keep_flagged`` keeps rationales whose restated scores still differ from the experts' (left out by default:
+    their critique would contradict the score block of y*).
+    """
+    from datasets import Dataset, DatasetDict
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    started = time.perf_counter()
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    out = Path(out_dir) if out_dir is not None else run.datasets_dir
+    items = run.require_items()
+    texts = run.all_texts()
+    statuses = review_status(run)
+    rationales = run.rationales()
+    forced = set(exclude_from_train)
+    summary = StepSummary("build", total=len(statuses))
+
+    image_bytes: dict[str, bytes] = {}
+
+    def image_cell(item: dict[str, Any]) -> dict[str, Any]:
+        if item["id"] not in image_bytes:
+            image_bytes[item["id"]] = run.image_path(item).read_bytes()
+        return {"bytes": image_bytes[item["id"]], "path": Path(item["image"]).name}
+
+    bench_rows: list[dict[str, Any]] = []
+    eval_rows: list[dict[str, Any]] = []
+    for tid, st in statuses.items():
+        text = texts[tid]
+        item = items.get(text["item_id"])
+        if item is None:
+            summary.skip(tid, "no-item", f"{tid}: its item is no longer ingested")
+            continue
+        if not st.final:
+            summary.skip(tid, st.status, f"{tid}: {st.status} ({st.note})")
+            continue
+        assert st.scores is not None
+        metadata = json.dumps(item.get("metadata") or {}, ensure_ascii=False, sort_keys=True)
+        if st.stream == "certified":
+            bench_rows.append({
+                "id": item["id"], "image": image_cell(item), "image_sha256": item["content_hash"],
+                "category": item["category"], "label": item["label"], "reference": st.narrative,
+                "reference_revised": st.status == "revised", "caption": text.get("caption", ""),
+                "ratings": _ratings(st), "metadata": metadata, "source": item["source"],
+            })
+        rationale = rationales.get(tid)
+        if rationale is None or rationale.get("narrative") != st.narrative or rationale.get("scores") != st.scores:
+            summary.skip(tid, "no-rationale", f"{tid}: no rationale for its current text and scores yet "
+                                              "(run `dermtrl data rationale`)")
+            continue
+        if rationale.get("score_mismatch") and not keep_flagged:
+            summary.skip(tid, "rationale-mismatch", f"{tid}: the rationale restates other scores than the "
+                                                    "experts' (left out; --keep-flagged keeps it)")
+            continue
+        eval_rows.append({
+            "id": tid, "item_id": item["id"], "image": image_cell(item), "image_sha256": item["content_hash"],
+            "category": item["category"], "label": item["label"], "narrative": st.narrative, "stream": st.stream,
+            "expert_scores": {d: float(st.scores[d]) for d in DIMENSIONS}, "ratings": _ratings(st),
+            "evaluation": rationale["evaluation"], "rationale": rationale["rationale"],
+            "split": _assign_split(item["content_hash"], test_fraction, seed, forced), "metadata": metadata,
+            "prompt_version": str(rationale.get("prompt_version") or PROMPT_VERSION),
+        })
+        summary.done += 1
+
+    def dataset(rows: list[dict[str, Any]], features: Any) -> Dataset:
+        if not rows:  # from_list([]) loses the schema: an empty split keeps the fixed one
+            return Dataset.from_dict({name: [] for name in features}, features=features)
+        return Dataset.from_list(rows, features=features)
+
+    dermbench = DatasetDict({"test": dataset(bench_rows, DERMBENCH_FEATURES)})
+    dermeval = DatasetDict({
+        split: dataset([r for r in eval_rows if r["split"] == split], DERMEVAL_FEATURES) for split in ("train", "test")
+    })
+    check_split_guard(dermeval, forced)
+    result = BuildResult(dermbench, dermeval, summary=summary)
+    out.mkdir(parents=True, exist_ok=True)
+    with _datasets_progress(progress):
+        for name, ds in (("dermbench", dermbench), ("dermeval", dermeval)):
+            path = out / name
+            ds.save_to_disk(str(path))
+            result.paths[name] = path
+    if write_cards:
+        from dermtrl.data.cards import write_card
+
+        for name, ds in (("dermbench", dermbench), ("dermeval", dermeval)):
+            write_card(name, ds, result.paths[name] / "README.md", license=license)
+    result.seconds = time.perf_counter() - started
+    summary.extra.update(result.counts())
+    summary.extra["seconds"] = round(result.seconds, 2)
+    return result

@@ -1,0 +1,223 @@
+"""Reading images from users' folders robustly: one bad file costs one item, never the run or the machine.
+
+Every image that enters the dataset pipeline (and, through :func:`load_image`, the evaluator) goes through
+:func:`read_image`, which
+
+* refuses zero-byte, corrupt and truncated files with a message naming the file (truncated data is never
+  padded: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` stays off);
+* reads the size from the header *before* decoding: an image over ``max_pixels`` (50 megapixels by default)
+  is decoded at a reduced scale when the format allows it (JPEG's DCT scaling, so memory stays bounded) and
+  noted as downscaled, or refused with a message otherwise; PIL's decompression-bomb limit refuses the rest;
+* converts every mode to 8-bit RGB: CMYK, palette, grayscale, alpha (flattened onto white, not black) and
+  16-bit or float images (scaled, not clipped: PIL's own ``convert("L")`` saturates 16-bit values at 255),
+  and applies the EXIF orientation;
+* hashes the decoded pixels, so a duplicate is found whatever its file name, format or metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["MAX_PIXELS", "ImageError", "LoadedImage", "content_hash", "load_image", "read_image", "to_rgb"]
+
+#: Images with more pixels than this are downscaled (JPEG) or refused (other formats).
+MAX_PIXELS = 50_000_000
+Oversize = Literal["downscale", "refuse"]
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+_DRAFT_SCALES = (2, 4, 8)  # what libjpeg can decode at reduced size
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``reason`` is a short code (zero-byte, unreadable, truncated, too-large)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class LoadedImage:
+    """A decoded 8-bit RGB image, what was done to it, and the bytes to store for it."""
+
+    image: Image.Image
+    content_hash: str
+    source_format: str | None
+    original_size: tuple[int, int]
+    original_mode: str
+    notes: list[str] = field(default_factory=list)
+    _original_bytes: bytes | None = None
+
+    def encoded(self) -> tuple[bytes, str]:
+        """Bytes to store and their extension: an unchanged RGB JPEG keeps its own bytes, the rest is PNG."""
+        if self._original_bytes is not None:
+            return self._original_bytes, ".jpg"
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG", optimize=False)
+        return buffer.getvalue(), ".png"
+
+
+def content_hash(image: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels and the size: equal for the same picture under any name or format."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def _scale_to_8bit(img: Image.Image) -> Image.Image:
+    import numpy as np
+
+    arr = np.asarray(img)
+    if img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.nan_to_num(scaled).clip(0, 255).astype(np.uint8), "L")
+    arr = arr.astype(np.int64)
+    top = int(arr.max()) if arr.size else 0
+    if top <= 255 and int(arr.min() if arr.size else 0) >= 0:
+        out = arr
+    elif top <= 65535 and int(arr.min()) >= 0:
+        out = arr >> 8  # 16-bit data: keep the top byte
+    else:
+        lo = int(arr.min())
+        out = (arr - lo) * 255 // max(1, top - lo)
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """8-bit RGB from any PIL mode; ``notes`` (if given) records each conversion that changed the data."""
+    notes = notes if notes is not None else []
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        notes.append(f"{'floating-point' if mode == 'F' else '16/32-bit'} {mode} image scaled to 8 bits")
+        return _scale_to_8bit(img).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes.append(f"{mode} transparency flattened onto white")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif mode == "P":
+        notes.append("palette image converted to RGB")
+    elif mode in ("L", "1"):
+        notes.append("grayscale image converted to RGB")
+    else:
+        notes.append(f"{mode} image converted to RGB")
+    return img.convert("RGB")
+
+
+def _describe(source: object, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return "image bytes"
+
+
+def read_image(
+    source: str | os.PathLike[str] | bytes,
+    name: str | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    oversize: Oversize = "downscale",
+) -> LoadedImage:
+    """Decode ``source`` (a path or encoded bytes) safely into a :class:`LoadedImage`.
+
+    Raises :class:`ImageError` (a ``ValueError``) naming the file for zero-byte, missing, unreadable,
+    truncated and too-large images.
+    """
+    if oversize not in ("downscale", "refuse"):
+        raise ValueError(f"oversize must be 'downscale' or 'refuse', got {oversize!r}")
+    label = _describe(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"{label}: no such image file", "missing")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read the file ({exc.strerror or exc})", "unreadable") from None
+    if not data:
+        raise ImageError(f"{label}: zero-byte file, not an image", "zero-byte")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: refused by PIL's decompression-bomb limit ({exc})", "too-large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageError(f"{label}: truncated image file ({type(exc).__name__}: {exc})", "truncated") from None
+        raise ImageError(f"{label}: not a readable image ({type(exc).__name__}: {exc})", "unreadable") from None
+    width, height = img.size
+    fmt, mode = img.format, img.mode
+    notes: list[str] = []
+    pixels = width * height
+    if width < 1 or height < 1:
+        raise ImageError(f"{label}: empty image ({width}x{height})", "unreadable")
+    if pixels > max_pixels:
+        size_text = f"{width}x{height} ({pixels / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit)"
+        if oversize == "refuse":
+            raise ImageError(f"{label}: {size_text}; refused (downscale it, or allow downscaling)", "too-large")
+        scale = next((s for s in _DRAFT_SCALES if pixels / (s * s) <= max_pixels), None)
+        if fmt not in _DRAFT_FORMATS or scale is None:
+            why = f"{fmt} cannot be decoded at reduced size" if scale is not None else "too large even at 1/8 scale"
+            raise ImageError(
+                f"{label}: {size_text}; refused: {why} without exceeding the memory budget; downscale it first",
+                "too-large",
+            )
+        img.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
+        notes.append(f"downscaled from {width}x{height} to {img.size[0]}x{img.size[1]} ({size_text.split(' (')[1]}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text.lower() or isinstance(exc, EOFError) else "unreadable"
+        raise ImageError(f"{label}: {reason} image data ({type(exc).__name__}: {text})", reason) from None
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not cost the image
+        orientation = 1
+        notes.append("EXIF block unreadable; orientation kept as stored")
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"rotated by its EXIF orientation ({orientation})")
+    rgb = to_rgb(img, notes)
+    keep_original = fmt == "JPEG" and mode == "RGB" and not notes
+    return LoadedImage(
+        image=rgb,
+        content_hash=content_hash(rgb),
+        source_format=fmt,
+        original_size=(width, height),
+        original_mode=mode,
+        notes=notes,
+        _original_bytes=data if keep_original else None,
+    )
+
+
+def load_image(image: Image.Image | str | os.PathLike[str] | bytes, name: str | None = None) -> Image.Image:
+    """An 8-bit RGB image from a PIL image, a path or encoded bytes; ``ValueError`` naming what is unusable.
+
+    The drop-in loader for the evaluator: the same checks and conversions as :func:`read_image`.
+    """
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    return read_image(image, name).image

@@ -1,0 +1,106 @@
+"""What a construction step did, and every item it skipped or flagged and why, as data and as a rich table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = ["Skip", "StepSummary", "progress_bar"]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One item left out (or kept with a flag): which item, and a message a person can act on."""
+
+    item: str
+    reason: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"item": self.item, "reason": self.reason, "message": self.message}
+
+
+@dataclass
+class StepSummary:
+    """Counts for one step: ``done`` made now, ``reused`` found in the records, ``skipped`` and ``flagged``."""
+
+    step: str
+    total: int = 0
+    done: int = 0
+    reused: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    flagged: list[Skip] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, item: str, reason: str, message: str) -> None:
+        self.skipped.append(Skip(item, reason, message))
+
+    def flag(self, item: str, reason: str, message: str) -> None:
+        self.flagged.append(Skip(item, reason, message))
+
+    @property
+    def ok(self) -> int:
+        return self.done + self.reused
+
+    def headline(self) -> str:
+        parts = [f"{self.step}: {self.ok} of {self.total} ok ({self.done} new, {self.reused} resumed)",
+                 f"{len(self.skipped)} skipped", f"{len(self.flagged)} flagged"]
+        parts += [f"{k} {v}" for k, v in self.extra.items() if isinstance(v, (int, float, str))]
+        return ", ".join(parts)
+
+    def table(self) -> Table:
+        """Every skipped and flagged item with its reason (an empty table says there were none)."""
+        from rich.table import Table
+
+        table = Table(title=f"{self.step}: skipped and flagged items", show_lines=False)
+        table.add_column("item", overflow="fold")
+        table.add_column("outcome")
+        table.add_column("reason")
+        table.add_column("message", overflow="fold")
+        for entry in self.skipped:
+            table.add_row(entry.item, "[red]skipped[/red]", entry.reason, entry.message)
+        for entry in self.flagged:
+            table.add_row(entry.item, "[yellow]flagged[/yellow]", entry.reason, entry.message)
+        return table
+
+    def print(self, console: Console | None = None) -> None:
+        from rich.console import Console
+
+        console = console or Console(stderr=True)
+        console.print(self.headline())
+        if self.skipped or self.flagged:
+            console.print(self.table())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "total": self.total, "done": self.done, "reused": self.reused,
+                "skipped": [s.to_dict() for s in self.skipped], "flagged": [s.to_dict() for s in self.flagged],
+                **self.extra}
+
+
+class progress_bar:
+    """A rich progress bar on stderr for a long step, or nothing."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n=1: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn(f"[bold]{self.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self._bar.start()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda n=1: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

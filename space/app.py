@@ -1,0 +1,726 @@
+"""DermEval Space: score a dermatology diagnostic narrative against its image, in the browser or over the API.
+
+Run it with ``python space/app.py`` (repository layout) or ``python app.py`` (Space layout, ``dermtrl/`` beside
+this file). The model is the DermEval adapter named by ``DERMEVAL_ADAPTER`` on the base named by
+``DERMEVAL_BASE`` (defaults: the project's Hub ids). When that cannot be loaded (no Hub access, no such repo, not
+enough memory) the app falls back to the embedded demo model, the tiny local LLaVA with a short Stage-1 adapter
+trained on synthetic cases, and says so in a banner: the demo must work offline from a fresh clone.
+
+Environment variables (all optional; space/README.md has the full table):
+
+- ``DERMEVAL_BASE`` / ``DERMEVAL_ADAPTER``: base model and adapter, Hub ids or folders (defaults
+  ``llava-hf/llava-1.5-7b-hf`` / ``dermtrl/dermeval-lora``); ``DERMEVAL_DTYPE``: the base's torch dtype.
+- ``DERMEVAL_DEMO=1``: use the embedded demo model at once; ``DERMEVAL_DEMO_ADAPTER``: a trained adapter folder
+  for it (default: train one on first start, cached under ``DERMTRL_CACHE``).
+- ``DERMEVAL_MAX_MEGAPIXELS`` (24), ``DERMEVAL_MAX_UPLOAD_MB`` (50), ``DERMEVAL_MAX_NARRATIVE_CHARS`` (20000),
+  ``DERMEVAL_MAX_NEW_TOKENS`` (256), ``DERMEVAL_QUEUE_SIZE`` (16): the limits that keep the server up.
+- ``DERMBENCH_JUDGE_BASE_URL``, ``DERMBENCH_JUDGE_MODEL``, ``DERMBENCH_JUDGE_API_KEY_ENV`` (the NAME of the
+  variable holding the key): the OpenAI-compatible judge of the DermBench tab.
+
+API (``gradio_client``): ``/evaluate`` (image, narrative), ``/dermbench_compare`` (candidate, reference) and
+``/model_info`` (no inputs). dermtrl is a research tool, not a medical device.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import unicodedata
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The Space must not phone home; set before gradio is imported (gradio reads it at import time).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+HERE = Path(__file__).resolve().parent
+for _root in (HERE, HERE.parent):  # Space layout (dermtrl/ beside app.py) or repository layout (space/ inside)
+    if (_root / "dermtrl" / "__init__.py").exists():
+        if str(_root) not in sys.path:
+            sys.path.insert(0, str(_root))
+        break
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+
+from dermtrl.conversation import control_tokens, neutralise_control_tokens  # noqa: E402
+from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN  # noqa: E402
+from dermtrl.tiny import TINY_MODEL_NAME, default_cache_dir  # noqa: E402
+
+log = logging.getLogger("dermeval.space")
+
+DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
+DEFAULT_ADAPTER = "dermtrl/dermeval-lora"
+#: Bump when the demo adapter's training overrides change, so a stale cached adapter is never reused.
+DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v1"
+#: The short Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml): 200 steps, about 45 s on 2 cores,
+#: enough for the tiny model to write a critique and all six scores.
+DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "400", "--num_train_epochs", "4")
+#: Held-out synthetic cases offered as examples (training uses indices below 100,000), one per quality tier.
+EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_000, "correct"), (100_002, "unsafe"),
+                                              (100_003, "hallucinated"), (100_004, "vague"))
+#: Spread (standard deviation of the score-digit distribution) below which a score reads as high / medium
+#: confidence; the largest possible spread on 0-5 is 2.5.
+CONFIDENCE_BANDS: tuple[tuple[float, str], ...] = ((0.3, "high"), (0.8, "medium"))
+SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence"]
+DISCLAIMER = ("DermEval is a research tool for evaluating model-written narratives. It is **not a medical "
+              "device** and must not be used to diagnose or treat anyone.")
+
+# Lines that read as instructions to the evaluator rather than as a description of the image.
+_INSTRUCTION_LINE = re.compile(
+    r"\b(ignore|disregard|forget|override)\b[^\n]{0,40}\b(instructions?|prompts?|previous|above|rules?|rubric)\b"
+    r"|\b(system prompt|you are now|new instructions?)\b"
+    r"|\b(give|rate|assign|award)\b[^.\n]{0,40}\b(scores?|ratings?|marks?|points?)\b[^.\n]{0,20}"
+    r"\b(5|five|maximum|highest|perfect)\b"
+    r"|\b(give|rate|assign|award)\b[^.\n]{0,40}\b(5|five|full|maximum|highest|perfect)\b[^.\n]{0,10}"
+    r"\b(scores?|ratings?|marks?|points?)\b"
+    r"|^\s*(user|assistant|system)\s*:",
+    re.IGNORECASE,
+)
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass
+class Settings:
+    """Everything the environment can change, read once at start-up (so a bad value fails before serving)."""
+
+    base: str | None = DEFAULT_BASE
+    adapter: str | None = DEFAULT_ADAPTER
+    demo: bool = False
+    demo_adapter: str | None = None
+    dtype: str | None = None
+    max_megapixels: int = 24
+    max_upload_mb: int = 50
+    max_narrative_chars: int = 20_000
+    max_new_tokens: int = 256
+    queue_size: int = 16
+    judge_base_url: str | None = None
+    judge_model: str = "gpt-4o-mini"
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 4
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            base=env.get("DERMEVAL_BASE", DEFAULT_BASE).strip() or None,
+            adapter=env.get("DERMEVAL_ADAPTER", DEFAULT_ADAPTER).strip() or None,
+            demo=env.get("DERMEVAL_DEMO", "").strip().lower() in ("1", "true", "yes"),
+            demo_adapter=env.get("DERMEVAL_DEMO_ADAPTER", "").strip() or None,
+            dtype=env.get("DERMEVAL_DTYPE", "").strip() or None,
+            max_megapixels=_env_int(env, "DERMEVAL_MAX_MEGAPIXELS", 24),
+            max_upload_mb=_env_int(env, "DERMEVAL_MAX_UPLOAD_MB", 50),
+            max_narrative_chars=_env_int(env, "DERMEVAL_MAX_NARRATIVE_CHARS", 20_000),
+            max_new_tokens=_env_int(env, "DERMEVAL_MAX_NEW_TOKENS", 256),
+            queue_size=_env_int(env, "DERMEVAL_QUEUE_SIZE", 16),
+            judge_base_url=env.get("DERMBENCH_JUDGE_BASE_URL", "").strip() or None,
+            judge_model=env.get("DERMBENCH_JUDGE_MODEL", "").strip() or "gpt-4o-mini",
+            judge_api_key_env=env.get("DERMBENCH_JUDGE_API_KEY_ENV", "").strip() or "OPENAI_API_KEY",
+            judge_concurrency=_env_int(env, "DERMBENCH_JUDGE_CONCURRENCY", 4),
+            cache_dir=Path(env["DERMTRL_CACHE"]) if env.get("DERMTRL_CACHE") else default_cache_dir(),
+        )
+
+    @property
+    def judge_configured(self) -> bool:
+        """A judge endpoint is set, or a key for the OpenAI API is."""
+        return bool(self.judge_base_url or os.environ.get(self.judge_api_key_env))
+
+
+# --- the model ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """The evaluator the app serves and what the banner says about it."""
+
+    evaluator: Any  # dermtrl.evaluator.DermEval
+    description: str
+    demo: bool
+    banner: str
+
+
+def _find_recipe() -> Path | None:
+    for root in (HERE.parent, HERE):
+        if (root / "recipes" / "sft.py").exists() and (root / "recipes" / "configs" / "demo_sft.yaml").exists():
+            return root / "recipes"
+    return None
+
+
+def train_demo_adapter(output_dir: Path) -> Path:
+    """Stage 1 of the demo recipe, shortened, in this process: the tiny model learns the output format.
+
+    Uses recipes/sft.py and its demo config unchanged (plus the overrides above), so the Space trains exactly
+    what ``accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml`` would, only shorter.
+    """
+    import importlib.util
+
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    recipes = _find_recipe()
+    if recipes is None:
+        raise FileNotFoundError("recipes/sft.py is not beside the app: cannot train the demo adapter")
+    spec = importlib.util.spec_from_file_location("dermeval_space_sft_recipe", recipes / "sft.py")
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(recipe)
+    parser = TrlParser((recipe.DermEvalScriptArguments, SFTConfig, ModelConfig))
+    args = parser.parse_args_and_config(args=[
+        "--config", str(recipes / "configs" / "demo_sft.yaml"), "--output_dir", str(output_dir),
+        *DEMO_TRAIN_OVERRIDES, "--disable_tqdm", "true",
+    ])
+    recipe.main(*args)
+    return output_dir
+
+
+def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
+    """The demo adapter folder (cached; trained on first start) and how it was obtained, for the banner.
+
+    Returns ``(None, why)`` when no adapter can be had (no recipe beside the app): the untrained tiny model
+    then runs, and the banner says its output will lack scores.
+    """
+    if settings.demo_adapter:
+        return Path(settings.demo_adapter), f"the adapter in `{settings.demo_adapter}`"
+    from dermtrl.tiny import corpus_key
+
+    # named after the tiny model it was trained on: an adapter of another tiny build would not fit it
+    path = settings.cache_dir / f"{DEMO_ADAPTER_VERSION}-{corpus_key()}"
+    if (path / "adapter_model.safetensors").exists():
+        return path, f"a Stage-1 adapter trained on synthetic cases, cached in `{path}`"
+    if _find_recipe() is None:
+        return None, "no demo adapter (recipes/sft.py is not beside the app), so the model is untrained"
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
+    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (about a minute "
+                "on a CPU), cached in %s", path)
+    try:
+        train_demo_adapter(tmp)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process finished first; its adapter is the same
+            if not (path / "adapter_model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path, f"a Stage-1 adapter trained on synthetic cases at first start, cached in `{path}`"
+
+
+def _dtype(settings: Settings) -> Any:
+    import torch
+
+    if settings.dtype:
+        return getattr(torch, settings.dtype)
+    return torch.bfloat16 if torch.cuda.is_available() else None
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+    """``Type: first sentence`` of an exception, capped: library messages run to paragraphs."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text.split('. ')[0]}" if text else type(exc).__name__
+    return (text[: limit - 1] + "…") if len(text) > limit else text
+
+
+def _md_escape(text: str) -> str:
+    """Text we did not write (an exception message), shown in Markdown as plain text: no links, no images."""
+    return re.sub(r"([\\`*_\[\]()<>!#|~])", r"\\\1", text)
+
+
+def _code(text: str) -> str:
+    """Inline Markdown code for text we did not write (no backticks can close it early)."""
+    return "`" + text.replace("`", "'") + "`"
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """The configured DermEval model, or the embedded demo model with the reason in the banner."""
+    from dermtrl.evaluator import DermEval
+
+    reason = "`DERMEVAL_DEMO=1` is set"
+    if not settings.demo:
+        name = settings.adapter or settings.base or ""
+        try:
+            evaluator = DermEval.from_pretrained(settings.base, settings.adapter, dtype=_dtype(settings),
+                                                 max_new_tokens=settings.max_new_tokens)
+        except Exception as exc:  # offline, no such repo, gated, out of memory...: the demo must still run
+            reason = f"could not load {_code(name)} ({_md_escape(_short(exc, 160))})"
+            log.warning("Falling back to the embedded demo model: could not load %s: %s", name, _short(exc, 2000))
+        else:
+            description = f"{settings.adapter} on {settings.base or 'its base'}" if settings.adapter else name
+            return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.")
+    adapter, how = demo_adapter_path(settings)
+    if adapter is None:
+        evaluator = DermEval.from_pretrained(TINY_MODEL_NAME, max_new_tokens=settings.max_new_tokens)
+    else:
+        evaluator = DermEval.from_pretrained(adapter=str(adapter), max_new_tokens=settings.max_new_tokens)
+    banner = (f"⚠️ **Embedded demo model.** The app {reason}, so it runs the tiny local LLaVA with {how}. "
+              "The tiny model only learns from synthetic drawings, not clinical images: its scores show how the app "
+              "works and say nothing about any narrative's medical quality.")
+    if adapter is None:
+        banner += " Untrained, it will not write readable scores."
+    log.warning("Serving the embedded demo model: tiny LLaVA with %s", how)
+    return LoadedModel(evaluator, f"demo: tiny LLaVA + {adapter or 'no adapter'}", True, banner)
+
+
+# --- hostile input --------------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """Input the app refuses, with a message for the person who sent it."""
+
+
+def image_input(max_bytes: int, **kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` that hands the handler the uploaded file's path without opening it.
+
+    Stock ``gr.Image`` opens the upload before our code runs, so a non-image file would fail with a library
+    message and some paths decode the whole image; here :func:`open_image` reads the header first. (The
+    instance's ``preprocess`` is replaced rather than subclassed: Gradio writes a ``.pyi`` stub beside any
+    file that subclasses a component.)
+    """
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+
+    def preprocess(payload: Any) -> str | None:
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if url and url.startswith("data:"):
+            return _data_url_to_file(url, component.GRADIO_CACHE, max_bytes)
+        return getattr(payload, "path", None)
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def _data_url_to_file(url: str, cache_dir: str, max_bytes: int) -> str:
+    """A ``data:`` URL (webcam, clipboard) written to a file, so it takes the same checks as an upload."""
+    _, _, data = url.partition(",")
+    if len(data) * 3 // 4 > max_bytes:
+        raise gr.Error(f"The image is larger than the {max_bytes // 2**20} MB upload limit.", print_exception=False)
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise gr.Error("The image data could not be decoded (not base64).", print_exception=False) from exc
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="dermeval-", suffix=".img", dir=cache_dir)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
+    return name
+
+
+def open_image(path: str | os.PathLike[str] | None, *, max_megapixels: float) -> tuple[Image.Image, list[str]]:
+    """Check an uploaded file's header, then decode it within a pixel budget; notes for what was changed.
+
+    The size comes from the header before anything is decoded. A JPEG above the budget is decoded at a
+    reduced scale (libjpeg's draft mode, so memory stays bounded); anything else above it is refused.
+    """
+    if path is None or str(path) == "":
+        raise InputError("No image: upload a photo of the skin (PNG, JPEG or WebP) before pressing Evaluate.")
+    name = Path(path).name
+    budget = int(max_megapixels * 1_000_000)
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            source = Image.open(path)
+    except FileNotFoundError as exc:
+        raise InputError("The uploaded image is gone from the server: upload it again.") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InputError(f"The image is far too large to process (limit {max_megapixels:g} megapixels): "
+                         "downscale it and upload it again.") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"That file is not an image this app can read ({_file_kind(path)}). Upload a PNG, "
+                         "JPEG or WebP photo.") from exc
+    try:
+        width, height = source.size
+        if width < 1 or height < 1:
+            raise InputError("The image has no pixels.")
+        if width * height > budget:
+            if source.format != "JPEG":
+                raise InputError(
+                    f"The image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); the limit is "
+                    f"{max_megapixels:g} megapixels. Downscale it (the model sees it at a few hundred pixels "
+                    "anyway) and upload it again.")
+            scale = math.ceil(math.sqrt(width * height / budget))
+            source.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+            if source.size[0] * source.size[1] > budget:
+                raise InputError(f"The image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels), "
+                                 f"more than {max_megapixels:g} megapixels even when decoded at reduced scale.")
+            notes.append(f"The {width}×{height} image ({width * height / 1e6:.1f} megapixels) was downscaled to "
+                         f"{source.size[0]}×{source.size[1]} while decoding.")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source.load()
+            rgb = (ImageOps.exif_transpose(source) or source).convert("RGB")
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"The image {name!r} is damaged or truncated and could not be decoded "
+                         f"({type(exc).__name__}).") from exc
+    finally:
+        source.close()
+    if max(rgb.size) > 1024:  # the processor resizes to a few hundred pixels; this keeps that step cheap
+        rgb.thumbnail((1024, 1024))
+    return rgb, notes
+
+
+def _file_kind(path: str | os.PathLike[str]) -> str:
+    """A hint of what a non-image upload is, for the message."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return "it cannot be read"
+    if not head:
+        return "the file is empty"
+    if head.lstrip().startswith((b"<svg", b"<?xml")):
+        return "it looks like SVG or XML, which is not supported"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it looks like plain text"
+    return "unknown file type"
+
+
+@dataclass
+class PreparedText:
+    text: str
+    notes: list[str]
+
+
+def _clean(text: Any) -> str:
+    """Text without control characters other than newlines and tabs (NULs, escapes, terminal codes)."""
+    if not isinstance(text, str):
+        return ""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+
+
+def prepare_text(text: Any, *, what: str, max_chars: int, control_tokens: list[str] = ()) -> PreparedText:
+    """Cleaned, length-capped text and notes for the person; empty text is refused."""
+    text = _clean(text)
+    if not any(unicodedata.category(ch)[0] not in "ZC" for ch in text):  # only spaces and invisible marks
+        raise InputError(f"The {what} is empty: paste the text to evaluate.")
+    notes: list[str] = []
+    if len(text) > max_chars:
+        notes.append(f"The {what} has {len(text):,} characters; only the first {max_chars:,} were used.")
+        text = text[:max_chars]
+    text, found = neutralise_control_tokens(text, list(control_tokens))
+    if found:
+        notes.append(f"The {what} contained the model's control tokens ({', '.join(sorted(set(found)))}); they "
+                     "were replaced by look-alike characters so they are read as plain text.")
+    lines = [i + 1 for i, line in enumerate(text.split("\n")) if _INSTRUCTION_LINE.search(line)]
+    if lines:
+        where = ", ".join(str(n) for n in lines[:5]) + ("…" if len(lines) > 5 else "")
+        notes.append(f"Line(s) {where} of the {what} read like instructions to the evaluator. They were scored as "
+                     "part of the text, not followed; still, treat the scores with care.")
+    return PreparedText(text.strip(), notes)
+
+
+# --- the app --------------------------------------------------------------------------------------------
+
+
+def _confidence(spread: float | None) -> str:
+    if spread is None:
+        return "n/a"
+    for bound, word in CONFIDENCE_BANDS:
+        if spread < bound:
+            return word
+    return "low"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "missing" if value is None else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _empty_plot() -> pd.DataFrame:
+    return pd.DataFrame({"dimension": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
+
+
+def _score_outputs(scores: Mapping[str, float], expected: Mapping[str, float] | None = None,
+                   spread: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The bar chart's data (scored dimensions only, paper order) and the six-row table."""
+    plot = pd.DataFrame({"dimension": [d for d in DIMENSIONS if d in scores],
+                         "score": [float(scores[d]) for d in DIMENSIONS if d in scores]})
+    rows = []
+    for d in DIMENSIONS:
+        e = expected.get(d) if expected is not None else None
+        s = spread.get(d) if spread is not None else None
+        rows.append([d, _fmt(scores.get(d)), _fmt(e), _fmt(s), _confidence(s) if d in scores else "n/a"])
+    return (plot if len(plot) else _empty_plot()), rows
+
+
+class SpaceApp:
+    """The handlers behind the page and the API, and the lock that serialises model calls."""
+
+    def __init__(self, settings: Settings, model: LoadedModel) -> None:
+        self.settings = settings
+        self.model = model
+        self.model_lock = threading.Lock()  # one generation at a time; the queue holds the rest
+        self._judge: Any = None
+        self._judge_error: str | None = None
+        self._judge_lock = threading.Lock()
+        evaluator = model.evaluator
+        self.control_tokens = control_tokens(evaluator.processor)
+        self.narrative_token_budget = self._token_budget()
+
+    def _token_budget(self) -> int:
+        """Narrative tokens that fit the context beside the image, the instruction and the answer."""
+        ev = self.model.evaluator
+        config = getattr(ev.model, "config", None)
+        text_config = getattr(config, "text_config", config)
+        context = getattr(text_config, "max_position_embeddings", None) or 4096
+        from dermtrl.conversation import prompt_batch
+
+        overhead = prompt_batch(ev.processor, [Image.new("RGB", (32, 32))], ["x"])["input_ids"].shape[1]
+        return max(64, context - overhead - ev.max_new_tokens - 16)
+
+    def _fit_tokens(self, prepared: PreparedText) -> PreparedText:
+        tokenizer = self.model.evaluator.tokenizer
+        enc = tokenizer(prepared.text, add_special_tokens=False, return_offsets_mapping=True)
+        budget = self.narrative_token_budget
+        if len(enc["input_ids"]) <= budget:
+            return prepared
+        cut = enc["offset_mapping"][budget - 1][1]
+        note = (f"The narrative is {len(enc['input_ids']):,} tokens long; the model's context leaves room for "
+                f"{budget:,}, so only its first {cut:,} characters were evaluated.")
+        return PreparedText(prepared.text[:cut].rstrip(), [*prepared.notes, note])
+
+    # -- handlers (each returns values for its outputs, or raises gr.Error with a message) --------------
+
+    def info(self) -> dict[str, Any]:
+        """What the app is running: for API clients and the tests."""
+        return {"model": self.model.description, "demo": self.model.demo,
+                "judge_configured": self.settings.judge_configured, "dimensions": list(DIMENSIONS),
+                "score_range": [SCORE_MIN, SCORE_MAX], "queue_size": self.settings.queue_size}
+
+    def evaluate(self, image: str | None, narrative: str | None) -> tuple[Any, ...]:
+        """Evaluate one (image, narrative) pair: notes, chart, overall, table, critique, raw output, JSON."""
+        try:
+            rgb, image_notes = open_image(image, max_megapixels=self.settings.max_megapixels)
+            prepared = prepare_text(narrative, what="narrative", max_chars=self.settings.max_narrative_chars,
+                                    control_tokens=self.control_tokens)
+            prepared = self._fit_tokens(prepared)
+        except InputError as exc:
+            raise gr.Error(str(exc), title="Cannot evaluate this input", print_exception=False) from exc
+        try:
+            with self.model_lock:
+                result = self.model.evaluator.evaluate(rgb, prepared.text)
+        except ValueError as exc:
+            raise gr.Error(f"DermEval refused this input: {exc}", print_exception=False) from exc
+        except Exception as exc:  # the server must stay up whatever the model does with odd input
+            log.exception("evaluation failed")
+            raise gr.Error(f"DermEval failed on this input ({type(exc).__name__}); the app is still running, "
+                           "try another image or narrative.", print_exception=False) from exc
+        notes = [*image_notes, *prepared.notes]
+        if result.missing:
+            notes.append("The model's output has no readable score for " + ", ".join(result.missing)
+                         + ": shown as missing, never as 0, and left out of the overall score.")
+        plot, rows = _score_outputs(result.scores, result.expected, result.spread)
+        overall = None if result.overall is None else round(result.overall, 2)
+        payload = {**result.to_dict(), "model": self.model.description, "demo": self.model.demo,
+                   "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
+        status = "\n".join(f"- {n}" for n in notes) if notes else "Evaluated."
+        critique = result.critique or "(The model wrote no critique.)"
+        return status, plot, overall, rows, critique, result.text, payload
+
+    def _get_judge(self) -> Any:
+        with self._judge_lock:  # compare runs several at a time; build one client, once
+            return self._build_judge()
+
+    def _build_judge(self) -> Any:
+        if self._judge is None and self._judge_error is None:
+            try:
+                from dermtrl.bench.judge import Judge
+                from dermtrl.client import ClientConfig, LLMClient
+
+                client = LLMClient(ClientConfig(
+                    base_url=self.settings.judge_base_url, model=self.settings.judge_model,
+                    api_key_env=self.settings.judge_api_key_env, max_concurrency=self.settings.judge_concurrency,
+                    max_retries=2, timeout=60.0, temperature=0.0, cache_path=None,
+                ))
+                self._judge = Judge(client, parse_retries=1)
+            except Exception as exc:  # a bad URL or model name in the environment: say so, keep serving
+                self._judge_error = _short(exc)
+                log.error("DermBench judge unavailable: %s", self._judge_error)
+        if self._judge is None:
+            raise gr.Error(f"The DermBench judge is misconfigured: {self._judge_error}", print_exception=False)
+        return self._judge
+
+    def compare(self, candidate: str | None, reference: str | None) -> tuple[Any, ...]:
+        """DermBench: the judge scores the candidate narrative against the reference (no image needed)."""
+        if not self.settings.judge_configured:
+            raise gr.Error(judge_help(self.settings), title="No judge endpoint configured", print_exception=False)
+        try:
+            cand = prepare_text(candidate, what="candidate narrative", max_chars=self.settings.max_narrative_chars)
+            ref = prepare_text(reference, what="reference narrative", max_chars=self.settings.max_narrative_chars)
+        except InputError as exc:
+            raise gr.Error(str(exc), title="Cannot compare this input", print_exception=False) from exc
+        from dermtrl.bench.judge import JudgeItem
+
+        judge = self._get_judge()
+        record = judge.score(JudgeItem(model="space", case_id="space", candidate=cand.text, reference=ref.text))
+        if record["status"] != "scored" and record.get("raw") is None:
+            raise gr.Error(f"The judge could not be reached: {record['error']}", print_exception=False)
+        scores = record.get("scores") or record.get("partial_scores") or {}
+        notes = [*cand.notes, *ref.notes]
+        if record["status"] != "scored":
+            notes.append(f"The judge's answer was incomplete: {record['error']}")
+        plot, rows = _score_outputs(scores)
+        present = [scores[d] for d in DIMENSIONS if d in scores]
+        overall = round(sum(present) / len(present), 2) if present else None
+        status = "\n".join(f"- {n}" for n in notes) if notes else f"Judged by `{self.settings.judge_model}`."
+        payload = {"status": record["status"], "scores": {d: scores.get(d) for d in DIMENSIONS},
+                   "overall": overall, "error": record.get("error"), "attempts": record.get("attempts"),
+                   "judge_model": self.settings.judge_model, "notes": notes}
+        return status, plot, overall, [r[:2] for r in rows], record.get("raw") or "", payload
+
+    # -- the page --------------------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        examples = example_cases(self.settings.cache_dir)
+        with gr.Blocks(title="DermEval") as demo:
+            gr.Markdown("# DermEval: evaluate a dermatology diagnostic narrative\n" + DISCLAIMER)
+            gr.Markdown(self.model.banner, elem_id="model-banner")
+            with gr.Tab("DermEval (image + narrative)", id="dermeval"):
+                with gr.Row():
+                    with gr.Column():
+                        image = image_input(self.settings.max_upload_mb * 2**20, label="Skin image",
+                                            sources=["upload", "clipboard"], elem_id="image-input", height=320)
+                        narrative = gr.Textbox(label="Diagnostic narrative", lines=8, elem_id="narrative-input",
+                                               placeholder="Paste the model-written diagnostic narrative here.")
+                        button = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
+                    with gr.Column():
+                        notes = gr.Markdown(elem_id="evaluate-notes")
+                        overall = gr.Number(label="Overall score (mean of the scored dimensions, 0-5)",
+                                            elem_id="overall-score", precision=2, interactive=False)
+                        chart = _score_chart("score-chart")
+                        table = gr.Dataframe(headers=SCORE_COLUMNS, elem_id="score-table", interactive=False,
+                                             label="Scores and confidence", wrap=True,
+                                             column_widths=["32%", "12%", "20%", "16%", "20%"])
+                        gr.Markdown("*Expected score* and *spread* come from the model's probabilities for each "
+                                    "score digit: a small spread (below 0.3) means the model was confident.")
+                critique = gr.Textbox(label="Critique", lines=6, interactive=False, elem_id="critique")
+                with gr.Accordion("Raw model output", open=False, elem_id="raw-panel"):
+                    raw = gr.Textbox(label="Raw output", lines=10, interactive=False, elem_id="raw-output")
+                    result = gr.JSON(label="Full result (JSON)", elem_id="result-json")
+                gr.Examples(examples=[[e["image"], e["narrative"]] for e in examples], inputs=[image, narrative],
+                            label="Synthetic examples (drawings, not clinical images)", cache_examples=False)
+                button.click(self.evaluate, inputs=[image, narrative],
+                             outputs=[notes, chart, overall, table, critique, raw, result], api_name="evaluate",
+                             concurrency_limit=1, concurrency_id="dermeval-model")
+            with gr.Tab("DermBench (against a reference)", id="dermbench"):
+                gr.Markdown(judge_intro(self.settings), elem_id="bench-help")
+                with gr.Row():
+                    candidate = gr.Textbox(label="Candidate narrative", lines=8, elem_id="bench-candidate")
+                    reference = gr.Textbox(label="Reference narrative (certified)", lines=8,
+                                           elem_id="bench-reference")
+                compare = gr.Button("Compare", variant="primary", elem_id="bench-compare",
+                                    interactive=self.settings.judge_configured)
+                b_notes = gr.Markdown(elem_id="bench-notes")
+                b_overall = gr.Number(label="Overall judge score (0-5)", precision=2, interactive=False,
+                                      elem_id="bench-overall")
+                b_chart = _score_chart("bench-chart")
+                b_table = gr.Dataframe(headers=SCORE_COLUMNS[:2], interactive=False, elem_id="bench-table",
+                                       label="Judge scores")
+                with gr.Accordion("Raw judge answer", open=False):
+                    b_raw = gr.Textbox(label="Raw answer", lines=10, interactive=False, elem_id="bench-raw")
+                    b_json = gr.JSON(label="Full result (JSON)", elem_id="bench-json")
+                gr.Examples(examples=[[e["narrative"], e["reference"]] for e in examples],
+                            inputs=[candidate, reference], label="Synthetic examples", cache_examples=False)
+                compare.click(self.compare, inputs=[candidate, reference],
+                              outputs=[b_notes, b_chart, b_overall, b_table, b_raw, b_json],
+                              api_name="dermbench_compare", concurrency_limit=self.settings.judge_concurrency,
+                              concurrency_id="dermbench-judge")
+            info = gr.JSON(visible=False)
+            demo.load(self.info, outputs=info, api_name="model_info", queue=False)
+        demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
+        return demo
+
+    def launch_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``Blocks.launch``: upload cap, no SSR (which needs Node), the example folder allowed."""
+        return {"max_file_size": f"{self.settings.max_upload_mb}mb", "ssr_mode": False, "show_error": True,
+                "allowed_paths": [str(self.settings.cache_dir / "space-examples")]}
+
+
+def _score_chart(elem_id: str) -> gr.BarPlot:
+    """Bars on a fixed 0-5 axis in the paper's dimension order, so charts of two answers compare at a glance."""
+    return gr.BarPlot(_empty_plot(), x="dimension", y="score", y_lim=[SCORE_MIN, SCORE_MAX], sort=list(DIMENSIONS),
+                      x_title="Dimension", y_title="Score (0-5)", label="Scores", elem_id=elem_id,
+                      x_label_angle=-20, tooltip=["dimension", "score"], height=300)
+
+
+def judge_help(settings: Settings) -> str:
+    return ("Set `DERMBENCH_JUDGE_BASE_URL` to an OpenAI-compatible endpoint (for example a vLLM server, "
+            "`http://127.0.0.1:8000/v1`) and `DERMBENCH_JUDGE_MODEL` to its model name; if the endpoint needs a "
+            "key, put it in a secret and set `DERMBENCH_JUDGE_API_KEY_ENV` to that secret's name (default "
+            f"`{settings.judge_api_key_env}`, which alone selects the OpenAI API). Then restart the Space.")
+
+
+def judge_intro(settings: Settings) -> str:
+    head = ("DermBench has an LLM judge compare a candidate narrative with a certified reference narrative and "
+            "score it 0-5 on the six dimensions. The candidate is passed as data: instructions inside it are "
+            "not followed.\n\n")
+    if settings.judge_configured:
+        where = settings.judge_base_url or "the OpenAI API"
+        return head + f"Judge: `{settings.judge_model}` at `{where}`."
+    return head + "**No judge endpoint is configured.** " + judge_help(settings)
+
+
+def example_cases(cache_dir: Path) -> list[dict[str, str]]:
+    """Held-out synthetic cases as files the page can offer: image path, narrative and reference."""
+    from dermtrl.data.synthetic import generate_case
+
+    folder = cache_dir / "space-examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, tier in EXAMPLE_CASES:
+        case = generate_case(index, tier=tier)
+        path = folder / f"{case['case_id']}-{tier}.png"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            case["image"].save(tmp, format="PNG")
+            tmp.replace(path)
+        out.append({"image": str(path), "narrative": case["narrative"], "reference": case["reference"],
+                    "tier": tier, "case_id": case["case_id"]})
+    return out
+
+
+def create_app(settings: Settings | None = None) -> tuple[SpaceApp, gr.Blocks]:
+    """Load the model (or the demo fallback) and build the page."""
+    settings = settings or Settings.from_env()
+    app = SpaceApp(settings, load_model(settings))
+    return app, app.build()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app, demo = create_app()
+    log.info("Serving %s (demo fallback: %s)", app.model.description, app.model.demo)
+    demo.launch(**app.launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The Space in a real browser: Debian's chromium driven by Playwright, against ``python space/app.py`` on 127.0.0.1.
+
+The app runs as a subprocess exactly as a person starts it (offline, so on the embedded demo model). Chromium's
+resolver maps every host but 127.0.0.1 to NOTFOUND, and the test records every request, so passing proves the
+page needs nothing from outside. Never ``playwright install``: ``.ci/run`` installs Debian's chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dermtrl.data.synthetic import generate_case
+from dermtrl.dimensions import DIMENSIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+# Cold start trains the demo adapter once (about 45 s on 2 cores; cached under DERMTRL_CACHE afterwards).
+START_TIMEOUT = 240.0
+UI_TIMEOUT_MS = 60_000
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium before the tests")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.timeout(420)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python space/app.py`` on a free loopback port; its log is shown if it fails to start."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("space") / "app.log"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "DERMBENCH_JUDGE_API_KEY_ENV": "DERMTRL_TEST_NO_SUCH_KEY", "PYTHONUNBUFFERED": "1"}
+    env.pop("DERMBENCH_JUDGE_BASE_URL", None)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "space" / "app.py")], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"space/app.py exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url + "gradio_api/info", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"space/app.py did not serve within {START_TIMEOUT:.0f} s:\n"
+                            f"{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+@pytest.fixture
+def page(app_url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
+    """A chromium page; with every URL it requested and every request that failed."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1300})
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            pg = context.new_page()
+            requested: list[str] = []
+            failed: list[str] = []
+            pg.on("request", lambda r: requested.append(r.url))
+            pg.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
+            yield pg, requested, failed
+        finally:
+            browser.close()
+
+
+def test_upload_type_evaluate_shows_six_scores_and_a_critique(
+    page: tuple[Any, list[str], list[str]], app_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pg, requested, failed = page
+    case = generate_case(100_000, tier="correct")
+    image = tmp_path / "lesion.png"
+    case["image"].save(image)
+
+    pg.goto(app_url, wait_until="domcontentloaded")
+    pg.wait_for_selector("#evaluate-button")
+    assert "Embedded demo model" in pg.inner_text("#model-banner")
+    pg.set_input_files("#image-input input[type=file]", str(image))  # the hidden file input of gr.Image
+    pg.wait_for_selector("#image-input img")  # the upload preview
+    pg.fill("#narrative-input textarea", case["narrative"])
+    pg.click("#evaluate-button")
+    pg.wait_for_function("() => (document.querySelector('#critique textarea') || {}).value", polling=100)
+
+    # gr.Dataframe draws its body as ARIA grid rows (a virtual table), not as <tr> elements
+    pg.wait_for_function("() => document.querySelectorAll('#score-table [role=row].virtual-row').length >= 6")
+    rows = pg.locator("#score-table [role=row].virtual-row")
+    assert rows.count() == 6
+    cells = [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(6)]
+    assert [r[0] for r in cells] == list(DIMENSIONS)
+    assert all(0 <= float(r[1]) <= 5 for r in cells), cells  # six scores, none missing
+    assert pg.input_value("#critique textarea").strip()
+    overall = float(pg.input_value("#overall-score input"))
+    assert overall == pytest.approx(sum(float(r[1]) for r in cells) / 6, abs=0.01)
+    pg.wait_for_selector("#score-chart canvas, #score-chart svg")  # the chart rendered, offline
+    assert not pg.is_visible("#raw-output")  # the raw output stays in its collapsed panel
+
+    screenshot = tmp_path / "dermeval-space.png"
+    pg.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\nDermEval Space screenshot: {screenshot}")
+
+    outside = sorted({u for u in requested if not u.startswith(("http://127.0.0.1", "data:", "blob:"))})
+    assert not outside, f"the page requested outside resources: {outside}"
+    # the queue's event stream is closed by the page itself once the result is in (net::ERR_ABORTED)
+    broken = [f for f in failed if "/gradio_api/queue/data" not in f]
+    assert not broken, f"requests failed: {broken}"
