@@ -35,16 +35,17 @@ import base64
 import hashlib
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from dermtrl.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
 __all__ = ["LocalHubServer", "REPO_TYPES"]
 
@@ -130,19 +131,9 @@ class _HubError(Exception):
         self.headers = headers or {}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: LocalHubServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up are expected
-            super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: LoopbackHTTPServer
     timeout = 30.0
 
     def setup(self) -> None:
@@ -214,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
 
-class LocalHubServer:
+class LocalHubServer(LoopbackServer):
     """A threaded, in-memory Hub on ``127.0.0.1`` (a free port). Use as a context manager.
 
     Point clients at :attr:`endpoint` (in a subprocess: ``env=server.client_env()``). Observations:
@@ -235,38 +226,10 @@ class LocalHubServer:
         self._unhandled: list[str] = []
         self._lfs_uploads = 0
         self._counter = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> LocalHubServer:
-        if self._server is None:
-            server = _Server(("127.0.0.1", 0), _Handler)
-            server.owner = self
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-hub", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        done = threading.Thread(target=server.shutdown, daemon=True)
-        done.start()
-        done.join(timeout)
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = self._thread = None
-
-    def __enter__(self) -> LocalHubServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # --- lifecycle (LoopbackServer) ------------------------------------------------------------------
+    thread_name = "local-hub"
+    handler_class = _Handler
 
     @property
     def endpoint(self) -> str:

@@ -28,16 +28,16 @@ from __future__ import annotations
 import json
 import random
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "timeout", "disconnect", "malformed", "empty")
 
@@ -91,20 +91,9 @@ def _count_tokens(body: Mapping[str, Any]) -> int:
     return words
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: FakeOpenAIServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up (timeouts, disconnect faults, stop()) are expected, not errors.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real API; every answer sends Content-Length
-    server: _Server
+    server: LoopbackHTTPServer
     timeout = 10.0  # an idle keep-alive connection frees its thread after this long
 
     # --- plumbing -------------------------------------------------------------------------------------
@@ -244,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """A threaded OpenAI-compatible server on ``127.0.0.1`` (a free port), for tests.
 
     Use as a context manager (``with FakeOpenAIServer() as srv: ...``) or call :meth:`start` and
@@ -296,34 +285,19 @@ class FakeOpenAIServer:
         self._max_in_flight = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.inject(*faults)
 
-    # --- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> FakeOpenAIServer:
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.owner = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
-        )
-        self._thread.start()
-        return self
+    # --- lifecycle (LoopbackServer) ------------------------------------------------------------------
+    thread_name = "fake-openai"
+    handler_class = _Handler
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving: wake sleeping handlers, close open connections, join the thread (bounded)."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()
-        if thread is not None and thread.is_alive():
-            done = threading.Thread(target=server.shutdown, daemon=True)
-            done.start()
-            done.join(timeout)
+    def _on_start(self) -> None:
+        self._stopping.clear()
+
+    def _on_stop(self) -> None:
+        self._stopping.set()  # wakes handlers sleeping in a latency or timeout fault
+
+    def _after_shutdown(self) -> None:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
@@ -331,23 +305,6 @@ class FakeOpenAIServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeOpenAIServer is not started")
-        return int(self._server.server_address[1])
 
     @property
     def base_url(self) -> str:
