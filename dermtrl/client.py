@@ -619,26 +619,9 @@ class _BatchProgress:
         self._task: Any = None
         if not self.enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from dermtrl.progress import progress_bar
 
-        self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("cached {task.fields[hits]} · failed {task.fields[failed]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
+        self._progress = progress_bar("cached {task.fields[hits]} · failed {task.fields[failed]}")
         description = progress if isinstance(progress, str) else "LLM calls"
         self._task = self._progress.add_task(description, total=total, hits=0, failed=0)
 

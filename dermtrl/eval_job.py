@@ -14,12 +14,12 @@ from typing import Any
 
 from datasets import Dataset
 from datasets import Image as ImageFeature
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dermtrl.data.images import load_image
 from dermtrl.evaluator import DermEval
 from dermtrl.jsonl import read_records, repair_tail
 from dermtrl.metrics import AgreementReport, agreement
+from dermtrl.progress import progress_bar
 from dermtrl.prompts import PROMPT_VERSION
 
 
@@ -71,9 +71,10 @@ def run_evaluation(
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
     todo = len(ds) - len(done)
-    columns = [TextColumn("[bold]DermEval[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with out_path.open("a", encoding="utf-8") as fh, Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("evaluate", total=max(todo, 0))
+    bar = progress_bar()
+    bar.disable = not progress
+    with out_path.open("a", encoding="utf-8") as fh, bar:
+        task = bar.add_task("DermEval", total=max(todo, 0))
         for batch in _batches(ds, done, evaluator.batch_size):
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)

@@ -147,26 +147,10 @@ class JobProgress:
         self._progress: Any = None
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from dermtrl.progress import progress_bar
 
-        self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("calls {task.fields[calls]} · cached {task.fields[hits]} · failed {task.fields[failed]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
+        self._progress = progress_bar(
+            "calls {task.fields[calls]} · cached {task.fields[hits]} · failed {task.fields[failed]}")
         self._task = self._progress.add_task(label, total=total, completed=done, calls=0, hits=0, failed=0)
 
     def _counts(self) -> tuple[int, int]:

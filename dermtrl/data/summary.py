@@ -92,11 +92,9 @@ class progress_bar:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n=1: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from dermtrl.progress import progress_bar
 
-        self._bar = Progress(TextColumn(f"[bold]{self.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self._bar = progress_bar()
         self._bar.start()
         task = self._bar.add_task(self.description, total=self.total)
         return lambda n=1: self._bar.advance(task, n)
