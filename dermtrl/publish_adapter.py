@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -350,22 +349,3 @@ def register_publish_adapter(publish_subparsers: Any) -> argparse.ArgumentParser
     _add_arguments(p)
     p.set_defaults(func=cmd_publish_adapter)
     return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dermtrl.publish_adapter ADAPTER --repo-id ID``: the same command outside the dermtrl CLI."""
-    from dermtrl.cli import CLIError, err_console
-
-    parser = argparse.ArgumentParser(prog="dermtrl publish adapter", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_publish_adapter(args)
-    except CLIError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dermtrl.bench.cli import main, register
+from dermtrl.bench.cli import register
+from dermtrl.cli import main as dermtrl_main
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import CANDIDATE_CLOSE, CANDIDATE_OPEN, REFERENCE_CLOSE, REFERENCE_OPEN
 from dermtrl.testing import last_user_text
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def main(argv):
+    """`dermtrl bench ARGS`, as users type it."""
+    return dermtrl_main(["bench", *argv])
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "bench_example.yaml"
 _WORD = re.compile(r"[a-z]+")

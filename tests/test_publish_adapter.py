@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dermtrl.cli import main as dermtrl_main
 from dermtrl.data.synthetic import generate_case, generate_cases
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.eval_job import agreement_from_records, run_evaluation
 from dermtrl.evaluator import DermEval
-from dermtrl.publish_adapter import PublishError, main, register_publish_adapter, stage_adapter
+from dermtrl.publish_adapter import PublishError, register_publish_adapter, stage_adapter
 from dermtrl.report import write_report
 from dermtrl.tiny import TINY_MODEL_NAME
 from tests.hub_fixtures import local_hub, run_against_hub  # noqa: F401  (fixtures, found by name)
@@ -138,9 +139,10 @@ def test_cli_registration_and_errors(adapter: Path, tmp_path: Path, capsys: pyte
     args = parser.parse_args(["publish", "adapter", str(adapter), "--repo-id", REPO_ID, "--dataset", "a/b",
                               "--dataset", "c/d", "--dry-run", str(tmp_path / "out")])
     assert args.func(args) == 0 and (tmp_path / "out" / "README.md").exists()
-    assert main([str(tmp_path / "nowhere"), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "o2")]) == 2
+    assert dermtrl_main(["publish", "adapter", str(tmp_path / "nowhere"), "--repo-id", REPO_ID,
+                         "--dry-run", str(tmp_path / "o2")]) == 2
     assert "nosuchadapterfolder" in _squeeze(capsys.readouterr().err)  # rich wraps lines: compare unwrapped
-    assert main([str(adapter), "--repo-id", "not-a-repo-id"]) == 2
+    assert dermtrl_main(["publish", "adapter", str(adapter), "--repo-id", "not-a-repo-id"]) == 2
     assert "mustlooklike'user-or-org/name'" in _squeeze(capsys.readouterr().err)
 
 
@@ -170,8 +172,9 @@ def test_push_then_load_by_id_gives_the_same_scores(adapter: Path, report_dir: P
     assert all(set(b["scores"]) == set(DIMENSIONS) for b in before)  # a trained adapter: the check means something
 
     push = run_against_hub(
-        "import sys\nfrom dermtrl.publish_adapter import main\nsys.exit(main(sys.argv[1:]))\n",
-        str(adapter), "--repo-id", REPO_ID, "--sft-config", str(SFT_CONFIG), "--soreb-config", str(SOREB_CONFIG),
+        "import sys\nfrom dermtrl.cli import main\nsys.exit(main(sys.argv[1:]))\n",  # `dermtrl publish adapter`
+        "publish", "adapter", str(adapter), "--repo-id", REPO_ID, "--sft-config", str(SFT_CONFIG),
+        "--soreb-config", str(SOREB_CONFIG),
         "--report", str(report_dir), "--dataset", "dermtrl/dermeval",
     )
     assert _squeeze(f"Pushed {adapter} to {REPO_ID}") in _squeeze(push.stdout)

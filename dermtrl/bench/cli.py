@@ -1,18 +1,17 @@
 """``dermtrl bench``: generate, judge, report, probe, run. Each subcommand is a thin shell over dermtrl.bench.
 
-:func:`register` adds the ``bench`` command to the ``dermtrl`` parser; ``python -m dermtrl.bench.cli`` runs it
-on its own. Heavy imports happen inside the commands, so ``dermtrl --help`` stays fast.
+:func:`register` adds the ``bench`` command to the ``dermtrl`` parser. Heavy imports happen inside the commands,
+so ``dermtrl --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["main", "register"]
+__all__ = ["register"]
 
 
 def _consoles() -> tuple[Any, Any]:
@@ -274,25 +273,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dermtrl.bench.cli generate ...``: the ``bench`` command on its own."""
-    from dermtrl.cli import CLIError
-
-    parser = argparse.ArgumentParser(prog="dermtrl")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    _, err = _consoles()
-    try:
-        return args.func(args)
-    except CLIError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return 2
-    except KeyboardInterrupt:
-        err.print("interrupted; finished work is saved (rerun the same command to resume)")
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
