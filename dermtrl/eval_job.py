@@ -71,8 +71,7 @@ def run_evaluation(
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
     todo = len(ds) - len(done)
-    bar = progress_bar()
-    bar.disable = not progress
+    bar = progress_bar(disable=not progress)
     with out_path.open("a", encoding="utf-8") as fh, bar:
         task = bar.add_task("DermEval", total=max(todo, 0))
         for batch in _batches(ds, done, evaluator.batch_size):

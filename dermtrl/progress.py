@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def progress_bar(counters: str | None = None) -> Any:
+def progress_bar(counters: str | None = None, *, disable: bool = False) -> Any:
     """A rich ``Progress`` on stderr: description, bar, done/total, optional counters, elapsed time and ETA.
 
     ``counters`` is a rich format string over the task's fields, e.g.
@@ -25,4 +25,4 @@ def progress_bar(counters: str | None = None) -> Any:
     if counters:
         columns.append(TextColumn(counters))
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, console=Console(stderr=True))
+    return Progress(*columns, console=Console(stderr=True), disable=disable)
