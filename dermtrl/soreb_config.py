@@ -20,7 +20,15 @@ class SOREBConfig(_BaseConfig):
         beta (`float`, defaults to `0.9`): EMA momentum of the baseline, eq. 3 (`b <- beta*b + (1-beta)*r`).
         baseline_init (`float`, *optional*): initial baseline; `None` starts it at the first batch's mean reward.
         rl_weight (`float`, defaults to `0.5`): lambda_RL of eq. 5.
-        text_weight (`float`, defaults to `1.0`): lambda_TEXT of eq. 5.
+        text_weight (`float`, defaults to `1.0`): lambda_TEXT of eq. 5. The paper requires > 0; 0 is accepted
+            only as an ablation (SOREB without the text loss).
+        use_baseline (`bool`, defaults to `True`): `False` is the ablation b = 0 (adv = r, plain REINFORCE).
+        advantage_scaling (`str`, defaults to `"none"`): `"none"` is the paper's adv = r - b; `"running_std"`
+            (not in the paper, an option for diagnosis) divides adv by an EMA (momentum `beta`) of the reward's
+            standard deviation around the baseline, so the policy-gradient scale no longer depends on the reward's.
+        pg_normalization (`str`, defaults to `"sequence"`): `"sequence"` is eq. 4 (per-sequence mean over the
+            generated tokens, then the batch mean); `"token"` sums adv * log p over every generated token of the
+            batch and divides by their total count (long samples weigh more; not in the paper).
         llm_parser_base_url / llm_parser_model / llm_parser_api_key_env: when a model is named, the LLM parser of
             Figure 4 fills the scores the rule-based parser misses (through the project's OpenAI-compatible client).
         num_completions_to_print (`int`, defaults to `2`): sampled completions logged as a table at each log step.
@@ -37,6 +45,17 @@ class SOREBConfig(_BaseConfig):
     )
     rl_weight: float = field(default=0.5, metadata={"help": "Weight lambda_RL of the REINFORCE loss (eq. 5)."})
     text_weight: float = field(default=1.0, metadata={"help": "Weight lambda_TEXT of the text loss (eq. 5)."})
+    use_baseline: bool = field(
+        default=True, metadata={"help": "Subtract the EMA baseline (eq. 3); False is the b = 0 ablation."}
+    )
+    advantage_scaling: str = field(
+        default="none",
+        metadata={"help": "'none' (paper: adv = r - b) or 'running_std' (adv / EMA std of r - b; not in the paper)."},
+    )
+    pg_normalization: str = field(
+        default="sequence",
+        metadata={"help": "'sequence' (paper eq. 4: mean over each sample's tokens) or 'token' (mean over all)."},
+    )
     llm_parser_base_url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible endpoint of the LLM score parser (Figure 4)."}
     )
@@ -53,10 +72,15 @@ class SOREBConfig(_BaseConfig):
         super().__post_init__()
         if not 0.0 < self.beta < 1.0:
             raise ValueError(f"beta must be in (0, 1) (paper eq. 3), got {self.beta}")
-        if self.rl_weight <= 0 or self.text_weight <= 0:
+        if self.rl_weight <= 0 or self.text_weight < 0:
             raise ValueError(
-                f"rl_weight and text_weight must be > 0 (paper eq. 5), got {self.rl_weight} and {self.text_weight}"
+                f"rl_weight must be > 0 and text_weight >= 0 (paper eq. 5 uses both > 0; text_weight = 0 is the "
+                f"ablation without the text loss), got {self.rl_weight} and {self.text_weight}"
             )
+        if self.advantage_scaling not in ("none", "running_std"):
+            raise ValueError(f"advantage_scaling must be 'none' or 'running_std', got {self.advantage_scaling!r}")
+        if self.pg_normalization not in ("sequence", "token"):
+            raise ValueError(f"pg_normalization must be 'sequence' or 'token', got {self.pg_normalization!r}")
         if self.max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
         if self.temperature <= 0:

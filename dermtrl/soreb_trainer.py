@@ -47,15 +47,30 @@ RewardFunc = Callable[..., list[float | None]]
 
 
 class EMABaseline(TrainerCallback, ExportableState):
-    """The moving-average reward baseline of eq. 3, saved in checkpoints as a stateful callback."""
+    """The moving-average reward baseline of eq. 3, saved in checkpoints as a stateful callback.
 
-    def __init__(self, beta: float = 0.9, value: float | None = None, count: int = 0):
+    ``enabled=False`` is the b = 0 ablation (adv = r). ``scaling="running_std"`` (not in the paper) also keeps an
+    EMA of (r - b)^2 and divides each advantage by its square root, so the policy-gradient scale does not follow
+    the reward's scale.
+    """
+
+    def __init__(self, beta: float = 0.9, value: float | None = None, count: int = 0, enabled: bool = True,
+                 scaling: str = "none", sq: float | None = None):
         self.beta = beta
         self.value = value
         self.count = count  # rewards folded in so far
+        self.enabled = enabled
+        self.scaling = scaling
+        self.sq = sq  # EMA of (r - b)^2, for scaling="running_std"
 
-    def update(self, rewards: Sequence[float | None]) -> list[float | None]:
-        """Fold rewards in, in order; return each one's advantage r - b (``None`` where there is no reward)."""
+    def advantages(self, rewards: Sequence[float | None], update: bool = True) -> list[float | None]:
+        """Each reward's advantage; ``update=False`` reads the baseline without moving it (evaluation)."""
+        if not update:
+            saved = (self.value, self.count, self.sq)
+            try:
+                return self.advantages(rewards, update=True)
+            finally:
+                self.value, self.count, self.sq = saved
         valid = [r for r in rewards if r is not None]
         if self.value is None and valid:
             self.value = sum(valid) / len(valid)
@@ -66,17 +81,30 @@ class EMABaseline(TrainerCallback, ExportableState):
                 continue
             self.value = self.beta * self.value + (1.0 - self.beta) * r
             self.count += 1
-            advantages.append(r - self.value)
+            adv = r - self.value if self.enabled else r
+            if self.scaling == "running_std":
+                self.sq = adv * adv if self.sq is None else self.beta * self.sq + (1.0 - self.beta) * adv * adv
+                adv = adv / max(self.sq, 1e-8) ** 0.5
+            advantages.append(adv)
         return advantages
 
+    def update(self, rewards: Sequence[float | None]) -> list[float | None]:
+        """Fold rewards in, in order; return each one's advantage r - b (``None`` where there is no reward)."""
+        return self.advantages(rewards, update=True)
+
     def state(self) -> dict:
-        return {"args": {"beta": self.beta, "value": self.value, "count": self.count}, "attributes": {}}
+        return {"args": {"beta": self.beta, "value": self.value, "count": self.count, "enabled": self.enabled,
+                         "scaling": self.scaling, "sq": self.sq}, "attributes": {}}
 
 
 def policy_gradient_loss(
-    logits: torch.Tensor, input_ids: torch.Tensor, generated_mask: torch.Tensor, advantages: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, generated_mask: torch.Tensor, advantages: torch.Tensor,
+    normalization: str = "sequence",
 ) -> torch.Tensor:
     """L_RL of eq. 4, averaged over the examples that have an advantage.
+
+    ``normalization="sequence"`` is eq. 4 (each sample's mean log-probability, then the batch mean);
+    ``"token"`` divides the batch's sum of adv * log p by its number of generated tokens (an option, not the paper).
 
     ``logits`` (B, L, V) from a teacher-forced pass over ``input_ids`` (B, L); ``generated_mask`` (B, L) is 1 on
     sampled tokens only; ``advantages`` (B,) holds NaN for examples without a reward. The log-probability of
@@ -88,7 +116,11 @@ def policy_gradient_loss(
     valid = ~torch.isnan(advantages) & (mask.sum(dim=1) > 0)
     if not valid.any():
         return logits.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
-    return -(advantages[valid].to(mean_logp.dtype) * mean_logp[valid]).mean()
+    adv = advantages[valid].to(mean_logp.dtype)
+    if normalization == "token":
+        sum_logp = (token_logps * mask).sum(dim=1)[valid]
+        return -(adv * sum_logp).sum() / mask[valid].sum().clamp(min=1.0)
+    return -(adv * mean_logp[valid]).mean()
 
 
 class SOREBTrainer(_BaseTrainer):
@@ -160,7 +192,8 @@ class SOREBTrainer(_BaseTrainer):
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._completions: list[dict[str, Any]] = []
-        baseline = EMABaseline(beta=args.beta, value=args.baseline_init)
+        baseline = EMABaseline(beta=args.beta, value=args.baseline_init, enabled=args.use_baseline,
+                               scaling=args.advantage_scaling)
         super().__init__(
             model=model, args=args, data_collator=lambda features: features, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class,
@@ -226,7 +259,9 @@ class SOREBTrainer(_BaseTrainer):
         rewards = self._rewards([f["narrative"] for f in features], texts, features)
         # every process applies all rewards in the same order, so all hold the same baseline
         all_rewards = gather_object([rewards]) if self.accelerator.num_processes > 1 else [rewards]
-        advantages_all = self.baseline.update([r for chunk in all_rewards for r in chunk])
+        # evaluation (prediction_step) reads the baseline but never moves it
+        advantages_all = self.baseline.advantages([r for chunk in all_rewards for r in chunk],
+                                                  update=mode == "train")
         offset = sum(len(chunk) for chunk in all_rewards[: self.accelerator.process_index])
         advantages = advantages_all[offset : offset + len(rewards)]
         self._log_generation(mode, features, texts, rewards, advantages, completion_mask)
@@ -252,7 +287,9 @@ class SOREBTrainer(_BaseTrainer):
         m["no_reward_fraction"].append(1 - len(valid) / len(rewards))
         if valid:
             m["reward"].append(sum(valid) / len(valid))
+            m["reward_std"].append(float(torch.tensor(valid).std()) if len(valid) > 1 else 0.0)
             m["advantage"].append(sum(a for a in advantages if a is not None) / len(valid))
+            m["advantage_abs"].append(sum(abs(a) for a in advantages if a is not None) / len(valid))
         m["baseline"].append(self.baseline.value if self.baseline.value is not None else float("nan"))
         m["completion_length"].append(float(completion_mask.sum(1).float().mean()))
         parser = next((f for f in self.reward_funcs if isinstance(f, ScoreAlignmentReward)), None)
@@ -275,9 +312,13 @@ class SOREBTrainer(_BaseTrainer):
         mode = "train" if self.model.training else "eval"
         logits = model(**inputs["rl"]).logits
         rl_loss = policy_gradient_loss(logits, inputs["rl"]["input_ids"], inputs["generated_mask"],
-                                       inputs["advantages"])
-        text_loss = model(**inputs["text"]).loss
-        loss = self.args.rl_weight * rl_loss + self.args.text_weight * text_loss
+                                       inputs["advantages"], normalization=self.args.pg_normalization)
+        if self.args.text_weight > 0:
+            text_loss = model(**inputs["text"]).loss
+            loss = self.args.rl_weight * rl_loss + self.args.text_weight * text_loss
+        else:  # the ablation without the text loss: skip its forward pass
+            text_loss = torch.zeros((), device=rl_loss.device)
+            loss = self.args.rl_weight * rl_loss
         self._metrics[mode]["loss/rl"].append(float(rl_loss.detach()))
         self._metrics[mode]["loss/text"].append(float(text_loss.detach()))
         return (loss, logits) if return_outputs else loss

@@ -210,3 +210,55 @@ def test_config_refuses_paper_violations(tmp_path):
         SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, beta=1.0)
     with pytest.raises(ValueError, match="rl_weight"):
         SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, rl_weight=0.0)
+
+
+# -- ablation and diagnosis options (not in the paper; the paper's form stays the default) ------------------------
+
+def test_baseline_off_gives_the_raw_reward_and_running_std_scales():
+    off = EMABaseline(beta=0.9, enabled=False)
+    assert off.update([-1.0, -3.0]) == [pytest.approx(-1.0), pytest.approx(-3.0)]
+    scaled = EMABaseline(beta=0.5, value=0.0, scaling="running_std")
+    # b = -1, d = -1; sq = 1 (first), adv = -1 / 1 = -1
+    # b = 0.5*-1 + 0.5*-3 = -2, d = -1; sq = 0.5*1 + 0.5*1 = 1, adv = -1
+    # b = 0.5*-2 + 0.5*-10 = -6, d = -4; sq = 0.5*1 + 0.5*16 = 8.5, adv = -4 / sqrt(8.5)
+    adv = scaled.update([-2.0, -3.0, -10.0])
+    assert adv == [pytest.approx(-1.0), pytest.approx(-1.0), pytest.approx(-4 / math.sqrt(8.5))]
+    restored = EMABaseline(**scaled.state()["args"])
+    assert (restored.scaling, restored.sq, restored.enabled) == ("running_std", pytest.approx(8.5), True)
+
+
+def test_reading_the_baseline_without_update_leaves_it_unchanged():
+    b = EMABaseline(beta=0.9, value=-1.0, count=5)
+    adv = b.advantages([-2.0, None], update=False)
+    assert adv[0] == pytest.approx(-2.0 - (0.9 * -1.0 + 0.1 * -2.0)) and adv[1] is None
+    assert (b.value, b.count) == (-1.0, 5)
+
+
+def test_token_normalisation_weighs_tokens_equally():
+    logits, input_ids, generated = _toy_batch()
+    adv = torch.tensor([0.5, -2.0])
+    logp = torch.log_softmax(logits, dim=-1)
+    total = 0.5 * (logp[0, 2, 7] + logp[0, 3, 8]) - 2.0 * (logp[1, 2, 9] + logp[1, 3, 7] + logp[1, 4, 8])
+    loss = policy_gradient_loss(logits, input_ids, generated, adv, normalization="token")
+    assert loss == pytest.approx(float(-total / 5), abs=1e-6)
+
+
+def test_evaluation_does_not_move_the_training_baseline(tmp_path):
+    trainer = _trainer(tmp_path, baseline_init=-1.0)
+    trainer.model.eval()
+    before = (trainer.baseline.value, trainer.baseline.count)
+    trainer.prediction_step(trainer.model, [trainer.train_dataset[i] for i in range(3)], prediction_loss_only=True)
+    assert (trainer.baseline.value, trainer.baseline.count) == before
+    trainer.model.train()
+    trainer._prepare_inputs([trainer.train_dataset[i] for i in range(3)])
+    assert trainer.baseline.count == 2  # length_reward: every third example has no reward
+
+
+def test_ablation_without_text_loss_is_accepted_and_skips_it(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.model.train()
+    loss, rl, text = _loss_parts(trainer, (0.5, 0.0))
+    assert text == 0.0 and loss == pytest.approx(0.5 * rl, rel=1e-6)
+    SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, text_weight=0.0)
+    with pytest.raises(ValueError, match="advantage_scaling"):
+        SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, advantage_scaling="zscore")
