@@ -1,7 +1,20 @@
+import pytest
 from datasets import Image as ImageFeature
 
 from dermtrl.categories import CATEGORIES
-from dermtrl.data.synthetic import CONDITIONS, QUALITY_TIERS, generate_case, generate_cases
+from dermtrl.data.synthetic import (
+    CONDITIONS,
+    IMAGE_DEPENDENT,
+    QUALITY_TIERS,
+    SYNTHETIC_VERSION,
+    Claims,
+    Findings,
+    SyntheticConfig,
+    classify,
+    expert_scores,
+    generate_case,
+    generate_cases,
+)
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES
 
 
@@ -25,21 +38,63 @@ def test_categories_come_from_figure5():
     assert len(CATEGORIES) == 23
 
 
-def test_scores_follow_from_narrative_vs_image():
-    for i in range(60):
+def test_scores_follow_from_narrative_vs_image_shown():
+    for i in range(150):
         case = generate_case(i)
-        s = case["expert_scores"]
-        assert all(v in {0.0, 1.0, 2.0, 3.0, 4.0, 5.0} for v in s.values())
-        if case["quality"] == "correct":
-            assert all(v == 5.0 for v in s.values())
+        s, raters = case["expert_scores"], case["rater_scores"]
+        assert 2 <= len(raters) <= 3
+        for d in DIMENSIONS:  # the expert score is the raters' mean; raters disagree by at most a point each way
+            assert s[d] == pytest.approx(sum(r[d] for r in raters) / len(raters))
+            assert max(r[d] for r in raters) - min(r[d] for r in raters) <= 2
+        mean = {d: round(s[d]) for d in DIMENSIONS}
+        if case["quality"] == "correct" and case["narrative_source"] == "own":
+            assert all(v >= 4 for v in mean.values())
         if case["quality"] == "unsafe":
-            assert s["Safety"] <= 1.0 and "no doctor is needed" in case["narrative"]
-        if case["quality"] == "hallucinated":
-            assert s["Medical Groundedness"] <= 1.0 and s["Description Precision"] < 5.0
-        if case["quality"] == "partly_wrong":
-            assert s["Accuracy"] == 1.0 and case["label"] not in case["narrative"].split("The answer is")[-1]
+            assert s["Safety"] <= 2.0 and "no doctor is needed" in case["narrative"]
+        if case["quality"] == "hallucinated":  # a finding no image here shows: at least 2 points off
+            assert s["Medical Groundedness"] <= 4.0
+            if case["narrative_source"] == "own":  # count and site wrong, an extra the image lacks
+                assert s["Medical Groundedness"] <= 2.0 and s["Description Precision"] <= 4.0
         if case["quality"] == "vague":
-            assert s["Description Precision"] == 1.0 and s["Clinical Coverage"] <= 1.0
+            assert s["Description Precision"] <= 2.0 and s["Clinical Coverage"] <= 2.0
+
+
+def test_the_same_narrative_pattern_scores_by_the_image_shown():
+    """Text priors carry no information on the image-dependent dimensions: 'correct' narratives written for a
+    look-alike's image score far lower on them than the same tier shown with its own image."""
+    own, lookalike = [], []
+    for i in range(0, 600, 5):  # index % 5 == 0: the 'correct' tier
+        case = generate_case(i)
+        assert case["quality"] == "correct"
+        value = sum(case["expert_scores"][d] for d in IMAGE_DEPENDENT) / len(IMAGE_DEPENDENT)
+        (own if case["narrative_source"] == "own" else lookalike).append(value)
+    assert len(own) > 30 and len(lookalike) > 30
+    assert sum(own) / len(own) > 4.3 and sum(lookalike) / len(lookalike) < 3.7
+    # Safety and Clinical Coverage stay a property of the text
+    case = generate_case(0)
+    scores = expert_scores(Claims(None, None, (), False, "none"), CONDITIONS[0],
+                           Findings(**{**case["findings"], "extras": tuple(case["findings"]["extras"])}))
+    assert scores["Safety"] == 3.0 and scores["Clinical Coverage"] == 0.0
+
+
+def test_label_follows_from_the_picture():
+    labels = {}
+    for i in range(300):
+        case = generate_case(i)
+        f = Findings(**{**case["findings"], "extras": tuple(case["findings"]["extras"])})
+        assert classify(f).label == case["label"]
+        labels.setdefault(case["label"], set()).add((f.colour, f.site))
+    # features vary within a condition and overlap between conditions
+    assert sum(len(v) > 1 for v in labels.values()) >= 6
+    colours = [{c for c, _ in v} for v in labels.values()]
+    assert any(a & b for i, a in enumerate(colours) for b in colours[i + 1:])
+
+
+def test_difficulty_knobs_change_the_picture_not_the_texts():
+    plain, hard = generate_case(3), generate_case(3, config=SyntheticConfig(contrast=0.3, noise=20, blur=1.5))
+    assert plain["narrative"] == hard["narrative"] and plain["expert_scores"] == hard["expert_scores"]
+    assert plain["image"].tobytes() != hard["image"].tobytes()
+    assert SYNTHETIC_VERSION in plain["case_id"] and plain["synthetic_version"] == SYNTHETIC_VERSION
 
 
 def test_reference_names_disease_only_in_final_sentence():
