@@ -1,12 +1,23 @@
 """How DermEval is prompted: one message builder for training, inference and SOREB, and LLaVA-1.5's template.
 
 Keeping the prompt in one function guarantees that Stage 1, Stage 2 ("the same prompt as in inference",
-Section 3.3) and inference see identical inputs.
+Section 3.3) and inference see identical inputs: Stage 1 (TRL's SFTTrainer, through :class:`TrainingCollator`),
+Stage 2 (:func:`prompt_batch` and :func:`training_batch` in ``SOREBTrainer``) and inference (``DermEval``) all
+tokenize through :func:`_tokenize` below.
+
+Tokenisation is the model's own: the rendered conversation is tokenized with ``add_special_tokens=True``, so a
+tokenizer that adds a BOS token (llava-hf's LlamaTokenizer, ``add_bos_token=True``) starts every sequence with
+exactly one BOS, as LLaVA-1.5 was trained and as llava-hf's processor prompts it; a tokenizer that adds none (the
+tiny model's) adds nothing. The template itself never writes the BOS: with the Llama tokenizer's ``legacy=False``
+Metaspace, text rendered right after a literal ``<s>`` loses its word-start marker ("US" instead of "▁US"),
+which would silently change the first prompt token. (TRL's own vision collator passes ``add_special_tokens=False``
+and would drop the BOS, so Stage 1 uses :class:`TrainingCollator` instead.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dermtrl.prompts import evaluator_prompt
@@ -52,11 +63,6 @@ def use_training_template(processor: Any) -> None:
         tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
 
 
-def sft_example(row: dict[str, Any]) -> dict[str, Any]:
-    """One case -> TRL's conversational vision format (``messages`` + ``images``) with y* as the answer."""
-    return {"messages": evaluator_messages(row["narrative"], row["evaluation"]), "images": [row["image"]]}
-
-
 def control_tokens(processor: Any) -> list[str]:
     """The model's own control tokens (``<image>``, ``</s>``, ...), longest first."""
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -88,25 +94,57 @@ def _conversations(processor: Any, images: Sequence[Any], narratives: Sequence[s
     return conversations
 
 
+def _tokenize(processor: Any, conversations: list, *, generation_prompt: bool, max_length: int | None = None
+              ) -> Any:
+    """The one tokenisation of DermEval conversations (see the module docstring for the BOS)."""
+    batch = processor.apply_chat_template(
+        conversations, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True,
+        return_tensors="pt", return_assistant_tokens_mask=not generation_prompt,
+        processor_kwargs={"padding": True, "padding_side": "left" if generation_prompt else "right",
+                          "add_special_tokens": True},
+    )
+    if max_length is not None:
+        lengths = batch["attention_mask"].sum(1)
+        if int(lengths.max()) > max_length:
+            raise ValueError(
+                f"a training sequence has {int(lengths.max())} tokens but max_length is {max_length}: truncating "
+                f"would cut the label evaluation's score fields; raise max_length or set it to null"
+            )
+    return batch
+
+
 def prompt_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str]) -> Any:
     """Left-padded prompts ending in the generation prompt: what DermEval generates from (inference and SOREB)."""
-    return processor.apply_chat_template(
-        _conversations(processor, images, narratives, None), add_generation_prompt=True, tokenize=True,
-        return_dict=True, return_tensors="pt",
-        processor_kwargs={"padding": True, "padding_side": "left", "add_special_tokens": False},
-    )
+    return _tokenize(processor, _conversations(processor, images, narratives, None), generation_prompt=True)
 
 
-def training_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str]
-                   ) -> Any:
-    """Full conversations with ``labels`` on the assistant's tokens only (the L_TEXT target y*), right-padded."""
-    batch = processor.apply_chat_template(
-        _conversations(processor, images, narratives, evaluations), tokenize=True, return_dict=True,
-        return_tensors="pt", return_assistant_tokens_mask=True,
-        processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
-    )
+def training_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str],
+                   max_length: int | None = None) -> Any:
+    """Full conversations with ``labels`` on the assistant's tokens only (y* and its EOS), right-padded.
+
+    This is the L_TEXT target of eq. 1 (Stage 1) and eq. 5 (Stage 2).
+    """
+    batch = _tokenize(processor, _conversations(processor, images, narratives, evaluations),
+                      generation_prompt=False, max_length=max_length)
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
     labels[batch.pop("assistant_masks") == 0] = -100
     batch["labels"] = labels
     return batch
+
+
+@dataclass
+class TrainingCollator:
+    """Stage 1's ``data_collator`` for TRL's SFTTrainer: rows of cases -> :func:`training_batch`.
+
+    Rows keep their ``image``, ``narrative`` and ``evaluation`` columns (the recipe sets
+    ``remove_unused_columns=False``), so Stage 1 tokenizes exactly as Stage 2 and inference do.
+    """
+
+    processor: Any
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        images = [row["image"].convert("RGB") for row in rows]
+        return dict(training_batch(self.processor, images, [row["narrative"] for row in rows],
+                                   [row["evaluation"] for row in rows], max_length=self.max_length))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from dermtrl.conversation import sft_example, use_training_template
+from dermtrl.conversation import TrainingCollator, use_training_template
 from dermtrl.lora import restrict_to_language_model
 from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
 from dermtrl.tiny import resolve_model_name
@@ -40,13 +40,17 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
     if script_args.lora_language_model_only:
         restrict_to_language_model(peft_config)
 
-    # Dataset: (image, narrative, y*) -> conversational messages + images
+    # Dataset: (image, narrative, y*), tokenized by the collator exactly as Stage 2 and inference tokenize
     train = load_training_cases(script_args)
-    train = train.map(sft_example, remove_columns=train.column_names)
+    training_args.remove_unused_columns = False  # the collator reads image, narrative and evaluation
+    # The collator puts labels on y* and its EOS only (eq. 1) whatever `assistant_only_loss` says; TRL's own check
+    # of that flag expects a conversational dataset, so it is switched off here.
+    training_args.assistant_only_loss = False
 
     # Training
     trainer = SFTTrainer(
-        model=model, args=training_args, train_dataset=train, processing_class=processor, peft_config=peft_config
+        model=model, args=training_args, train_dataset=train, processing_class=processor, peft_config=peft_config,
+        data_collator=TrainingCollator(processor, max_length=training_args.max_length),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

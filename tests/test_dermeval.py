@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, TrlParser
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from dermtrl.conversation import sft_example, use_training_template
+from dermtrl.conversation import TrainingCollator, use_training_template
 from dermtrl.data.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.eval_job import agreement_from_records, run_evaluation
@@ -51,13 +50,13 @@ def sft_adapter(tmp_path_factory):
 def test_only_assistant_tokens_carry_labels():
     processor = AutoProcessor.from_pretrained(tiny_llava_path())
     use_training_template(processor)
-    rows = [sft_example(r) for r in generate_cases(3)]
-    collator = DataCollatorForVisionLanguageModeling(processor=processor, assistant_only_loss=True)
-    batch = collator([dict(r) for r in rows])
+    cases = generate_cases(3)
+    rows = [cases[i] for i in range(len(cases))]
+    batch = TrainingCollator(processor)([dict(r) for r in rows])
     for i, row in enumerate(rows):
         labels = batch["labels"][i]
         target = processor.tokenizer.decode(labels[labels != -100])
-        assert target.strip() == row["messages"][1]["content"][0]["text"] + processor.tokenizer.eos_token
+        assert target.strip() == row["evaluation"] + processor.tokenizer.eos_token
         image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
         assert not (labels == image_token).any()
 
@@ -68,6 +67,7 @@ def test_only_lora_and_declared_modules_change(tmp_path):
     base = AutoModelForImageTextToText.from_pretrained(tiny_llava_path()).state_dict()
     recipe, args = _sft_args(tmp_path, "--synthetic_train_cases", "16", "--max_steps", "3")
     trainer = recipe.main(*args)
+    assert isinstance(trainer.data_collator, TrainingCollator)  # Stage 1 tokenizes as Stage 2 and inference
     trained, frozen = {}, {}
     for name, param in trainer.model.named_parameters():
         key = name.replace("base_model.model.", "").replace(".base_layer", "")
