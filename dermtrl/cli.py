@@ -112,6 +112,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         err_console.print(f"[yellow]skipped[/yellow] case {r['case_id']}: {r['error']}")
     console.print(f"{len(records) - len(errors)} cases evaluated, {len(errors)} skipped; "
                   f"records in [bold]{out / 'evaluations.jsonl'}[/bold]")
+    truncated = sum(1 for r in records if r.get("truncated"))
+    if truncated:
+        err_console.print(f"[yellow]{truncated} evaluation(s) hit the {evaluator.max_new_tokens}-token budget[/yellow] "
+                          "(marked `truncated` in the records); raise --max-new-tokens")
     report = agreement_from_records(records, label=args.label, round_predictions=not args.raw)
     if report is not None:
         paths = write_report([report], out)
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
     p.add_argument("--out", required=True, help="folder for evaluations.jsonl (resumable) and the report")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default: the one recorded beside the adapter, else 512)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
     p.add_argument("--label", default="DermEval", help="row label in the report")

@@ -104,5 +104,6 @@ def agreement_from_records(records: list[dict[str, Any]], *, label: str = "DermE
     if not scored:
         return None
     skipped = sum(1 for r in records if "error" in r)
+    truncated = sum(1 for r in scored if r.get("truncated"))
     return agreement([r["scores"] for r in scored], [r["expert_scores"] for r in scored], skipped=skipped,
-                     label=label, **kwargs)
+                     label=label, truncated=truncated, **kwargs)

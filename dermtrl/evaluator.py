@@ -22,6 +22,7 @@ from PIL import Image
 from dermtrl.conversation import prompt_batch, use_training_template
 from dermtrl.data.images import load_image
 from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
+from dermtrl.lengths import FALLBACK_MAX_NEW_TOKENS, recorded_max_new_tokens
 from dermtrl.parsing import parse_scores
 from dermtrl.tiny import resolve_model_name
 
@@ -38,6 +39,7 @@ class Evaluation:
     sources: dict[str, str] = field(default_factory=dict)
     expected: dict[str, float] = field(default_factory=dict)  # E[score] from the score-digit probabilities
     spread: dict[str, float] = field(default_factory=dict)  # its standard deviation: lower = more confident
+    truncated: bool = False  # generation hit max_new_tokens before its EOS: the score block may be cut off
 
     @property
     def critique(self) -> str:
@@ -55,7 +57,7 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
                 "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
-                "spread": self.spread, "sources": self.sources}
+                "spread": self.spread, "sources": self.sources, "truncated": self.truncated}
 
 
 def fingerprint(*sources: str | None) -> str:
@@ -94,14 +96,14 @@ def _adapter_base(adapter: str) -> str:
 class DermEval:
     """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
 
-    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, batch_size: int = 8,
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int | None = None, batch_size: int = 8,
                  model_id: str = "", model_fingerprint: str = ""):
         self.model = model.eval()
         self.model_id = model_id
         self.model_fingerprint = model_fingerprint
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = max_new_tokens or FALLBACK_MAX_NEW_TOKENS
         self.batch_size = batch_size
         self._digit_ids = [self.tokenizer.encode(str(k), add_special_tokens=False)[-1] for k in range(6)]
         self._digit_set = set(self._digit_ids)
@@ -117,7 +119,12 @@ class DermEval:
         merge: bool = True,
         **kwargs: Any,
     ) -> DermEval:
-        """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None."""
+        """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None.
+
+        ``max_new_tokens`` defaults to the budget the training recipe recorded beside the adapter
+        (``generation_config.json``: the longest label evaluation plus a margin, see :mod:`dermtrl.lengths`), and to
+        ``FALLBACK_MAX_NEW_TOKENS`` when there is none.
+        """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if base is None and adapter is None:
@@ -141,6 +148,8 @@ class DermEval:
         use_training_template(processor)
         processor.tokenizer.padding_side = "left"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if kwargs.get("max_new_tokens") is None:
+            kwargs["max_new_tokens"] = recorded_max_new_tokens(adapter)
         return cls(model.to(device), processor, model_id=adapter or base_path,
                    model_fingerprint=fingerprint(base_path, adapter), **kwargs)
 
@@ -174,6 +183,7 @@ class DermEval:
         results = []
         for i in range(len(images)):
             ids = out.sequences[i, prompt_len:].tolist()
+            truncated = self.tokenizer.eos_token_id not in ids and len(ids) >= self.max_new_tokens
             if self.tokenizer.eos_token_id in ids:
                 ids = ids[: ids.index(self.tokenizer.eos_token_id)]
             ids = [t for t in ids if t != self.tokenizer.pad_token_id]
@@ -181,7 +191,7 @@ class DermEval:
             parsed = parse_scores(text)
             expected, spread = self._score_distributions(ids, logits[i])
             results.append(Evaluation(text=text, scores=parsed.as_scores(), sources=dict(parsed.sources),
-                                      expected=expected, spread=spread))
+                                      expected=expected, spread=spread, truncated=truncated))
         return results
 
     def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:

@@ -98,6 +98,7 @@ class AgreementReport:
     ci_level: float = 0.95
     n_bootstrap: int = 1000
     seed: int = 0
+    truncated: int = 0  # evaluations that hit the generation budget (their score block may be cut)
 
     @property
     def n_missing(self) -> dict[str, int]:
@@ -113,6 +114,7 @@ class AgreementReport:
             "ci_level": float(self.ci_level),
             "n_bootstrap": int(self.n_bootstrap),
             "seed": int(self.seed),
+            "truncated": int(self.truncated),
             "macro_mae": _finite_or_none(self.macro_mae),
             "macro_mae_ci": None
             if self.macro_mae_ci is None
@@ -135,6 +137,7 @@ class AgreementReport:
             ci_level=float(data.get("ci_level", 0.95)),
             n_bootstrap=int(data.get("n_bootstrap", 1000)),
             seed=int(data.get("seed", 0)),
+            truncated=int(data.get("truncated", 0)),
         )
 
 
@@ -255,6 +258,7 @@ def agreement(
     ci: float = 0.95,
     skipped: int = 0,
     label: str = "",
+    truncated: int = 0,
 ) -> AgreementReport:
     """Agreement of evaluator ``predictions`` with ``experts``, case by case (row ``i`` with row ``i``).
 
@@ -269,7 +273,7 @@ def agreement(
       dimension's MAE and for the macro MAE (dimensions resampled jointly). ``n_bootstrap=0`` gives no CIs.
 
     ``skipped`` counts cases dropped before scoring (e.g. undecodable images); it is carried into the
-    report so that it is never lost. Raises ``ValueError`` for mismatched lengths, missing or out-of-range
+    report so that it is never lost; ``truncated`` likewise counts evaluations that hit the generation budget. Raises ``ValueError`` for mismatched lengths, missing or out-of-range
     expert scores, or out-of-range predictions (naming the row and dimension).
     """
     if len(predictions) != len(experts):
@@ -334,4 +338,5 @@ def agreement(
         ci_level=float(ci),
         n_bootstrap=int(n_bootstrap),
         seed=int(seed),
+        truncated=int(truncated),
     )

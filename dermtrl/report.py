@@ -66,7 +66,7 @@ def _note(report: AgreementReport, i: int) -> str:
     )
     return (
         f"{_label(report, i)}: {rounding}; n = {report.n_cases} cases; missing: {missing_text}; "
-        f"skipped: {report.skipped}; {ci_text}"
+        f"skipped: {report.skipped}; truncated: {report.truncated}; {ci_text}"
     )
 
 

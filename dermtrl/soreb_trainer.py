@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,8 @@ from dermtrl.rewards import ScoreAlignmentReward
 from dermtrl.soreb_config import SOREBConfig
 
 RewardFunc = Callable[..., list[float | None]]
+#: share of samples hitting max_completion_length above which the trainer warns
+CLIPPED_WARNING = 0.05
 
 
 class EMABaseline(TrainerCallback, ExportableState):
@@ -192,6 +195,7 @@ class SOREBTrainer(_BaseTrainer):
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._completions: list[dict[str, Any]] = []
+        self._warned_clipped = False
         baseline = EMABaseline(beta=args.beta, value=args.baseline_init, enabled=args.use_baseline,
                                scaling=args.advantage_scaling)
         super().__init__(
@@ -264,7 +268,7 @@ class SOREBTrainer(_BaseTrainer):
                                                   update=mode == "train")
         offset = sum(len(chunk) for chunk in all_rewards[: self.accelerator.process_index])
         advantages = advantages_all[offset : offset + len(rewards)]
-        self._log_generation(mode, features, texts, rewards, advantages, completion_mask)
+        self._log_generation(mode, features, texts, rewards, advantages, completion_mask, ~is_eos.any(1))
 
         text_batch = training_batch(self.processing_class, images, narratives,
                                     [f["evaluation"] for f in features]).to(device)
@@ -281,7 +285,7 @@ class SOREBTrainer(_BaseTrainer):
             "text": dict(text_batch),
         }
 
-    def _log_generation(self, mode, features, texts, rewards, advantages, completion_mask) -> None:
+    def _log_generation(self, mode, features, texts, rewards, advantages, completion_mask, clipped) -> None:
         m = self._metrics[mode]
         valid = [r for r in rewards if r is not None]
         m["no_reward_fraction"].append(1 - len(valid) / len(rewards))
@@ -292,6 +296,8 @@ class SOREBTrainer(_BaseTrainer):
             m["advantage_abs"].append(sum(abs(a) for a in advantages if a is not None) / len(valid))
         m["baseline"].append(self.baseline.value if self.baseline.value is not None else float("nan"))
         m["completion_length"].append(float(completion_mask.sum(1).float().mean()))
+        # samples that ran into max_completion_length without their EOS: their score block may be cut off
+        m["clipped_ratio"].append(float(clipped.float().mean()))
         parser = next((f for f in self.reward_funcs if isinstance(f, ScoreAlignmentReward)), None)
         if parser is not None and parser.last_parsed:
             parsed = parser.last_parsed
@@ -332,6 +338,13 @@ class SOREBTrainer(_BaseTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        clipped = metrics.get("clipped_ratio", 0.0)
+        if clipped > CLIPPED_WARNING and not self._warned_clipped:
+            self._warned_clipped = True
+            warnings.warn(
+                f"{clipped:.0%} of the sampled evaluations hit max_completion_length="
+                f"{self.args.max_completion_length} before their EOS (over {CLIPPED_WARNING:.0%}): their scores may "
+                f"be cut off; raise max_completion_length (see label_lengths.json for the label lengths)", stacklevel=2)
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         super().log({**logs, **metrics}, start_time)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from dermtrl import lengths
 from dermtrl.conversation import TrainingCollator, use_training_template
 from dermtrl.lora import restrict_to_language_model
 from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
@@ -42,6 +43,7 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
 
     # Dataset: (image, narrative, y*), tokenized by the collator exactly as Stage 2 and inference tokenize
     train = load_training_cases(script_args)
+    label_lengths = lengths.measure_cases(processor, train)  # y* and prompt token lengths, for the record
     training_args.remove_unused_columns = False  # the collator reads image, narrative and evaluation
     # The collator puts labels on y* and its EOS only (eq. 1) whatever `assistant_only_loss` says; TRL's own check
     # of that flag expects a conversational dataset, so it is switched off here.
@@ -56,7 +58,11 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"Saved the DermEval adapter to {training_args.output_dir}")
+        # generation_config.json: DermEval's default budget, the longest y* plus a margin
+        lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
+    trainer.accelerator.print(
+        f"Saved the DermEval adapter to {training_args.output_dir} (label evaluations: longest "
+        f"{label_lengths.label.max} tokens, p95 {label_lengths.label.p95}; max_new_tokens {label_lengths.max_new_tokens})")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from peft import PeftModel
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
 
+from dermtrl import lengths
 from dermtrl.data.loading import load_cases
 from dermtrl.lora import restrict_to_language_model
 from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
@@ -102,6 +104,11 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
 
     # Dataset: cases with image, narrative, y* and expert scores
     train = load_training_cases(script_args, scores=True)
+    label_lengths = lengths.measure_cases(processor, train)
+    if label_lengths.label.max > training_args.max_completion_length:
+        warnings.warn(f"max_completion_length {training_args.max_completion_length} is below the longest label "
+                      f"evaluation ({label_lengths.label.max} tokens, p95 {label_lengths.label.p95}): samples that "
+                      f"need more are cut before their scores; {label_lengths.max_new_tokens} covers them", stacklevel=1)
 
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
@@ -115,6 +122,7 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
+        lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
         synthetic = script_args.dataset_name.startswith("dermtrl:")
         trainer.create_model_card(model_name=Path(training_args.output_dir).name,
                                   dataset_name=None if synthetic else script_args.dataset_name)

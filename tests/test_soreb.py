@@ -262,3 +262,16 @@ def test_ablation_without_text_loss_is_accepted_and_skips_it(tmp_path):
     SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, text_weight=0.0)
     with pytest.raises(ValueError, match="advantage_scaling"):
         SOREBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, advantage_scaling="zscore")
+
+
+def test_samples_that_hit_max_completion_length_are_logged_and_warned(tmp_path):
+    trainer = _trainer(tmp_path, max_completion_length=4)  # an untrained model never ends within 4 tokens
+    trainer.model.train()
+    inputs = trainer._prepare_inputs([trainer.train_dataset[i] for i in range(3)])
+    eos = trainer.processing_class.tokenizer.eos_token_id
+    generated = inputs["rl"]["input_ids"] * inputs["generated_mask"]
+    expected = float((~(generated == eos).any(1)).float().mean())
+    assert trainer._metrics["train"]["clipped_ratio"] == [pytest.approx(expected)]
+    assert expected > 0.05
+    with pytest.warns(UserWarning, match="hit max_completion_length=4"):
+        trainer.log({"loss": 0.0})
