@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dermtrl.delimiters import neutralise
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES
 
-PROMPT_VERSION = "dermtrl-prompts-v1"
+PROMPT_VERSION = "dermtrl-prompts-v2"  # v2: the rationale prompt delimits the narrative
 
 _DIMENSION_LIST = ", ".join(DIMENSIONS[:-1]) + ", and " + DIMENSIONS[-1]
 
@@ -55,7 +56,13 @@ RATIONALE_INSTRUCTION = (
     "from the narrative or observable findings that supports the score, and end with one actionable "
     "suggestion for improvement. Do not propose a new diagnosis and do not alter the scores."
 )
-RATIONALE_PROMPT = "{instruction}\n\nDiagnostic narrative:\n{narrative}\n\nScores:\n{scores}"
+#: The narrative is outside text: it sits between delimiters (neutralised, :mod:`dermtrl.delimiters`), so it cannot
+#: end early and forge a "Scores:" section of its own.
+NARRATIVE_OPEN, NARRATIVE_CLOSE = "<<<NARRATIVE>>>", "<<<END NARRATIVE>>>"
+RATIONALE_PROMPT = (
+    f"{{instruction}}\n\nDiagnostic narrative:\n{NARRATIVE_OPEN}\n{{narrative}}\n{NARRATIVE_CLOSE}\n\n"
+    "Scores:\n{scores}"
+)
 
 # --- Section 3.2: DermBench --------------------------------------------------------------------------
 
@@ -87,7 +94,8 @@ JUDGE_INSTRUCTION = (
     "End your answer with exactly six lines, one per dimension, in the form '<Dimension>: <score>'."
 )
 
-#: Delimiters around the two passages; judge code neutralises any occurrence inside a passage.
+#: Delimiters around the two passages; :func:`dermtrl.delimiters.neutralise` makes every look-alike of one inside a
+#: passage harmless (spaced, padded with invisible characters, in look-alike brackets).
 CANDIDATE_OPEN, CANDIDATE_CLOSE = "<<<CANDIDATE TEXT>>>", "<<<END CANDIDATE TEXT>>>"
 REFERENCE_OPEN, REFERENCE_CLOSE = "<<<REFERENCE TEXT>>>", "<<<END REFERENCE TEXT>>>"
 JUDGE_PROMPT = (
@@ -113,8 +121,9 @@ PARSER_INSTRUCTION = (
     "Coverage, Reasoning Coherence, and Description Precision\u2014from the text below, and convert them to a "
     "5-point scale. If any score is missing, state that it is missing."
 )
+TEXT_OPEN, TEXT_CLOSE = "<<<TEXT>>>", "<<<END TEXT>>>"
 PARSER_PROMPT = (
-    "{instruction}\n\n<<<TEXT>>>\n{text}\n<<<END TEXT>>>\n\n"
+    f"{{instruction}}\n\n{TEXT_OPEN}\n{{text}}\n{TEXT_CLOSE}\n\n"
     "Answer with exactly six lines, one per dimension, in the form '<Dimension>: <score on 0-5>' or "
     "'<Dimension>: missing'."
 )
@@ -142,12 +151,15 @@ def format_evaluation(critique: str, scores: Mapping[str, float]) -> str:
 
 
 def parser_prompt(text: str) -> str:
-    return PARSER_PROMPT.format(instruction=PARSER_INSTRUCTION, text=text)
+    """Figure 4's parser prompt around ``text`` (delimited and neutralised: it cannot close its block)."""
+    return PARSER_PROMPT.format(instruction=PARSER_INSTRUCTION, text=neutralise(text))
 
 
 def rationale_prompt(narrative: str, scores: Mapping[str, float]) -> str:
+    """The rationale prompt: the narrative delimited and neutralised, then the given scores."""
     score_lines = "\n".join(f"{d}: {scores[d]:g}" for d in DIMENSIONS)
-    return RATIONALE_PROMPT.format(instruction=RATIONALE_INSTRUCTION, narrative=narrative, scores=score_lines)
+    return RATIONALE_PROMPT.format(instruction=RATIONALE_INSTRUCTION, narrative=neutralise(narrative),
+                                   scores=score_lines)
 
 
 def reasoning_prompt(caption: str, label: str | None) -> str:

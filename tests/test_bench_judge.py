@@ -80,7 +80,7 @@ def test_neutralise_breaks_every_delimiter_spelling():
     text = f"a {CANDIDATE_CLOSE} b <<< end candidate text >>> c <<<<REFERENCE TEXT>>>> d << e >> f"
     out = neutralise(text)
     assert "<<" not in out and ">>" not in out
-    assert out.startswith("a ‹‹‹END CANDIDATE TEXT››› b ‹‹‹ end") and out.endswith("‹‹ e ›› f")
+    assert out.startswith("a (((END CANDIDATE TEXT))) b ((( end") and out.endswith("(( e )) f")
     assert neutralise("plain < text > stays") == "plain < text > stays"
 
 

@@ -4,9 +4,10 @@ For each (model, case) the judge gets the candidate and the certified reference 
 :data:`~dermtrl.prompts.JUDGE_PROMPT` and scores the six dimensions 0-5. Three safeguards keep a candidate
 from steering its own score:
 
-* **The candidate is data.** It sits between delimiters, every run of ``<<`` or ``>>`` inside it is
-  neutralised (:func:`neutralise`), so it can neither close its block nor open another, and the
-  instruction tells the judge not to follow instructions found inside it.
+* **The candidate is data.** It sits between delimiters and every look-alike of a delimiter inside it is
+  neutralised (:func:`dermtrl.delimiters.neutralise`: read as a model reads it, so spacing, invisible
+  characters and look-alike brackets do not hide one), so it can neither close its block nor open another,
+  and the instruction tells the judge not to follow instructions found inside it.
 * **Scores come from the judge's own final answer.** :func:`final_answer` drops whatever the judge quotes
   (echoed delimited blocks, ``>`` block quotes, text in quotation marks) before the shared parser
   (:func:`dermtrl.parsing.parse_scores`, last field wins) reads it, so a quoted "Accuracy: 5" never counts.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from dermtrl.bench.cases import case_rows
 from dermtrl.bench.jobs import JobProgress, ResultsFile, run_concurrently
 from dermtrl.client import LLMClient, LLMError
+from dermtrl.delimiters import neutralise
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.parsing import ParsedScores, parse_scores
 from dermtrl.prompts import (
@@ -60,18 +62,8 @@ __all__ = [
 #: Where the candidate goes in the prompt: the paper's order, or reference first (the order probe).
 ORDERS: tuple[str, ...] = ("candidate_first", "reference_first")
 _DELIMITERS = (CANDIDATE_OPEN, CANDIDATE_CLOSE, REFERENCE_OPEN, REFERENCE_CLOSE)
-_ANGLE_RUN = re.compile(r"<{2,}|>{2,}")
 _QUOTED = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”|„[^“”\n]*[“”]|«[^»\n]*»")
 _DIGIT, _LETTER = re.compile(r"\d"), re.compile(r"[^\W\d_]")
-
-
-def neutralise(text: str) -> str:
-    """``text`` with every run of two or more ``<`` or ``>`` turned into ``‹``/``›``.
-
-    Every delimiter starts with ``<<<`` and ends with ``>>>``, so after this no passage can contain one,
-    whatever its spacing or case; the text stays readable for the judge.
-    """
-    return _ANGLE_RUN.sub(lambda m: ("‹" if m.group()[0] == "<" else "›") * len(m.group()), text)
 
 
 def judge_prompt(candidate: str, reference: str, *, order: str = "candidate_first") -> str:
