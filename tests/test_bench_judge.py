@@ -163,6 +163,46 @@ def test_a_failed_parse_is_retried_alone_then_recorded_with_the_raw_output(make_
     assert records["case-000"]["scores"] == dict.fromkeys(DIMENSIONS, 3.0)
 
 
+@pytest.mark.parametrize("parse_retries", [1, 2, 4])
+def test_every_re_ask_reaches_the_judge_and_records_count_real_requests(make_openai_server, tmp_path, parse_retries):
+    """A judge that repeats the same unreadable answer: each re-ask is a new question (never a cache hit within the
+    run), the record counts the requests really made, and a finished run run again costs nothing."""
+    server = make_openai_server(responder=lambda body: "I would rather not say.")
+    out, cache = tmp_path / "j.jsonl", tmp_path / "cache.sqlite"
+    with make_bench(server, tmp_path) as bench:
+        bench.llm_judge.parse_retries = parse_retries
+        (record,) = bench.judge(cases(1), {"m": candidates(1)}, out)
+        assert server.calls == parse_retries + 1 and bench.usage.cache_hits == 0
+        assert record["attempts"] == record["requests"] == parse_retries + 1
+        assert [a["cached"] for a in record["answers"]] == [False] * (parse_retries + 1)
+        assert f"after {parse_retries + 1} attempt(s) ({parse_retries + 1} sent to the judge)" in record["error"]
+        conversations = [[m["role"] for m in r["body"]["messages"]] for r in server.chat_requests]
+        assert [len(c) for c in conversations] == [1 + 2 * k for k in range(parse_retries + 1)]
+        again = bench.judge(cases(1), {"m": candidates(1)}, out)  # the finished run again: nothing is asked
+        assert again == [record] and server.calls == parse_retries + 1
+    assert cache.exists()
+    with make_bench(server, tmp_path) as bench:  # a new results file, the same cache: answers, but no requests
+        bench.llm_judge.parse_retries = parse_retries
+        (replay,) = bench.judge(cases(1), {"m": candidates(1)}, tmp_path / "j2.jsonl")
+    assert server.calls == parse_retries + 1
+    assert replay["attempts"] == parse_retries + 1 and replay["requests"] == 0
+    assert "0 sent to the judge" in replay["error"] and "answered from the cache" in replay["error"]
+
+
+def test_a_failure_keeps_every_answer_and_says_when_max_tokens_cut_it(make_openai_server, tmp_path):
+    long_answer = "Let me think step by step about each dimension in turn. " * 40 + block([3] * 6)
+    server = make_openai_server(responder=lambda body: long_answer)
+    with make_bench(server, tmp_path, max_tokens=64) as bench:
+        (record,) = bench.judge(cases(1), {"m": candidates(1)}, tmp_path / "j.jsonl")
+    assert record["status"] == "failed" and len(record["answers"]) == 3
+    assert [a["finish_reason"] for a in record["answers"]] == ["length"] * 3
+    assert all(a["text"] and len(a["text"].split()) == 64 for a in record["answers"])
+    assert "answer cut at max_tokens (64): raise --max-tokens" in record["error"]
+    with make_bench(server, tmp_path, max_tokens=1000) as bench:
+        (record,) = bench.judge(cases(1), {"m": candidates(1)}, tmp_path / "j-more.jsonl")
+    assert record["status"] == "scored" and record["answers"][0]["finish_reason"] == "stop"
+
+
 # --- reliability ------------------------------------------------------------------------------------------
 
 

@@ -170,6 +170,18 @@ def judge_items(
     return items
 
 
+def _tally(answers: Sequence[Mapping[str, Any]], *, failed_call: bool = False) -> dict[str, Any]:
+    """What a record says about the questions asked: ``attempts`` (answers, plus a call that failed),
+    ``requests`` (those sent to the judge; the rest came from the response cache) and every ``answers``."""
+    sent = sum(1 for a in answers if not a["cached"]) + int(failed_call)
+    return {"attempts": len(answers) + int(failed_call), "requests": sent, "answers": list(answers)}
+
+
+def _requests_text(tally: Mapping[str, Any]) -> str:
+    cached = tally["attempts"] - tally["requests"]
+    return f"{tally['requests']} sent to the judge" + (f", {cached} answered from the cache" if cached else "")
+
+
 class Judge:
     """The DermBench judge on one client: score items, each into one record (scored or failed, with why)."""
 
@@ -215,34 +227,42 @@ class Judge:
             "scores": None,
             "error": None,
             "attempts": 0,
+            "requests": 0,
             "raw": None,
             "expert_scores": dict(item.expert_scores) if item.expert_scores else None,
         }
         if item.error is not None:
             return {**record, "error": item.error}
-        first = self.messages(item)
-        messages = first
+        messages = self.messages(item)
+        answers: list[dict[str, Any]] = []  # every answer, in order: text, finish reason, from the cache or not
         parsed: ParsedScores | None = None
-        for attempt in range(1, self.parse_retries + 2):
+        for _ in range(self.parse_retries + 1):
             try:
-                answer = self.client.complete(messages).text
+                completion = self.client.complete(messages)
             except LLMError as exc:
-                return {**record, "attempts": attempt, "error": f"judge call failed: {exc}",
-                        "raw": parsed.raw if parsed is not None else None}
-            parsed = read_judgment(answer)
+                return {**record, **_tally(answers, failed_call=True), "error": f"judge call failed: {exc}",
+                        "raw": answers[-1]["text"] if answers else None}
+            answers.append({"text": completion.text, "finish_reason": completion.finish_reason,
+                            "cached": completion.cached})
+            parsed = read_judgment(completion.text)
             if parsed.complete:
-                return {**record, "status": "scored", "attempts": attempt, "raw": answer,
+                return {**record, **_tally(answers), "status": "scored", "raw": completion.text,
                         "scores": {d: parsed.scores[d] for d in DIMENSIONS}}
-            messages = [*first, {"role": "assistant", "content": answer},
+            # The re-ask continues the whole conversation, so each one is a new question: re-sending an earlier
+            # one (a model may give the same answer twice) would be answered by the response cache, not the model.
+            messages = [*messages, {"role": "assistant", "content": completion.text},
                         {"role": "user", "content": JUDGE_FORMAT_REMINDER}]
         assert parsed is not None
+        tally = _tally(answers)
+        cut = any(a["finish_reason"] == "length" for a in answers)
+        why = (f"answer cut at max_tokens ({self.client.config.max_tokens}): raise --max-tokens; " if cut else "")
         return {
             **record,
-            "attempts": self.parse_retries + 1,
+            **tally,
             "raw": parsed.raw,
             "partial_scores": dict(parsed.scores),
-            "error": f"unparseable: the judge's final answer lacked {', '.join(parsed.missing)} "
-                     f"after {self.parse_retries + 1} attempt(s)",
+            "error": f"unparseable: {why}the judge's final answer lacked {', '.join(parsed.missing)} after "
+                     f"{tally['attempts']} attempt(s) ({_requests_text(tally)})",
         }
 
     def run(

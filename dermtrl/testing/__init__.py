@@ -12,7 +12,8 @@ from dermtrl.testing.openai_server import (
     FAULT_KINDS,
     FakeOpenAIServer,
     Fault,
+    Reply,
     last_user_text,
 )
 
-__all__ = ["DEFAULT_SCORE_TEXT", "FAULT_KINDS", "Fault", "FakeOpenAIServer", "last_user_text"]
+__all__ = ["DEFAULT_SCORE_TEXT", "FAULT_KINDS", "Fault", "FakeOpenAIServer", "Reply", "last_user_text"]

@@ -19,6 +19,18 @@ request by the responder raising :class:`Fault`. Fault kinds:
 ``"empty"``
     200 with valid JSON but ``"choices": []``.
 
+Beyond faults, the server behaves like the real ones the client meets (llama.cpp's and vLLM's servers):
+
+* an answer longer than the request's ``max_tokens`` (counted in words) is cut there with
+  ``finish_reason="length"``; a responder may also return a :class:`Reply` to set the finish reason or the
+  reported ``prompt_tokens`` itself;
+* ``string_content_only=True`` is a chat template that takes only string content: a message whose content is
+  a list of parts is dropped before the "model" (the responder) sees it, and the prompt tokens reported
+  shrink accordingly (what llama.cpp's built-in chat formats do);
+* ``slots=N`` answers at most N requests at a time; the others wait in a queue, their wait counting against
+  the client's timeout (a single-process server under load);
+* ``usage.prompt_tokens`` counts the words of every text the model sees plus ``image_tokens`` per image.
+
 Everything is bounded: handler sockets time out, sleeps wake on stop, and :meth:`~FakeOpenAIServer.stop`
 closes open connections and joins the server thread with a timeout.
 """
@@ -27,12 +39,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -47,6 +61,15 @@ DEFAULT_SCORE_TEXT = "\n".join(
 )
 
 _STATUS_TEXT = {"429": "Rate limit reached", "500": "Internal server error", "503": "Service unavailable"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A responder's answer with more than text: how it ended, and the prompt size the server reports."""
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None  # None: the server's own count
 
 
 class Fault(Exception):
@@ -77,8 +100,9 @@ def _default_responder(body: Mapping[str, Any]) -> str:
     return DEFAULT_SCORE_TEXT
 
 
-def _count_tokens(body: Mapping[str, Any]) -> int:
-    """A crude, deterministic token count: whitespace-separated words of all message text."""
+def _count_tokens(body: Mapping[str, Any], image_tokens: int = 0) -> int:
+    """A crude, deterministic token count: whitespace-separated words of all message text, plus
+    ``image_tokens`` per image part."""
     words = 0
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
@@ -88,7 +112,15 @@ def _count_tokens(body: Mapping[str, Any]) -> int:
             for part in content:
                 if isinstance(part, dict) and part.get("type") == "text":
                     words += len(str(part.get("text", "")).split())
+                elif isinstance(part, dict) and part.get("type") == "image_url":
+                    words += image_tokens
     return words
+
+
+def _string_content_only(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as a string-only chat template sees it: messages with list content are gone."""
+    messages = [m for m in body.get("messages") or [] if not isinstance(m, dict) or isinstance(m.get("content"), str)]
+    return {**body, "messages": messages}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -166,13 +198,29 @@ class _Handler(BaseHTTPRequestHandler):
             owner._leave()
 
     def _chat(self, owner: FakeOpenAIServer, body: dict[str, Any]) -> None:
+        if owner._slots is None:
+            self._answer(owner, body)
+            return
+        with owner._slots:  # a server with few slots: the rest wait here, as in its queue
+            self._answer(owner, body)
+
+    def _answer(self, owner: FakeOpenAIServer, body: dict[str, Any]) -> None:
         if owner.latency > 0:
             owner._stopping.wait(owner.latency)
+        if owner.string_content_only:
+            body = _string_content_only(body)
         kind = owner._next_fault()
         text = ""
+        finish_reason = "stop"
+        prompt_tokens = _count_tokens(body, owner.image_tokens)
         if kind is None:
             try:
-                text = owner.responder(body)
+                reply = owner.responder(body)
+                if isinstance(reply, Reply):
+                    text, finish_reason = reply.text, reply.finish_reason
+                    prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else prompt_tokens
+                else:
+                    text = reply
             except Fault as fault:
                 kind = fault.kind
             except Exception as exc:  # a bug in a test's responder: answer 500, do not retry, keep it
@@ -184,7 +232,11 @@ class _Handler(BaseHTTPRequestHandler):
             owner._count_fault(kind)
             self._fault(owner, kind)
             return
-        prompt_tokens = _count_tokens(body)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        words = list(re.finditer(r"\S+", text))
+        if isinstance(limit, int) and limit > 0 and len(words) > limit:
+            text, finish_reason = text[: words[limit - 1].end()], "length"
+        owner._count_answer()
         payload = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -194,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                     "logprobs": None,
                 }
             ],
@@ -249,7 +301,7 @@ class FakeOpenAIServer(LoopbackServer):
 
     def __init__(
         self,
-        responder: Callable[[dict[str, Any]], str] | None = None,
+        responder: Callable[[dict[str, Any]], str | Reply] | None = None,
         *,
         latency: float = 0.0,
         faults: Iterable[str] = (),
@@ -259,6 +311,9 @@ class FakeOpenAIServer(LoopbackServer):
         timeout_sleep: float = 3.0,
         retry_after_ms: int = 10,
         model: str = "fake-model",
+        string_content_only: bool = False,
+        slots: int | None = None,
+        image_tokens: int = 64,
     ) -> None:
         if latency < 0 or timeout_sleep < 0:
             raise ValueError("latency and timeout_sleep must be >= 0 seconds")
@@ -267,12 +322,18 @@ class FakeOpenAIServer(LoopbackServer):
         self.fault_kinds = tuple(fault_kinds)
         for kind in self.fault_kinds:
             Fault(kind)  # validates
-        self.responder: Callable[[dict[str, Any]], str] = responder or _default_responder
+        self.responder: Callable[[dict[str, Any]], str | Reply] = responder or _default_responder
         self.latency = float(latency)
         self.fault_rate = float(fault_rate)
         self.timeout_sleep = float(timeout_sleep)
         self.retry_after_ms = int(retry_after_ms)
         self.model = model
+        self.string_content_only = bool(string_content_only)
+        if slots is not None and slots < 1:
+            raise ValueError(f"slots must be None or >= 1, got {slots!r}")
+        self._slots = threading.BoundedSemaphore(slots) if slots is not None else None
+        self.image_tokens = int(image_tokens)
+        self._answers = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._scripted: deque[str] = deque()
@@ -324,6 +385,7 @@ class FakeOpenAIServer(LoopbackServer):
             self._requests.clear()
             self._raw.clear()
             self._calls = 0
+            self._answers = 0
             self._faults_served.clear()
             self._max_in_flight = self._in_flight
 
@@ -342,6 +404,12 @@ class FakeOpenAIServer(LoopbackServer):
     def calls(self) -> int:
         with self._lock:
             return self._calls
+
+    @property
+    def answers(self) -> int:
+        """Chat requests answered with a completion (not faulted)."""
+        with self._lock:
+            return self._answers
 
     @property
     def faults_served(self) -> dict[str, int]:
@@ -403,6 +471,10 @@ class FakeOpenAIServer(LoopbackServer):
     def _note_responder_error(self, exc: BaseException) -> None:
         with self._lock:
             self._responder_errors.append(exc)
+
+    def _count_answer(self) -> None:
+        with self._lock:
+            self._answers += 1
 
     def _count_fault(self, kind: str) -> None:
         with self._lock:
