@@ -273,7 +273,8 @@ def agreement(
       dimension's MAE and for the macro MAE (dimensions resampled jointly). ``n_bootstrap=0`` gives no CIs.
 
     ``skipped`` counts cases dropped before scoring (e.g. undecodable images); it is carried into the
-    report so that it is never lost; ``truncated`` likewise counts evaluations that hit the generation budget. Raises ``ValueError`` for mismatched lengths, missing or out-of-range
+    report so that it is never lost; ``truncated`` likewise counts evaluations that hit the generation budget.
+    Raises ``ValueError`` for mismatched lengths, missing or out-of-range
     expert scores, or out-of-range predictions (naming the row and dimension).
     """
     if len(predictions) != len(experts):

@@ -60,9 +60,10 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
         processor.save_pretrained(training_args.output_dir)
         # generation_config.json: DermEval's default budget, the longest y* plus a margin
         lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
+    label = label_lengths.label
     trainer.accelerator.print(
-        f"Saved the DermEval adapter to {training_args.output_dir} (label evaluations: longest "
-        f"{label_lengths.label.max} tokens, p95 {label_lengths.label.p95}; max_new_tokens {label_lengths.max_new_tokens})")
+        f"Saved the DermEval adapter to {training_args.output_dir} (label evaluations: longest {label.max} tokens, "
+        f"p95 {label.p95}; max_new_tokens {label_lengths.max_new_tokens})")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer

@@ -108,7 +108,8 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     if label_lengths.label.max > training_args.max_completion_length:
         warnings.warn(f"max_completion_length {training_args.max_completion_length} is below the longest label "
                       f"evaluation ({label_lengths.label.max} tokens, p95 {label_lengths.label.p95}): samples that "
-                      f"need more are cut before their scores; {label_lengths.max_new_tokens} covers them", stacklevel=1)
+                      f"need more are cut before their scores; {label_lengths.max_new_tokens} covers them",
+                      stacklevel=1)
 
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
