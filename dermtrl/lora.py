@@ -13,3 +13,22 @@ def restrict_to_language_model(peft_config: Any) -> Any:
     if peft_config is not None and not peft_config.target_modules:
         peft_config.target_modules = LANGUAGE_MODEL_LORA_REGEX
     return peft_config
+
+
+#: The multimodal projector's module name in transformers' LLaVA models.
+PROJECTOR = "multi_modal_projector"
+
+
+def with_trainable_projector(peft_config: Any) -> Any:
+    """Also train the projector in full (``modules_to_save``), as LLaVA-1.5's LoRA recipe does; the paper does not."""
+    if peft_config is not None:
+        saved = list(peft_config.modules_to_save or [])
+        peft_config.modules_to_save = saved if PROJECTOR in saved else [*saved, PROJECTOR]
+    return peft_config
+
+
+def adapter_trains_projector(adapter: str) -> bool:
+    """Whether a saved LoRA adapter (folder or Hub id) trains the projector in full."""
+    from peft import PeftConfig
+
+    return PROJECTOR in (PeftConfig.from_pretrained(adapter).modules_to_save or [])

@@ -28,6 +28,11 @@ class DermEvalScriptArguments(ScriptArguments):
         default=True,
         metadata={"help": "Restrict new LoRA layers to the language model's linear layers (LLaVA-1.5's recipe)."},
     )
+    train_projector: bool = field(
+        default=False,
+        metadata={"help": "Also train the multimodal projector in full, as LLaVA-1.5's LoRA recipe does (the paper: "
+                  "LoRA only). Stage 2 continues a Stage-1 adapter and inherits its choice."},
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata={"help": "torch.set_num_threads on CPU; tiny models run fastest with 1 on small machines."},
@@ -37,6 +42,33 @@ class DermEvalScriptArguments(ScriptArguments):
 def setup_threads(script_args: DermEvalScriptArguments) -> None:
     if script_args.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(script_args.cpu_threads)
+
+
+def lora_config(script_args: DermEvalScriptArguments, model_args: ModelConfig) -> Any:
+    """The LoRA config of a new adapter: TRL's from ``model_args``, on the language model, optionally the projector."""
+    from trl import get_peft_config
+
+    from dermtrl.lora import restrict_to_language_model, with_trainable_projector
+
+    peft_config = get_peft_config(model_args)
+    if script_args.lora_language_model_only:
+        restrict_to_language_model(peft_config)
+    if script_args.train_projector:
+        if peft_config is None:
+            raise ValueError("train_projector needs use_peft: true (without LoRA every parameter trains already)")
+        with_trainable_projector(peft_config)
+    return peft_config
+
+
+def check_continued_adapter(script_args: DermEvalScriptArguments, adapter: str) -> None:
+    """Stage 2 continues the Stage-1 adapter: refuse a ``train_projector`` that the adapter does not match."""
+    from dermtrl.lora import adapter_trains_projector
+
+    if script_args.train_projector and not adapter_trains_projector(adapter):
+        raise ValueError(
+            f"train_projector is true but the Stage-1 adapter {adapter} does not train the projector: Stage 2 "
+            "inherits Stage 1's choice; train Stage 1 with train_projector: true"
+        )
 
 
 def load_model(model_args: ModelConfig) -> Any:

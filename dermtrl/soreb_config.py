@@ -13,6 +13,29 @@ class SOREBConfig(_BaseConfig):
     Configuration for [`SOREBTrainer`]: one sampled evaluation per example, a score-alignment reward, an EMA
     baseline and a policy gradient on the generated tokens, plus the cross-entropy on the label evaluation y*.
 
+    > Choices the paper leaves open, and what SOREB does (each one a field below where it can be changed)
+
+    - **Baseline start.** Eq. 3 does not say what b is before the first reward. `baseline_init=None` starts it at
+      the mean reward of the first batch that has one (so early advantages are centred, not all negative: rewards
+      are <= 0); a number starts it there. `use_baseline=False` is the b = 0 ablation.
+    - **Update, then advantage.** Eq. 3 is applied as written: b <- beta*b + (1-beta)*r first, then adv = r - b
+      with the updated b, so adv = beta * (r - b_previous). Rewards within a batch (gathered from every process
+      under data parallelism) are folded in one at a time, in a fixed order. Evaluation (`prediction_step`) reads
+      the baseline but never moves it.
+    - **Mean over generated tokens.** Eq. 4's mean_{t in T} is taken per sequence over its own generated tokens
+      (its EOS included, padding, prompt and image positions excluded), then averaged over the examples that
+      have a reward (`pg_normalization="sequence"`); `"token"` is the alternative (one mean over all tokens).
+    - **K = 0.** When no score parses, the example has no reward: no RL term, it does not enter the baseline and
+      is counted in `no_reward_fraction`; its text loss still applies. It is never given a reward of 0.
+    - **Sampling.** The paper gives no temperature or top-p for the one sample: `temperature=1.0`, `top_p=1.0`
+      (the model's own distribution, what REINFORCE assumes), no top-k. The `<image>` token is never sampled.
+    - **LoRA dropout while sampling.** The model stays in training mode, so LoRA dropout (0.05 in the paper) is
+      active both while sampling and in the teacher-forced pass, as in TRL's GRPO with `disable_dropout=False`.
+    - **Length.** `max_completion_length` caps the sample; a sample that hits it is counted in `clipped_ratio`
+      and the trainer warns above 5% (the recipes record the label lengths in `label_lengths.json`).
+    - **What trains.** The paper trains LoRA only; the recipes' `train_projector` option also trains the
+      multimodal projector in full, as LLaVA-1.5's own LoRA recipe does (Stage 2 inherits Stage 1's choice).
+
     Parameters:
         max_completion_length (`int`, defaults to `256`): maximum tokens of the sampled evaluation.
         temperature (`float`, defaults to `1.0`): sampling temperature of the single sample per example.

@@ -20,12 +20,17 @@ accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml --num_tr
 from __future__ import annotations
 
 from transformers import AutoProcessor
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from dermtrl import lengths
 from dermtrl.conversation import TrainingCollator, use_training_template
-from dermtrl.lora import restrict_to_language_model
-from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
+from dermtrl.script_args import (
+    DermEvalScriptArguments,
+    load_model,
+    load_training_cases,
+    lora_config,
+    setup_threads,
+)
 from dermtrl.tiny import resolve_model_name
 
 
@@ -37,9 +42,7 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
                                               revision=model_args.model_revision)
     use_training_template(processor)
     model = load_model(model_args)
-    peft_config = get_peft_config(model_args)
-    if script_args.lora_language_model_only:
-        restrict_to_language_model(peft_config)
+    peft_config = lora_config(script_args, model_args)  # LoRA on the language model (+ projector if asked)
 
     # Dataset: (image, narrative, y*), tokenized by the collator exactly as Stage 2 and inference tokenize
     train = load_training_cases(script_args)

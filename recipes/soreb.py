@@ -28,12 +28,18 @@ from pathlib import Path
 
 from peft import PeftModel
 from transformers import AutoProcessor
-from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
+from trl import ModelConfig, SFTConfig, TrlParser
 
 from dermtrl import lengths
 from dermtrl.data.loading import load_cases
-from dermtrl.lora import restrict_to_language_model
-from dermtrl.script_args import DermEvalScriptArguments, load_model, load_training_cases, setup_threads
+from dermtrl.script_args import (
+    DermEvalScriptArguments,
+    check_continued_adapter,
+    load_model,
+    load_training_cases,
+    lora_config,
+    setup_threads,
+)
 from dermtrl.soreb_config import SOREBConfig
 from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import resolve_model_name
@@ -93,11 +99,10 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     model = load_model(model_args)
     peft_config = None
     if adapter:
+        check_continued_adapter(script_args, adapter)
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     else:
-        peft_config = get_peft_config(model_args)
-        if script_args.lora_language_model_only:
-            restrict_to_language_model(peft_config)
+        peft_config = lora_config(script_args, model_args)
     base = resolve_model_name(model_args.model_name_or_path)
     processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
     processor = AutoProcessor.from_pretrained(processor_source)

@@ -275,3 +275,18 @@ def test_samples_that_hit_max_completion_length_are_logged_and_warned(tmp_path):
     assert expected > 0.05
     with pytest.warns(UserWarning, match="hit max_completion_length=4"):
         trainer.log({"loss": 0.0})
+
+
+def test_every_config_field_is_documented_with_the_papers_open_choices():
+    import dataclasses
+
+    from trl.trainer.base_config import _BaseConfig
+
+    inherited = {f.name for f in dataclasses.fields(_BaseConfig)}
+    doc = SOREBConfig.__doc__
+    for f in dataclasses.fields(SOREBConfig):
+        if f.name not in inherited:
+            assert f.metadata.get("help") and f.name in doc, f"SOREBConfig.{f.name} is not documented"
+    for choice in ("Baseline start", "Update, then advantage", "Mean over generated tokens", "K = 0", "Sampling",
+                   "LoRA dropout while sampling", "train_projector"):
+        assert choice in doc
