@@ -306,7 +306,7 @@ def test_cache_key_covers_prompt_version_model_and_settings(openai_server, tmp_p
         ):
             assert client.complete(ask("hi"), **kw).cached
         assert openai_server.calls == 6
-    with make_client(openai_server, cache_path=path, prompt_version="dermtrl-prompts-v2") as client:
+    with make_client(openai_server, cache_path=path, prompt_version=PROMPT_VERSION + "-next") as client:
         assert not client.complete(ask("hi")).cached
     assert openai_server.calls == 7
 
