@@ -341,3 +341,50 @@ def agreement(
         seed=int(seed),
         truncated=int(truncated),
     )
+
+
+def case_errors(predictions: Sequence[Mapping[str, float | None] | Scores | None],
+                experts: Sequence[Mapping[str, float]], *, round_predictions: bool = True) -> np.ndarray:
+    """(cases, 6) absolute errors as Table 1 computes them (rounded predictions); NaN where a score is missing.
+
+    The per-case matrix is what paired comparisons need: two evaluators, or two training runs, on the same cases.
+    """
+    pred = _prediction_matrix(predictions)
+    exp = _expert_matrix(experts)
+    used = round_half_up(pred) if round_predictions else pred
+    return np.abs(used - exp)
+
+
+def macro_mae(errors: np.ndarray, dims: Sequence[str] = DIMENSIONS) -> float:
+    """Mean over ``dims`` of each dimension's MAE (missing scores left out); ``errors`` from :func:`case_errors`."""
+    cols = [DIMENSIONS.index(d) for d in dims]
+    with np.errstate(invalid="ignore"):
+        return float(np.mean([np.nanmean(errors[..., j]) for j in cols]))
+
+
+def paired_bootstrap(stat: Any, arms: Sequence[np.ndarray], *, n_bootstrap: int = 2000, seed: int = 0,
+                     ci: float = 0.95) -> tuple[float, float, float]:
+    """``stat(*arms)`` and its percentile CI, resampling the same cases in every arm (a paired bootstrap).
+
+    Arms are per-case error matrices of shape (cases, 6), or (seeds, cases, 6) when runs were repeated with several
+    seeds: seeds and cases are then resampled jointly. Returns (value, low, high).
+    """
+    rng = np.random.default_rng(seed)
+    value = float(stat(*arms))
+    n = arms[0].shape[-2]
+    samples = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, n)
+        if arms[0].ndim == 3:
+            sidx = rng.integers(0, arms[0].shape[0], arms[0].shape[0])
+            resampled = [a[sidx][:, idx] for a in arms]
+        else:
+            resampled = [a[idx] for a in arms]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            samples.append(stat(*resampled))
+    values = np.asarray(samples, dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return value, float("nan"), float("nan")
+    lo, hi = np.percentile(values, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2])
+    return value, float(lo), float(hi)

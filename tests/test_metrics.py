@@ -329,3 +329,25 @@ def test_rich_table_renders(two: list[AgreementReport]):
     assert "Agreement with expert scores" in text
     assert "Fixture" in text and f"{two[0].macro_mae:.3f}" in text
     assert "skipped: 0" in text and "missing: MedG 1" in text
+
+
+def test_case_errors_and_paired_bootstrap():
+    from dermtrl.metrics import case_errors, macro_mae, paired_bootstrap
+
+    experts = [dict.fromkeys(DIMENSIONS, 3.0), dict.fromkeys(DIMENSIONS, 4.5)]
+    preds = [dict.fromkeys(DIMENSIONS, 3.4), {**dict.fromkeys(DIMENSIONS, 5.0), "Safety": None}]
+    err = case_errors(preds, experts)
+    assert err[0].tolist() == [0.0] * 6  # 3.4 rounds to 3
+    assert err[1, 0] == 0.5 and np.isnan(err[1, 1])  # a missing score is missing, never an error of 0
+    assert macro_mae(err) == pytest.approx((0.25 * 5 + 0.0) / 6)
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 2, size=(200, 6))
+    same = paired_bootstrap(lambda x, y: macro_mae(x) - macro_mae(y), [a, a.copy()])
+    assert same == (0.0, 0.0, 0.0)
+    shifted = paired_bootstrap(lambda x, y: macro_mae(x) - macro_mae(y), [a + 0.5, a])
+    assert shifted[0] == pytest.approx(0.5) and shifted[1] == pytest.approx(0.5) and shifted[2] == pytest.approx(0.5)
+    noisy = paired_bootstrap(lambda x, y: macro_mae(x) - macro_mae(y), [a + rng.normal(0.1, 0.5, a.shape), a])
+    assert noisy[1] < noisy[0] < noisy[2] and noisy[1] > 0  # a real improvement of 0.1 on 200 cases is resolved
+    seeds = np.stack([a, a + 0.2, a + 0.4])  # (seeds, cases, 6): resampled jointly
+    value, lo, hi = paired_bootstrap(lambda x: macro_mae(x), [seeds])
+    assert value == pytest.approx(macro_mae(a) + 0.2) and lo < value < hi
