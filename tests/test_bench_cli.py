@@ -55,6 +55,7 @@ def config_for(server, tmp_path: Path) -> Path:
     config["candidates"][1].update(max_new_tokens=8, batch_size=4)
     config["report"]["n_bootstrap"] = 100
     config["probes"]["n"] = 3
+    config.pop("evaluators", None)  # DermEval as second evaluator: tests/test_bench_dermeval.py
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -151,7 +151,26 @@ def cmd_judge(args: argparse.Namespace) -> int:
         console.print(f"{len(records) - failed} candidates scored, {failed} failed; records in "
                       f"[bold]{args.out}[/bold]")
         console.print(bench.usage.table("Judge usage"))
+    if args.dermeval:
+        _dermeval_step(args, ds, sets, records)
     return 0
+
+
+def _dermeval_step(args: argparse.Namespace, ds: Any, sets: dict[str, Any], judged: list[dict[str, Any]]) -> None:
+    """``judge --dermeval ADAPTER``: score the same candidates with DermEval and print both halves of Table 2."""
+    from pathlib import Path
+
+    from dermtrl.bench.dermeval_scoring import load_dermeval, score_candidates
+    from dermtrl.bench.leaderboard import compare_evaluators
+    from dermtrl.bench.render import comparison_tables
+
+    console, _ = _consoles()
+    out = Path(args.dermeval_out or Path(args.out).with_suffix(".dermeval.jsonl"))
+    evaluator = load_dermeval(args.dermeval, args.dermeval_base, batch_size=args.dermeval_batch_size)
+    records = score_candidates(ds, sets, evaluator, out, overwrite=args.overwrite, progress=not args.no_progress)
+    for table in comparison_tables(compare_evaluators(judged, records, n_bootstrap=0)):
+        console.print(table)
+    console.print(f"DermEval records in [bold]{out}[/bold] (`dermtrl bench report ... --dermeval {out}` for CIs)")
 
 
 @_user_errors
@@ -167,6 +186,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_report(board, args.out)
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
+    if args.dermeval:
+        from dermtrl.bench.leaderboard import compare_evaluators
+        from dermtrl.bench.render import comparison_tables, write_comparison
+
+        comparison = compare_evaluators(read_judgments(*args.judgments), read_judgments(*args.dermeval),
+                                        n_bootstrap=args.n_bootstrap, seed=args.seed, ci=args.ci)
+        for table in comparison_tables(comparison):
+            console.print(table)
+        if args.out:
+            console.print("Comparison: " + ", ".join(str(p) for p in write_comparison(comparison, args.out).values()))
     return 0
 
 
@@ -199,6 +228,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_config(config, overwrite=args.overwrite, progress=not args.no_progress)
     for table in render_tables(result.leaderboard):
         console.print(table)
+    if result.comparison is not None:
+        from dermtrl.bench.render import comparison_tables
+
+        for table in comparison_tables(result.comparison):
+            console.print(table)
     if result.probes is not None:
         console.print(probe_table(result.probes))
     u = result.usage
@@ -243,6 +277,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
     p.add_argument("--retry-failed", action="store_true", help="retry cases whose judge call failed")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("DermEval as a second evaluator (Table 2's second half)")
+    g.add_argument("--dermeval", metavar="ADAPTER", default=None, help="also score with DermEval (folder or Hub id)")
+    g.add_argument("--dermeval-base", default=None, help="DermEval's base model (default: the adapter's)")
+    g.add_argument("--dermeval-batch-size", type=int, default=8)
+    g.add_argument("--dermeval-out", default=None, help="DermEval records JSONL (default: beside --out)")
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("report", help="leaderboard, categories, rank stability, agreement: tables and files")
@@ -251,6 +290,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--ci", type=float, default=0.95)
+    p.add_argument("--dermeval", nargs="+", default=None, metavar="JSONL",
+                   help="DermEval records (from judge --dermeval): Table 2 for both evaluators, Figure 6, agreement")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("probe", help="judge robustness: injection, length padding, reference order")

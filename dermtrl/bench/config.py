@@ -17,7 +17,8 @@ from typing import Any
 
 from dermtrl.client import ClientConfig
 
-__all__ = ["BenchConfig", "CandidateSpec", "ConfigError", "DatasetSpec", "ProbeSpec", "ReportSpec", "load_config"]
+__all__ = ["BenchConfig", "CandidateSpec", "ConfigError", "DatasetSpec", "DermEvalSpec", "EvaluatorsSpec", "ProbeSpec",
+           "ReportSpec", "load_config"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -151,6 +152,38 @@ class ProbeSpec:
 
 
 @dataclass
+class DermEvalSpec:
+    """DermEval as the second evaluator: reference-free scores for every candidate (Table 2's second half)."""
+
+    adapter: str | None = field(default=None, metadata={"help": "DermEval LoRA adapter: a folder or Hub id"})
+    base: str | None = field(default=None, metadata={"help": "base model (default: the adapter's own base)"})
+    batch_size: int = field(default=8, metadata={"help": "evaluation batch size"})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "token budget (default: the one recorded beside the adapter)"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default cuda if available)"})
+    dtype: str | None = field(default=None, metadata={"help": "torch dtype name, e.g. bfloat16"})
+
+    def check(self, where: str) -> None:
+        if self.adapter is None and self.base is None:
+            raise ConfigError(f"{where}: give adapter (a DermEval adapter folder or Hub id) and/or base")
+        for name in ("adapter", "base", "device", "dtype"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}.{name}: must be a non-empty string, got {value!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be an integer >= 1, got {self.batch_size!r}")
+        if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 1):
+            raise ConfigError(f"{where}.max_new_tokens: must be an integer >= 1 or null, got {self.max_new_tokens!r}")
+
+
+@dataclass
+class EvaluatorsSpec:
+    """Evaluators besides the DermBench judge (which always runs)."""
+
+    dermeval: DermEvalSpec | None = field(default=None, metadata={"help": "score candidates with DermEval too"})
+
+
+@dataclass
 class BenchConfig:
     """A whole DermBench run: generate every candidate, judge them all, report (and optionally probe)."""
 
@@ -161,6 +194,8 @@ class BenchConfig:
     parse_retries: int = field(default=2, metadata={"help": "re-asks of a judge answer missing a score"})
     report: ReportSpec = field(default_factory=ReportSpec, metadata={"help": "bootstrap settings"})
     probes: ProbeSpec | None = field(default=None, metadata={"help": "judge-robustness probes (optional)"})
+    evaluators: EvaluatorsSpec | None = field(
+        default=None, metadata={"help": "second evaluator (dermeval:) for Table 2's second half and Figure 6"})
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> BenchConfig:
@@ -214,8 +249,16 @@ class BenchConfig:
         if raw.get("probes") is not None:
             probes = ProbeSpec(**_fields(ProbeSpec, raw["probes"], "probes"))
             probes.check("probes")
+        evaluators = None
+        if raw.get("evaluators") is not None:
+            kwargs = _fields(EvaluatorsSpec, raw["evaluators"], "evaluators")
+            if kwargs.get("dermeval") is not None:
+                spec = DermEvalSpec(**_fields(DermEvalSpec, kwargs["dermeval"], "evaluators.dermeval"))
+                spec.check("evaluators.dermeval")
+                kwargs["dermeval"] = spec
+            evaluators = EvaluatorsSpec(**kwargs)
         return cls(out=raw["out"], dataset=dataset, judge=judge, candidates=candidates,
-                   parse_retries=parse_retries, report=report, probes=probes)
+                   parse_retries=parse_retries, report=report, probes=probes, evaluators=evaluators)
 
 
 def load_config(path: str | Path) -> BenchConfig:

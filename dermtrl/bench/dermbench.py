@@ -30,9 +30,9 @@ from dermtrl.bench.generate import (
     read_candidates,
 )
 from dermtrl.bench.judge import Judge, judge_items
-from dermtrl.bench.leaderboard import Leaderboard, build_leaderboard
+from dermtrl.bench.leaderboard import EvaluatorComparison, Leaderboard, build_leaderboard, compare_evaluators
 from dermtrl.bench.probes import PROBES, ProbeReport, run_probes
-from dermtrl.bench.render import write_probe_report, write_report
+from dermtrl.bench.render import write_comparison, write_probe_report, write_report
 from dermtrl.client import ClientConfig, LLMClient, Usage
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ class BenchResult:
     probes: ProbeReport | None
     paths: dict[str, Path] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    comparison: EvaluatorComparison | None = None  # with evaluators.dermeval: both halves of Table 2, Figure 6
 
 
 def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool = True) -> BenchResult:
@@ -228,6 +229,12 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool =
         board = build_leaderboard(records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
                             ci=config.report.ci)
         paths = write_report(board, out / "report")
+        comparison = None
+        if config.evaluators is not None and config.evaluators.dermeval is not None:
+            comparison = _dermeval_half(config, ds, sets, records, out, overwrite=overwrite, progress=progress)
+            paths.update(write_comparison(comparison, out / "report"))
+            paths.update({f"dermeval_{k}": v for k, v in write_report(comparison.dermeval,
+                                                                      out / "report" / "dermeval").items()})
         probes = None
         if config.probes is not None:
             p = config.probes
@@ -235,4 +242,17 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool =
                                  n_bootstrap=config.report.n_bootstrap, seed=config.report.seed, overwrite=overwrite)
             paths.update({"probes_md": out / "probes" / "probes.md", "probes_json": out / "probes" / "probes.json"})
         usage = bench.usage.as_dict()
-    return BenchResult(leaderboard=board, probes=probes, paths=paths, usage=usage)
+    return BenchResult(leaderboard=board, probes=probes, paths=paths, usage=usage, comparison=comparison)
+
+
+def _dermeval_half(config: BenchConfig, ds: Any, sets: Mapping[str, Any], judged: list[dict[str, Any]], out: Path,
+                   *, overwrite: bool, progress: bool) -> EvaluatorComparison:
+    """Score every candidate with DermEval (``dermeval.jsonl``) and compare it with the judge's records."""
+    from dermtrl.bench.dermeval_scoring import load_dermeval, score_candidates
+
+    spec = config.evaluators.dermeval
+    evaluator = load_dermeval(spec.adapter, spec.base, batch_size=spec.batch_size,
+                              max_new_tokens=spec.max_new_tokens, device=spec.device, dtype=spec.dtype)
+    records = score_candidates(ds, sets, evaluator, out / "dermeval.jsonl", overwrite=overwrite, progress=progress)
+    return compare_evaluators(judged, records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
+                              ci=config.report.ci)

@@ -33,11 +33,14 @@ from dermtrl.metrics import AgreementReport, agreement
 
 __all__ = [
     "CategoryResult",
+    "DimensionComparison",
+    "EvaluatorComparison",
     "Leaderboard",
     "ModelResult",
     "RankStability",
     "bootstrap_means",
     "build_leaderboard",
+    "compare_evaluators",
     "failure_kind",
     "seeded_rng",
 ]
@@ -356,3 +359,107 @@ def _rank_stability(
         taus = taus[np.isfinite(taus)]
         tau = float(taus.mean()) if taus.size else None
     return stability, tau
+
+
+# --- two evaluators side by side (Table 2's two halves, Figure 6, their agreement) ---------------------------
+
+
+@dataclass(frozen=True)
+class DimensionComparison:
+    """How DermEval's scores relate to DermBench's on one dimension, over the (model, case) pairs both scored."""
+
+    dimension: str
+    n: int
+    pearson: float | None
+    spearman: float | None
+    mean_difference: float | None  # DermEval minus DermBench
+    mean_difference_ci: Interval | None
+    mean_absolute_difference: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dimension": self.dimension, "n": self.n, "pearson": self.pearson, "spearman": self.spearman,
+                "mean_difference": self.mean_difference, "mean_difference_ci": _list(self.mean_difference_ci),
+                "mean_absolute_difference": self.mean_absolute_difference}
+
+
+@dataclass(frozen=True)
+class EvaluatorComparison:
+    """Table 2 for both evaluators, Figure 6 (their average per model and dimension, with CIs) and agreement."""
+
+    dermbench: Leaderboard
+    dermeval: Leaderboard
+    models: list[str]  # DermBench's ranking order
+    average: dict[str, dict[str, float | None]]  # Figure 6: model -> dimension -> mean of per-case averages
+    average_ci: dict[str, dict[str, Interval | None]]
+    n_paired: dict[str, int]  # model -> cases both evaluators scored
+    dimensions: list[DimensionComparison]
+    model_rank_tau: float | None  # Kendall's tau-b between the two evaluators' overall model orderings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": self.models, "n_paired": self.n_paired,
+                "figure6": {m: {"mean": self.average[m], "ci": {d: _list(c) for d, c in self.average_ci[m].items()}}
+                            for m in self.models},
+                "agreement": [d.to_dict() for d in self.dimensions], "model_rank_tau": self.model_rank_tau,
+                "dermbench": self.dermbench.to_dict(), "dermeval": self.dermeval.to_dict()}
+
+
+def _scored_by_key(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[float]]:
+    return {(str(r["model"]), str(r["case_id"])): [float(r["scores"][d]) for d in DIMENSIONS]
+            for r in records if r["status"] == "scored"}
+
+
+def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float | None:
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    value = (pearsonr if kind == "pearson" else spearmanr)(x, y)[0]
+    return _float(float(value))
+
+
+def compare_evaluators(
+    dermbench_records: Iterable[Mapping[str, Any]], dermeval_records: Iterable[Mapping[str, Any]], *,
+    n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
+) -> EvaluatorComparison:
+    """Both halves of Table 2, Figure 6 and the agreement between DermBench (the judge) and DermEval.
+
+    Figure 6 ("computed by averaging DermBench and DermEval scores") averages the two evaluators' scores case by
+    case over the cases both scored, so its bootstrap CI resamples cases with both scores kept together.
+    Agreement: per dimension, Pearson and Spearman correlation, the mean difference (DermEval minus DermBench)
+    with a bootstrap CI, and the mean absolute difference, over every (model, case) pair both scored; and
+    Kendall's tau between the two evaluators' model rankings.
+    """
+    bench_records, eval_records = _check(dermbench_records), _check(dermeval_records)
+    bench = build_leaderboard(bench_records, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
+    dermeval = build_leaderboard(eval_records, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
+    a, b = _scored_by_key(bench_records), _scored_by_key(eval_records)
+    paired = sorted(set(a) & set(b))
+    models = [m for m in bench.model_names if m in dermeval.model_names]
+    average: dict[str, dict[str, float | None]] = {}
+    average_ci: dict[str, dict[str, Interval | None]] = {}
+    n_paired: dict[str, int] = {}
+    for model in models:
+        keys = [k for k in paired if k[0] == model]
+        x = np.array([[(a[k][j] + b[k][j]) / 2 for j in range(len(DIMENSIONS))] for k in keys]).reshape(-1, 6)
+        means, bounds = bootstrap_means(x, n_bootstrap, ci, seeded_rng(seed, model, "figure6"))
+        average[model] = {d: _float(means[j]) for j, d in enumerate(DIMENSIONS)}
+        average_ci[model] = {d: _interval(bounds[0, j], bounds[1, j]) for j, d in enumerate(DIMENSIONS)}
+        n_paired[model] = len(keys)
+    xa = np.array([a[k] for k in paired]).reshape(-1, 6)
+    xb = np.array([b[k] for k in paired]).reshape(-1, 6)
+    diff_means, diff_bounds = bootstrap_means(xb - xa, n_bootstrap, ci, seeded_rng(seed, "evaluator-difference"))
+    dimensions = [DimensionComparison(
+        dimension=d, n=len(paired), pearson=_correlation("pearson", xa[:, j], xb[:, j]),
+        spearman=_correlation("spearman", xa[:, j], xb[:, j]), mean_difference=_float(diff_means[j]),
+        mean_difference_ci=_interval(diff_bounds[0, j], diff_bounds[1, j]),
+        mean_absolute_difference=_float(float(np.abs(xb[:, j] - xa[:, j]).mean())) if len(paired) else None,
+    ) for j, d in enumerate(DIMENSIONS)]
+    tau = None
+    overall_a = [next(m.overall for m in bench.models if m.model == name) for name in models]
+    overall_b = [next(m.overall for m in dermeval.models if m.model == name) for name in models]
+    if len(models) > 1 and None not in overall_a and None not in overall_b:
+        from scipy.stats import kendalltau
+
+        tau = _float(float(kendalltau(overall_a, overall_b)[0]))
+    return EvaluatorComparison(dermbench=bench, dermeval=dermeval, models=models, average=average,
+                               average_ci=average_ci, n_paired=n_paired, dimensions=dimensions, model_rank_tau=tau)

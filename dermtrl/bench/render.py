@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from dermtrl import report as agreement_report
-from dermtrl.bench.leaderboard import Leaderboard
+from dermtrl.bench.leaderboard import EvaluatorComparison, Leaderboard
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 
 if TYPE_CHECKING:
     from dermtrl.bench.probes import ProbeReport
 
-__all__ = ["leaderboard_csv", "plot", "probe_markdown", "probe_table", "render_tables", "to_json",
-           "to_markdown", "write_probe_report", "write_report"]
+__all__ = ["comparison_markdown", "comparison_tables", "leaderboard_csv", "plot", "plot_figure6",
+           "probe_markdown", "probe_table", "render_tables", "to_json",
+           "to_markdown", "write_comparison", "write_probe_report", "write_report"]
 
 _NA = "n/a"
 LOW_N = 5  # a category cell on fewer cases is marked as unreliable
@@ -254,3 +255,137 @@ def write_probe_report(report: ProbeReport, out_dir: str | Path) -> dict[str, Pa
     paths["md"].write_text(probe_markdown(report), encoding="utf-8")
     paths["json"].write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return paths
+
+
+# --- DermBench and DermEval side by side ------------------------------------------------------------------
+
+
+def _table2_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
+    abbr = [ABBREVIATIONS[d] for d in DIMENSIONS]
+    header = ["Model", *(f"DermBench {a}" for a in abbr), *(f"DermEval {a}" for a in abbr)]
+    rows = []
+    for model in cmp.models:
+        bench = next(m for m in cmp.dermbench.models if m.model == model)
+        dermeval = next(m for m in cmp.dermeval.models if m.model == model)
+        rows.append([model, *(_cell(bench.mean[d]) for d in DIMENSIONS),
+                     *(_cell(dermeval.mean[d]) for d in DIMENSIONS)])
+    return header, rows
+
+
+def _figure6_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
+    header = ["Model", *(ABBREVIATIONS[d] for d in DIMENSIONS), "n"]
+    rows = [[m, *(_cell(cmp.average[m][d], cmp.average_ci[m][d]) for d in DIMENSIONS), str(cmp.n_paired[m])]
+            for m in cmp.models]
+    return header, rows
+
+
+def _evaluator_agreement_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
+    header = ["Dimension", "pairs", "Pearson", "Spearman", "DermEval - DermBench [CI]", "mean |difference|"]
+    rows = [[ABBREVIATIONS[c.dimension], str(c.n), _cell(c.pearson), _cell(c.spearman),
+             _NA if c.mean_difference is None else
+             f"{c.mean_difference:+.3f}" + ("" if c.mean_difference_ci is None else
+                                            f" [{c.mean_difference_ci[0]:+.2f}, {c.mean_difference_ci[1]:+.2f}]"),
+             _cell(c.mean_absolute_difference)] for c in cmp.dimensions]
+    return header, rows
+
+
+def _comparison_caption(cmp: EvaluatorComparison) -> str:
+    tau = _NA if cmp.model_rank_tau is None else f"{cmp.model_rank_tau:.3f}"
+    return (f"DermBench: {_caption(cmp.dermbench)}. DermEval: reference-free, "
+            f"{(cmp.dermeval.judge or {}).get('model', '?')}. Kendall's tau between the two model rankings: {tau}.")
+
+
+def comparison_tables(cmp: EvaluatorComparison) -> list[Table]:
+    """Table 2 (both halves), Figure 6 as a table, and the agreement between the two evaluators."""
+    return [
+        _table("Table 2: mean score 0-5 under DermBench and DermEval", *_table2_rows(cmp), _comparison_caption(cmp),
+               left=1),
+        _table("Figure 6: average of DermBench and DermEval per model and dimension [CI]", *_figure6_rows(cmp),
+               "per case average over the cases both evaluators scored; percentile bootstrap CI over cases", left=1),
+        _table("Agreement between DermEval and DermBench (all scored model-case pairs)",
+               *_evaluator_agreement_rows(cmp), left=1),
+    ]
+
+
+def comparison_markdown(cmp: EvaluatorComparison) -> str:
+    lines = ["## Table 2: DermBench and DermEval", "", *_md_table(*_table2_rows(cmp), left=1), "",
+             f"_{_comparison_caption(cmp)}_", "",
+             "## Figure 6: average of DermBench and DermEval", "", *_md_table(*_figure6_rows(cmp), left=1), "",
+             "![Figure 6](figure6.png)", "",
+             "## Agreement between the evaluators", "", *_md_table(*_evaluator_agreement_rows(cmp), left=1), ""]
+    return "\n".join(lines)
+
+
+def plot_figure6(cmp: EvaluatorComparison, path: str | Path) -> Path:
+    """Figure 6 as the paper draws it: per dimension, one bar per model, the average of both evaluators, CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    x = np.arange(len(DIMENSIONS))
+    width = 0.8 / max(len(cmp.models), 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(DIMENSIONS) + 0.4 * len(cmp.models)), 4.8))
+    for i, model in enumerate(cmp.models):
+        means = np.array([np.nan if cmp.average[model][d] is None else cmp.average[model][d] for d in DIMENSIONS])
+        ci = [cmp.average_ci[model][d] for d in DIMENSIONS]
+        err = np.array([[means[j] - c[0], c[1] - means[j]] if c is not None else [0.0, 0.0]
+                        for j, c in enumerate(ci)]).T
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=err, capsize=2, label=model)
+    ax.set_xticks(x, [ABBREVIATIONS[d] for d in DIMENSIONS])
+    ax.set_ylim(0, 5)
+    ax.set_ylabel("mean of DermBench and DermEval (0-5)")
+    ax.set_title("Average performance across six clinical metrics (DermBench and DermEval)")
+    if cmp.models:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def write_comparison(cmp: EvaluatorComparison, out_dir: str | Path) -> dict[str, Path]:
+    """Write comparison.md/.json, table2.csv, figure6.csv/.png and evaluator_agreement.csv under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"comparison_md": out / "comparison.md", "comparison_json": out / "comparison.json",
+             "table2_csv": out / "table2.csv", "figure6_csv": out / "figure6.csv",
+             "evaluator_agreement_csv": out / "evaluator_agreement.csv"}
+    paths["comparison_md"].write_text(comparison_markdown(cmp), encoding="utf-8")
+    paths["comparison_json"].write_text(json.dumps(cmp.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    for key, (header, rows) in (("table2_csv", _table2_csv(cmp)), ("figure6_csv", _figure6_csv(cmp)),
+                                ("evaluator_agreement_csv", _agreement_csv(cmp))):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        paths[key].write_text(buf.getvalue(), encoding="utf-8", newline="")
+    paths["figure6_png"] = plot_figure6(cmp, out / "figure6.png")
+    return paths
+
+
+def _table2_csv(cmp: EvaluatorComparison) -> tuple[list[str], list[list[Any]]]:
+    header = ["model", *(f"dermbench_{d}" for d in DIMENSIONS), *(f"dermeval_{d}" for d in DIMENSIONS)]
+    rows = []
+    for model in cmp.models:
+        bench = next(m for m in cmp.dermbench.models if m.model == model)
+        dermeval = next(m for m in cmp.dermeval.models if m.model == model)
+        rows.append([model, *(bench.mean[d] for d in DIMENSIONS), *(dermeval.mean[d] for d in DIMENSIONS)])
+    return header, rows
+
+
+def _figure6_csv(cmp: EvaluatorComparison) -> tuple[list[str], list[list[Any]]]:
+    header = ["model", "dimension", "mean", "lo", "hi", "n"]
+    rows = [[m, d, cmp.average[m][d], *(cmp.average_ci[m][d] or (None, None)), cmp.n_paired[m]]
+            for m in cmp.models for d in DIMENSIONS]
+    return header, rows
+
+
+def _agreement_csv(cmp: EvaluatorComparison) -> tuple[list[str], list[list[Any]]]:
+    header = ["dimension", "n", "pearson", "spearman", "mean_difference", "lo", "hi", "mean_absolute_difference"]
+    rows = [[c.dimension, c.n, c.pearson, c.spearman, c.mean_difference, *(c.mean_difference_ci or (None, None)),
+             c.mean_absolute_difference] for c in cmp.dimensions]
+    return header, rows
