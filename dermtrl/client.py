@@ -651,59 +651,52 @@ def image_to_data_url(
 ) -> str:
     """A base64 ``data:`` URL for an image (a PIL image, a file path, or encoded bytes).
 
-    EXIF orientation is applied and the longer side shrunk to ``max_side`` (``None``: never). JPEG sources
-    stay JPEG (quality 95), everything else becomes PNG. A string that already is a ``data:image/`` URL is
-    returned unchanged. Raises ``FileNotFoundError``/``OSError``/``ValueError`` naming the file when it is
-    missing, unreadable or not an image. The same input always gives the same URL (stable cache keys).
+    The image is read by the project's one image reader (:func:`dermtrl.data.images.read_image`: every mode to
+    8-bit RGB, 16-bit and float scaled, alpha flattened onto white, EXIF orientation applied, size checked), so
+    a model behind an endpoint sees what DermEval sees. The longer side is shrunk to ``max_side`` (``None``:
+    never). An unchanged RGB JPEG keeps its own bytes, a resized JPEG stays JPEG (quality 95), everything else
+    becomes PNG. A string that already is a ``data:image/`` URL is returned unchanged. Raises
+    ``FileNotFoundError``/``ValueError`` naming the file when it is missing or not a readable image. The same
+    input always gives the same URL (stable cache keys).
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from dermtrl.data.images import read_image, to_rgb
 
     if max_side is not None and (not _is_int(max_side) or max_side < 1):
         raise ValueError(f"max_side must be None or an integer >= 1, got {max_side!r}")
     if isinstance(image, str) and image.startswith("data:image/"):
         return image
     if isinstance(image, Image.Image):
-        img, name = image, "the given PIL image"
+        img, source_format, original = to_rgb(image), image.format, None
     else:
         if isinstance(image, (bytes, bytearray, memoryview)):
-            data, name = bytes(image), f"the given image bytes ({len(image)} bytes)"
+            loaded = read_image(bytes(image), f"the given image bytes ({len(image)} bytes)")
         elif isinstance(image, (str, os.PathLike)):
             path = Path(image).expanduser()
-            name = f"image file {str(path)!r}"
             if not path.exists():
-                raise FileNotFoundError(f"{name} does not exist")
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise OSError(f"cannot read {name}: {exc.strerror or exc}") from exc
+                raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+            loaded = read_image(path, f"image file {str(path)!r}")
         else:
             raise TypeError(f"image must be a PIL image, a path or bytes, got {type(image).__name__}")
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from None
-    source_format = img.format
-    try:
-        img = ImageOps.exif_transpose(img) or img
-        if max_side is not None and max(img.size) > max_side:
-            img = img.copy()
-            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        img, source_format = loaded.image, loaded.source_format
+        original = loaded.unchanged_jpeg
+    if max_side is not None and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        original = None
+    if original is not None:
+        data, mime = original, "image/jpeg"
+    else:
         buffer = io.BytesIO()
-        if source_format == "JPEG" and not has_alpha:
-            if img.mode not in ("RGB", "L"):
-                img = img.convert("RGB")
+        if source_format == "JPEG":
             img.save(buffer, format="JPEG", quality=95)
             mime = "image/jpeg"
         else:
-            if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-                img = img.convert("RGBA" if has_alpha else "RGB")
             img.save(buffer, format="PNG")
             mime = "image/png"
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot encode {name} ({type(exc).__name__}: {exc})") from None
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+        data = buffer.getvalue()
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _image_url(image: Any, max_side: int | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from datasets import Dataset
 from datasets import Image as ImageFeature
 
-from dermtrl.data.images import load_image
+from dermtrl.data.images import read_cell
 from dermtrl.evaluator import DermEval
 from dermtrl.jsonl import read_records, repair_tail
 from dermtrl.metrics import AgreementReport, agreement
@@ -23,13 +23,10 @@ from dermtrl.progress import progress_bar
 from dermtrl.prompts import PROMPT_VERSION
 
 
-def _decode(value: Any):
-    """Decode a raw ``Image`` cell (bytes or path) ourselves, so one bad image costs one case, not the run."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return load_image(value["bytes"], name=value.get("path") or "embedded image")
-        return load_image(value["path"])
-    return load_image(value)
+def _decode(value: Any, case_id: str):
+    """Decode a raw ``Image`` cell ourselves (the project's one reader), so one bad image costs one case, not the
+    run; empty bytes are that case's error, never a reason to open a file of the same name."""
+    return read_cell(value, where=f"case {case_id!r}").image
 
 
 def _batches(ds: Dataset, done: set[str], batch_size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -82,7 +79,7 @@ def run_evaluation(
                             "model_fingerprint": evaluator.model_fingerprint,
                             "expert_scores": row.get("expert_scores")})
                 try:
-                    good.append((len(new) - 1, _decode(row["image"]), row["narrative"]))
+                    good.append((len(new) - 1, _decode(row["image"], case_id), row["narrative"]))
                 except ValueError as exc:
                     new[-1]["error"] = f"image: {exc}"
             if good:

@@ -76,22 +76,17 @@ def image_reader(cases: Dataset | Sequence[Mapping[str, Any]]) -> Callable[[int]
     return lambda index: cases[index].get("image")
 
 
-def image_source(cell: Any) -> Any:
-    """What an ``image`` cell holds, as something :func:`dermtrl.client.user_message` takes (bytes, path, PIL).
+def image_source(cell: Any, where: str | None = None) -> Any:
+    """What an ``image`` cell holds, checked, as :func:`dermtrl.client.user_message` takes it: non-empty bytes, an
+    absolute path or a PIL image (:func:`dermtrl.data.images.image_value`: empty bytes are an error, never a
+    reason to open a file of that name; a relative path is refused, datasets loaded by
+    :func:`dermtrl.data.loading.load_cases` hold paths resolved against their own folder).
 
-    Raises ``ValueError`` for an empty cell.
+    Raises :class:`~dermtrl.data.images.ImageError` (a ``ValueError``) naming ``where``.
     """
-    if isinstance(cell, Mapping):
-        if cell.get("bytes"):
-            return bytes(cell["bytes"])
-        if cell.get("path"):
-            return str(cell["path"])
-        raise ValueError("image: the cell holds neither bytes nor a path")
-    if cell is None or cell == "":
-        raise ValueError("image: missing (the cell is empty)")
-    if isinstance(cell, os.PathLike):
-        return os.fspath(cell)
-    return cell
+    from dermtrl.data.images import image_value
+
+    return image_value(cell, where=where)
 
 
 def image_name(cell: Any) -> str | None:
@@ -103,9 +98,9 @@ def image_name(cell: Any) -> str | None:
     return None
 
 
-def load_case_image(cell: Any) -> PILImage.Image:
-    """An RGB image from an ``image`` cell; ``ValueError`` naming the file when it is missing or unreadable."""
-    from dermtrl.data.images import load_image
+def load_case_image(cell: Any, where: str | None = None) -> PILImage.Image:
+    """An RGB image from an ``image`` cell through the project's one reader (:func:`dermtrl.data.images.read_cell`);
+    ``ValueError`` naming ``where`` and the file when it is empty, missing or unreadable."""
+    from dermtrl.data.images import read_cell
 
-    name = image_name(cell)
-    return load_image(image_source(cell), name=f"image {name!r}" if name else None)
+    return read_cell(cell, where=where).image

@@ -62,10 +62,10 @@ class OpenAIGenerator:
                 "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extra_body": cfg.extra_body,
                 "max_side": self.max_side}
 
-    def message(self, image: Any) -> dict[str, Any]:
+    def message(self, image: Any, where: str | None = None) -> dict[str, Any]:
         """The user turn for one image cell (bytes, path, PIL image or a datasets ``{bytes, path}`` cell);
-        raises ``ValueError``/``OSError`` naming the file when the image cannot be read."""
-        return user_message(CANDIDATE_INSTRUCTION, [image_source(image)], max_side=self.max_side)
+        raises ``ValueError``/``OSError`` naming ``where`` and the file when the image cannot be read."""
+        return user_message(CANDIDATE_INSTRUCTION, [image_source(image, where)], max_side=self.max_side)
 
     def generate(self, image: Any) -> str:
         """One narrative for one image cell."""
@@ -203,7 +203,7 @@ def generate_candidates(
                 index, case_id = item
                 cell = image_of(index)
                 try:
-                    message = generator.message(cell)
+                    message = generator.message(cell, f"case {case_id!r}")
                 except (ValueError, OSError, TypeError) as exc:
                     return record(case_id, error=image_error(cell, exc))
                 try:
@@ -221,7 +221,7 @@ def generate_candidates(
                     for index, case_id in todo[start:start + generator.batch_size]:
                         cell = image_of(index)
                         try:
-                            good.append((case_id, load_case_image(cell)))
+                            good.append((case_id, load_case_image(cell, f"case {case_id!r}")))
                         except (ValueError, OSError, TypeError) as exc:
                             done.append(record(case_id, error=image_error(cell, exc)))
                     if good:

@@ -102,7 +102,7 @@ def _assign_split(sha: str, test_fraction: float, seed: int, forced_test: set[st
 def evaluation_hashes(sources: Iterable[str | os.PathLike[str]]) -> set[str]:
     """Pixel hashes of evaluation images: from a text file of hashes (one a line), an image folder, or a dataset
     folder with an ``image_sha256`` or ``image`` column."""
-    from dermtrl.data.images import ImageError, read_image
+    from dermtrl.data.images import ImageError, read_cell, read_image
 
     out: set[str] = set()
     for source in sources:
@@ -118,8 +118,9 @@ def evaluation_hashes(sources: Iterable[str | os.PathLike[str]]) -> set[str]:
                 if "image_sha256" in ds.column_names:
                     out.update(ds["image_sha256"])
                 elif "image" in ds.column_names:
-                    for cell in ds.cast_column("image", ImageFeature(decode=False))["image"]:
-                        out.add(read_image(cell.get("bytes") or cell["path"]).content_hash)
+                    for row, cell in enumerate(ds.cast_column("image", ImageFeature(decode=False))["image"]):
+                        where = f"{path}: row {row}"
+                        out.add(read_cell(cell, base_dir=path.resolve(), where=where).content_hash)
         elif path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 try:

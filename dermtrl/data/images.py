@@ -20,14 +20,17 @@ import hashlib
 import io
 import math
 import os
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MAX_PIXELS", "ImageError", "LoadedImage", "content_hash", "load_image", "read_image", "to_rgb"]
+__all__ = ["MAX_PIXELS", "ImageError", "LoadedImage", "content_hash", "image_value", "load_image", "read_cell",
+           "read_image", "to_rgb"]
 
 #: Images with more pixels than this are downscaled (JPEG) or refused (other formats).
 MAX_PIXELS = 50_000_000
@@ -37,11 +40,22 @@ _DRAFT_SCALES = (2, 4, 8)  # what libjpeg can decode at reduced size
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a short code (zero-byte, unreadable, truncated, too-large)."""
+    """An image that cannot be used; ``reason`` is a short code (missing, zero-byte, unreadable, truncated,
+    too-large); ``size`` is the size its header claims, when known."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, size: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.size = size
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _exc_text(exc: BaseException) -> str:
+    """``Type: message`` of a library exception, without object reprs (``<_io.BytesIO object at 0x…>``)."""
+    text = _OBJECT_REPR.sub("the data", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -55,6 +69,11 @@ class LoadedImage:
     original_mode: str
     notes: list[str] = field(default_factory=list)
     _original_bytes: bytes | None = None
+
+    @property
+    def unchanged_jpeg(self) -> bytes | None:
+        """The file's own bytes when it is an RGB JPEG that nothing was done to, else ``None``."""
+        return self._original_bytes
 
     def encoded(self) -> tuple[bytes, str]:
         """Bytes to store and their extension: an unchanged RGB JPEG keeps its own bytes, the rest is PNG."""
@@ -154,17 +173,22 @@ def read_image(
         except OSError as exc:
             raise ImageError(f"{label}: cannot read the file ({exc.strerror or exc})", "unreadable") from None
     if not data:
-        raise ImageError(f"{label}: zero-byte file, not an image", "zero-byte")
+        what = "empty image bytes (zero-byte data)" if isinstance(source, (bytes, bytearray, memoryview)) else (
+            "zero-byte file")
+        raise ImageError(f"{label}: {what}, not an image", "zero-byte")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
             img = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: refused by PIL's decompression-bomb limit ({exc})", "too-large") from None
+        raise ImageError(f"{label}: refused by PIL's decompression-bomb limit ({_OBJECT_REPR.sub('it', str(exc))})",
+                         "too-large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         if "truncated" in str(exc).lower():
-            raise ImageError(f"{label}: truncated image file ({type(exc).__name__}: {exc})", "truncated") from None
-        raise ImageError(f"{label}: not a readable image ({type(exc).__name__}: {exc})", "unreadable") from None
+            raise ImageError(f"{label}: truncated image file ({_exc_text(exc)})", "truncated") from None
+        if isinstance(exc, UnidentifiedImageError):  # PIL's text only names the stream object
+            raise ImageError(f"{label}: not a readable image (no image format recognised)", "unreadable") from None
+        raise ImageError(f"{label}: not a readable image ({_exc_text(exc)})", "unreadable") from None
     width, height = img.size
     fmt, mode = img.format, img.mode
     notes: list[str] = []
@@ -174,13 +198,15 @@ def read_image(
     if pixels > max_pixels:
         size_text = f"{width}x{height} ({pixels / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit)"
         if oversize == "refuse":
-            raise ImageError(f"{label}: {size_text}; refused (downscale it, or allow downscaling)", "too-large")
+            raise ImageError(f"{label}: {size_text}; refused (downscale it, or allow downscaling)", "too-large",
+                             (width, height))
         scale = next((s for s in _DRAFT_SCALES if pixels / (s * s) <= max_pixels), None)
         if fmt not in _DRAFT_FORMATS or scale is None:
             why = f"{fmt} cannot be decoded at reduced size" if scale is not None else "too large even at 1/8 scale"
             raise ImageError(
                 f"{label}: {size_text}; refused: {why} without exceeding the memory budget; downscale it first",
                 "too-large",
+                (width, height),
             )
         img.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
         notes.append(f"downscaled from {width}x{height} to {img.size[0]}x{img.size[1]} ({size_text.split(' (')[1]}")
@@ -189,9 +215,8 @@ def read_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        text = str(exc)
-        reason = "truncated" if "truncated" in text.lower() or isinstance(exc, EOFError) else "unreadable"
-        raise ImageError(f"{label}: {reason} image data ({type(exc).__name__}: {text})", reason) from None
+        reason = "truncated" if "truncated" in str(exc).lower() or isinstance(exc, EOFError) else "unreadable"
+        raise ImageError(f"{label}: {reason} image data ({_exc_text(exc)})", reason) from None
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:  # a broken EXIF block must not cost the image
@@ -221,3 +246,76 @@ def load_image(image: Image.Image | str | os.PathLike[str] | bytes, name: str | 
     if isinstance(image, Image.Image):
         return to_rgb(image)
     return read_image(image, name).image
+
+
+def image_value(
+    value: object, *, base_dir: str | os.PathLike[str] | None = None, where: str | None = None
+) -> bytes | str | Image.Image:
+    """What an image *value* of a dataset holds, checked: non-empty encoded bytes, an absolute path, or a PIL image.
+
+    ``value`` is a ``datasets`` ``Image`` cell (``{"bytes", "path"}``), encoded bytes, a path or a PIL image. A
+    cell's bytes, when present, are the image: empty bytes are an error (``"empty image bytes"``), never a reason
+    to open a file of the same name. A relative path resolves against ``base_dir`` (the dataset's folder), never
+    the working directory; without one it is refused. ``where`` (e.g. ``"case 'c3'"``) starts every message.
+    Raises :class:`ImageError`.
+    """
+    label = where or "image"
+    path: object = value
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, Mapping):
+        data, path = value.get("bytes"), value.get("path")
+        if data is not None:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ImageError(f"{label}: the image cell's bytes are a {type(data).__name__}, not bytes",
+                                 "unreadable")
+            if len(data) == 0:
+                stored = f" (stored under the name {str(path)!r})" if path else ""
+                raise ImageError(f"{label}: empty image bytes{stored}", "zero-byte")
+            return bytes(data)
+        if not path:
+            raise ImageError(f"{label}: the image cell holds neither bytes nor a path", "missing")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        if len(path) == 0:
+            raise ImageError(f"{label}: empty image bytes", "zero-byte")
+        return bytes(path)
+    if path is None or path == "":
+        raise ImageError(f"{label}: no image (the value is empty)", "missing")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"{label}: an image value must be bytes, a path or an image cell, got {type(path).__name__}",
+                         "unreadable")
+    resolved = Path(path)
+    if not resolved.is_absolute():
+        if base_dir is None:
+            raise ImageError(f"{label}: relative image path {str(path)!r} and no dataset folder to resolve it against "
+                             "(images resolve against their dataset's folder, never the working directory; load the "
+                             "cases from their file or folder, or give absolute paths)", "missing")
+        resolved = Path(base_dir) / resolved
+    return str(resolved)
+
+
+def read_cell(
+    value: object,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    where: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    oversize: Oversize = "downscale",
+) -> LoadedImage:
+    """Decode one image value of a dataset (see :func:`image_value`) with :func:`read_image`'s checks.
+
+    The one way the Space, ``dermtrl eval``, DermBench and the data pipeline turn an image into 8-bit RGB.
+    """
+    source = image_value(value, base_dir=base_dir, where=where)
+    if isinstance(source, Image.Image):
+        notes: list[str] = []
+        rgb = to_rgb(source, notes)
+        return LoadedImage(rgb, content_hash(rgb), source.format, source.size, source.mode, notes)
+    name = source if isinstance(source, str) else None
+    if where and name:
+        name = f"{where} ({name})"
+    elif where:
+        name = where
+    elif isinstance(value, Mapping) and value.get("path"):
+        name = str(value["path"])
+    return read_image(source, name, max_pixels=max_pixels, oversize=oversize)

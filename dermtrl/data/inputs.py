@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermtrl.data.images import MAX_PIXELS, ImageError, Oversize, read_image
+from dermtrl.data.images import MAX_PIXELS, ImageError, Oversize, image_value, read_image
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary, progress_bar
 from dermtrl.data.vocabulary import Vocabulary, canonical_category
@@ -152,7 +152,7 @@ def _from_folder(root: Path) -> Iterator[RawItem]:
                       problem=problem)
 
 
-def _from_dataset(ds: Any, name: str) -> Iterator[RawItem]:
+def _from_dataset(ds: Any, name: str, folder: Path | None = None) -> Iterator[RawItem]:
     from datasets import ClassLabel
     from datasets import Image as ImageFeature
 
@@ -173,11 +173,11 @@ def _from_dataset(ds: Any, name: str) -> Iterator[RawItem]:
         where = f"{name}[{index}]"
 
         def load(cell: Any = cell, where: str = where) -> str | bytes:
-            if isinstance(cell, dict) and cell.get("bytes"):
-                return bytes(cell["bytes"])
-            if isinstance(cell, dict) and cell.get("path"):
-                return str(cell["path"])
-            raise ImageError(f"{where}: the image cell is empty", "missing")
+            # bytes are the image (empty ones an error); a path resolves against the dataset's folder, never the cwd
+            value = image_value(cell, base_dir=folder, where=where)
+            if not isinstance(value, (str, bytes)):
+                raise ImageError(f"{where}: the image cell holds a {type(value).__name__}", "unreadable")
+            return value
 
         yield RawItem(where, None if label is None else str(label), row.get("category") or None, metadata,
                       load=load)
@@ -195,7 +195,7 @@ def read_source(source: str, *, split: str = "train") -> Iterator[RawItem]:
                 if split not in ds:
                     raise ValueError(f"{source}: no split {split!r}; available: {', '.join(ds)}")
                 ds = ds[split]
-            return _from_dataset(ds, path.name)
+            return _from_dataset(ds, path.name, path.resolve())
         return _from_folder(path)
     if path.is_file():
         if path.suffix.lower() not in (".csv", ".jsonl"):
