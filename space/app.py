@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ import sys
 import tempfile
 import threading
 import unicodedata
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,7 @@ for _root in (HERE, HERE.parent):  # Space layout (dermtrl/ beside app.py) or re
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from dermtrl.conversation import control_tokens, neutralise_control_tokens  # noqa: E402
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN  # noqa: E402
@@ -333,59 +331,56 @@ def _data_url_to_file(url: str, cache_dir: str, max_bytes: int) -> str:
 
 
 def open_image(path: str | os.PathLike[str] | None, *, max_megapixels: float) -> tuple[Image.Image, list[str]]:
-    """Check an uploaded file's header, then decode it within a pixel budget; notes for what was changed.
+    """Read an uploaded file with the project's one image reader, within a pixel budget; notes for the person.
 
-    The size comes from the header before anything is decoded. A JPEG above the budget is decoded at a
-    reduced scale (libjpeg's draft mode, so memory stays bounded); anything else above it is refused.
+    :func:`dermtrl.data.images.read_image` checks the header before decoding (a JPEG above the budget is decoded
+    at a reduced scale, anything else above it refused), converts every mode to 8-bit RGB (16-bit and float
+    scaled, not clipped; transparency flattened onto white) and applies the EXIF orientation: the Space sees an
+    image exactly as ``dermtrl eval``, DermBench and the data pipeline do. Messages name only the file's base name.
     """
+    from dermtrl.data.images import ImageError, read_image
+
     if path is None or str(path) == "":
         raise InputError("No image: upload a photo of the skin (PNG, JPEG or WebP) before pressing Evaluate.")
     name = Path(path).name
     budget = int(max_megapixels * 1_000_000)
+    try:
+        loaded = read_image(path, name, max_pixels=budget, oversize="downscale")
+    except ImageError as exc:
+        raise InputError(_image_problem(exc, path, name, max_megapixels)) from exc
     notes: list[str] = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            source = Image.open(path)
-    except FileNotFoundError as exc:
-        raise InputError("The uploaded image is gone from the server: upload it again.") from exc
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise InputError(f"The image is far too large to process (limit {max_megapixels:g} megapixels): "
-                         "downscale it and upload it again.") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"That file is not an image this app can read ({_file_kind(path)}). Upload a PNG, "
-                         "JPEG or WebP photo.") from exc
-    try:
-        width, height = source.size
-        if width < 1 or height < 1:
-            raise InputError("The image has no pixels.")
-        if width * height > budget:
-            if source.format != "JPEG":
-                raise InputError(
-                    f"The image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); the limit is "
-                    f"{max_megapixels:g} megapixels. Downscale it (the model sees it at a few hundred pixels "
-                    "anyway) and upload it again.")
-            scale = math.ceil(math.sqrt(width * height / budget))
-            source.draft("RGB", (max(1, width // scale), max(1, height // scale)))
-            if source.size[0] * source.size[1] > budget:
-                raise InputError(f"The image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels), "
-                                 f"more than {max_megapixels:g} megapixels even when decoded at reduced scale.")
-            notes.append(f"The {width}×{height} image ({width * height / 1e6:.1f} megapixels) was downscaled to "
-                         f"{source.size[0]}×{source.size[1]} while decoding.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            source.load()
-            rgb = (ImageOps.exif_transpose(source) or source).convert("RGB")
-    except InputError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"The image {name!r} is damaged or truncated and could not be decoded "
-                         f"({type(exc).__name__}).") from exc
-    finally:
-        source.close()
+    (width, height), rgb = loaded.original_size, loaded.image
+    if any(n.startswith("downscaled") for n in loaded.notes):
+        notes.append(f"The {width}×{height} image ({width * height / 1e6:.1f} megapixels) was downscaled to "
+                     f"{rgb.size[0]}×{rgb.size[1]} while decoding.")
+    for note in loaded.notes:
+        if "scaled to 8 bits" in note:
+            notes.append(f"The image has {'floating-point' if loaded.original_mode == 'F' else '16-bit'} pixels; "
+                         "they were scaled to 8 bits (not clipped).")
+        elif "transparency flattened" in note:
+            notes.append("The image's transparent parts were shown on white.")
     if max(rgb.size) > 1024:  # the processor resizes to a few hundred pixels; this keeps that step cheap
+        rgb = rgb.copy()
         rgb.thumbnail((1024, 1024))
     return rgb, notes
+
+
+def _image_problem(exc: Any, path: str | os.PathLike[str], name: str, max_megapixels: float) -> str:
+    """The person-facing message for an image the reader refused (no server path, no library text)."""
+    if exc.reason == "missing":
+        return "The uploaded image is gone from the server: upload it again."
+    if exc.reason == "too-large":
+        if exc.size is None:
+            return (f"The image is far too large to process (limit {max_megapixels:g} megapixels): downscale it and "
+                    "upload it again.")
+        width, height = exc.size
+        return (f"The image is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); the limit is "
+                f"{max_megapixels:g} megapixels. Downscale it (the model sees it at a few hundred pixels anyway) and "
+                "upload it again.")
+    if exc.reason == "truncated" or (exc.reason == "unreadable" and "image data" in str(exc)):
+        return f"The image {name!r} is damaged or truncated and could not be decoded."
+    return (f"That file is not an image this app can read ({_file_kind(path)}). Upload a PNG, JPEG or WebP "
+            "photo.")
 
 
 def _file_kind(path: str | os.PathLike[str]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import os
 import random
 import re
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermtrl.data.images import content_hash
+from dermtrl.data.images import content_hash, read_image
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
@@ -65,8 +64,6 @@ def write_image_folder(cases: list[dict[str, Any]], root: str | os.PathLike[str]
 
 
 def _image_hash(body: Mapping[str, Any]) -> str | None:
-    from PIL import Image
-
     for message in body.get("messages") or []:
         content = message.get("content")
         if not isinstance(content, list):
@@ -74,9 +71,7 @@ def _image_hash(body: Mapping[str, Any]) -> str | None:
         for part in content:
             url = (part.get("image_url") or {}).get("url", "") if isinstance(part, dict) else ""
             if url.startswith("data:image/"):
-                data = base64.b64decode(url.split(",", 1)[1])
-                with Image.open(io.BytesIO(data)) as img:
-                    return content_hash(img.convert("RGB"))
+                return read_image(base64.b64decode(url.split(",", 1)[1]), "the image sent").content_hash
     return None
 
 
