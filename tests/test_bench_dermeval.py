@@ -126,3 +126,46 @@ def test_judge_step_takes_dermeval_and_report_compares(make_openai_server, tmp_p
     assert dermtrl_main(["bench", "report", str(judged), "--dermeval", str(dermeval), "--out",
                          str(tmp_path / "report"), "--n-bootstrap", "50"]) == 0
     assert (tmp_path / "report" / "figure6.png").is_file() and (tmp_path / "report" / "table2.csv").is_file()
+
+
+def test_table1_rows_and_paired_difference_by_hand():
+    from dermtrl.bench.table1 import table1_from_records
+
+    experts = [{d: 4 for d in DIMENSIONS}, {d: 2 for d in DIMENSIONS}, {d: 5 for d in DIMENSIONS}]
+    judged = [dict(r, expert_scores=e) for r, e in zip(
+        _records("m", {0: [3.4] * 6, 1: [2.6] * 6, 2: [4.6] * 6}), experts, strict=True)]  # rounded: 3, 3, 5
+    dermeval = [dict(r, expert_scores=e) for r, e in zip(
+        _records("m", {0: [4] * 6, 1: [2] * 6, 2: [4] * 6}), experts, strict=True)]
+    table = table1_from_records(judged, dermeval, n_bootstrap=200)
+    assert table.dermbench.per_dimension["Accuracy"].mae == pytest.approx(2 / 3)  # |3-4|, |3-2|, |5-5|
+    assert table.dermeval.per_dimension["Accuracy"].mae == pytest.approx(1 / 3)
+    value, lo, hi = table.difference["Macro"]
+    assert value == pytest.approx(1 / 3 - 2 / 3) and lo <= value <= hi
+    assert table.n_paired == 3
+    with pytest.raises(ValueError, match="lack case"):
+        table1_from_records(judged, dermeval[:2])
+
+
+def test_table1_in_one_command_on_a_users_dataset(make_openai_server, tmp_path, adapter):
+    from dermtrl.data.synthetic import generate_cases
+    from tests.test_bench_cli import server_responder
+
+    server = make_openai_server(responder=server_responder)
+    ds = generate_cases(5, start=600_000).select_columns(["case_id", "image", "narrative", "reference",
+                                                          "expert_scores"])
+    ds.save_to_disk(str(tmp_path / "rated"))
+    out = tmp_path / "table1"
+    argv = ["bench", "table1", "--dataset", str(tmp_path / "rated"), "--split", "train", "--base-url",
+            server.base_url, "--model", "judge", "--dermeval", str(adapter), "--out", str(out), "--n-bootstrap",
+            "100", "--no-progress"]
+    assert dermtrl_main(argv) == 0
+    table = json.loads((out / "table1.json").read_text())
+    assert table["dermbench"]["label"] == "DermBench" and table["dermeval"]["label"] == "DermEval"
+    assert table["dermbench"]["n_cases"] == table["dermeval"]["n_cases"] == 5
+    assert table["dermbench"]["per_dimension"]["Accuracy"]["mae"] is not None
+    md = (out / "table1.md").read_text()
+    assert "| DermBench |" in md and "| DermEval |" in md and "DermEval - DermBench" in md
+    (tmp_path / "bad").mkdir()
+    ds.remove_columns(["reference"]).save_to_disk(str(tmp_path / "bad" / "rated"))
+    argv[3] = str(tmp_path / "bad" / "rated")
+    assert dermtrl_main(argv[:-3] + ["--out", str(tmp_path / "bad-out"), "--no-progress"]) == 2

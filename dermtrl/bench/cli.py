@@ -200,6 +200,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 @_user_errors
+def cmd_table1(args: argparse.Namespace) -> int:
+    """Table 1 in one command: DermBench and DermEval against expert scores on the same rated narratives."""
+    from dermtrl.bench.dermeval_scoring import load_dermeval
+    from dermtrl.bench.table1 import run_table1
+    from dermtrl.report import render_table
+
+    console, _ = _consoles()
+    evaluator = load_dermeval(args.dermeval, args.dermeval_base, batch_size=args.dermeval_batch_size)
+    table, paths = run_table1(_cases(args), _client_config(args), evaluator, args.out,
+                              parse_retries=args.parse_retries, n_bootstrap=args.n_bootstrap,
+                              seed=args.bootstrap_seed, overwrite=args.overwrite, progress=not args.no_progress)
+    console.print(render_table([table.dermbench, table.dermeval],
+                               title="Table 1: MAE against expert scores (rounded scores) [CI]"))
+    diff = table.difference["Macro"]
+    if diff is not None:
+        console.print(f"Macro MAE, DermEval minus DermBench: {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}] "
+                      f"(paired bootstrap, {table.n_paired} narratives)")
+    console.print("Table 1: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+@_user_errors
 def cmd_probe(args: argparse.Namespace) -> int:
     from dermtrl.bench.dermbench import DermBench
     from dermtrl.bench.render import probe_table
@@ -293,6 +315,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dermeval", nargs="+", default=None, metavar="JSONL",
                    help="DermEval records (from judge --dermeval): Table 2 for both evaluators, Figure 6, agreement")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("table1", help="Table 1: DermBench and DermEval vs expert scores on rated narratives")
+    _dataset_args(p)
+    _client_args(p, "judge")
+    p.add_argument("--dermeval", metavar="ADAPTER", required=True, help="DermEval adapter (folder or Hub id)")
+    p.add_argument("--dermeval-base", default=None, help="DermEval's base model (default: the adapter's)")
+    p.add_argument("--dermeval-batch-size", type=int, default=8)
+    p.add_argument("--parse-retries", type=int, default=2)
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder: judgments.jsonl, dermeval.jsonl, table1.md/.csv/.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("probe", help="judge robustness: injection, length padding, reference order")
     _dataset_args(p)
