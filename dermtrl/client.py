@@ -4,17 +4,36 @@ Captioning, hierarchical reasoning, judging, score parsing and candidate generat
 :class:`LLMClient`, so they share one policy for each of the things that are easy to get subtly wrong:
 
 Retries
-    The ``openai`` package retries 408/409/429/5xx answers, timeouts and connection errors with
-    exponential backoff (0.5 s doubling, at most 8 s, 0-25 % jitter), honouring ``Retry-After`` and
-    ``retry-after-ms``. It does not retry a 200 whose body is not a usable completion (not JSON, no
-    choices); we do, with the same backoff. Both share one budget: at most ``max_retries`` retries, so at
-    most ``max_retries + 1`` HTTP requests per completion.
+    Every retry is ours (the ``openai`` package is told to make none), so each kind is counted and reported
+    the same way (:class:`~dermtrl.usage.Usage`: one line per kind, never a warning per retry): 408/409/429
+    and 5xx answers, timeouts, dropped connections, and 200s whose body is not a usable completion (not
+    JSON, no choices). Backoff is openai's (0.5 s doubling, at most 8 s, 0-25 % jitter), honouring
+    ``Retry-After``/``retry-after-ms`` and ``x-should-retry``. At most ``max_retries`` retries, so at most
+    ``max_retries + 1`` HTTP requests per completion. An error names the status and the body's first line.
+Concurrency
+    At most ``max_concurrency`` requests are in flight. A single-process server (llama.cpp) queues what it
+    cannot answer at once, and a request's timeout runs while it waits in that queue (the protocol gives no
+    sign of when the server starts on a request). So the client adapts (:mod:`dermtrl.concurrency`): it starts
+    with a few requests in flight and adds one per answer; when requests time out it halves them (down to 1)
+    and adds one per round of answers, so the server's queue stays short instead of every queued request
+    timing out and being sent again. It also halves them when answers come back slowed down by waiting (over
+    half the timeout, over twice the fastest answer), before anything times out. A request sent again after a
+    timeout waits twice as long (four times after a second one): the server is still working through the
+    requests that were abandoned. Identical deterministic requests in flight at the same time are sent
+    once and share the answer (``Usage.shared``).
+Dropped content
+    A server whose chat template takes only string content silently drops a message made of content parts
+    (llama.cpp's built-in formats do). Text-only turns are therefore sent as plain strings
+    (:func:`user_message`), and an answer whose reported ``usage.prompt_tokens`` is far below what the text
+    sent must take (one token per 10 characters) fails that item with a message saying the server dropped
+    the content, instead of recording an answer to a prompt the model never saw.
 Caching
     Only *deterministic* requests are cached: temperature 0, or a fixed ``seed``. Sampling at a temperature
     above 0 without a seed is meant to vary (e.g. drawing several candidates), so it always reaches the
     server. The key covers the prompt version, model, messages and every generation setting
     (:func:`dermtrl.cache.cache_key`); an answer is committed as soon as it arrives, so an interrupted
-    batch resumes where it stopped.
+    batch resumes where it stopped; :meth:`LLMClient.close` (also on Ctrl-C) first waits for the requests in
+    flight, up to ``timeout``, so what they bring back is cached too.
 Secrets
     The config holds only the *name* of the environment variable with the API key. The key is read once,
     sent only in the ``Authorization`` header, never cached, and replaced by ``***`` (:func:`redact`) in
@@ -23,9 +42,7 @@ Secrets
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import logging
 import math
 import os
@@ -34,32 +51,38 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import openai
 from openai.types.chat import ChatCompletion
 
 from dermtrl.cache import ResponseCache, cache_key
+from dermtrl.concurrency import AdaptiveLimit
+from dermtrl.data.images import image_to_data_url  # re-exported: user_message encodes images with it
 from dermtrl.prompts import PROMPT_VERSION
+from dermtrl.usage import Usage
 
 if TYPE_CHECKING:
-    from PIL import Image as PILImage
     from rich.console import Console
-    from rich.table import Table
 
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
 #: Keyword overrides accepted by :meth:`LLMClient.complete` and :meth:`LLMClient.complete_many`.
-OVERRIDES: frozenset[str] = frozenset({"temperature", "max_tokens", "seed", "model"})
+OVERRIDES: frozenset[str] = frozenset({"temperature", "max_tokens", "seed", "model", "response_format"})
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INITIAL_RETRY_DELAY = 0.5  # the same backoff as openai's own (openai._constants)
 _MAX_RETRY_DELAY = 8.0
 _MAX_RETRY_AFTER = 120.0
+#: A request sent again after a timeout waits this many times longer (at most twice): see "Concurrency".
+_TIMEOUT_GROWTH = 2.0
+#: A prompt of N characters of text takes at least N / this many tokens in any tokenizer we know of.
+_CHARS_PER_TOKEN_MAX = 10
+#: Below this many expected tokens, the dropped-content check says nothing (short prompts vary too much).
+_MIN_TOKENS_CHECKED = 20
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -212,68 +235,6 @@ class LLMError(Exception):
         self.retries = retries
 
 
-_USAGE_FIELDS = ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens")
-_USAGE_LABELS = {
-    "calls": "API calls (succeeded)",
-    "cache_hits": "cache hits",
-    "failures": "failures",
-    "retries": "retries",
-    "prompt_tokens": "prompt tokens",
-    "completion_tokens": "completion tokens",
-}
-
-
-@dataclass
-class Usage:
-    """Running totals for one client; updates are thread-safe (use :meth:`add`).
-
-    ``calls`` counts completions the API returned (not cache hits, not failed attempts); ``retries``
-    counts re-sent requests, those inside ``openai`` included.
-    """
-
-    calls: int = 0
-    cache_hits: int = 0
-    failures: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        unknown = set(counts) - set(_USAGE_FIELDS)
-        if unknown:
-            raise KeyError(f"unknown usage counter(s) {sorted(unknown)}")
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + int(value))
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {name: getattr(self, name) for name in _USAGE_FIELDS}
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def table(self, title: str = "LLM usage") -> Table:
-        from rich.table import Table
-
-        counts = self.as_dict()
-        table = Table(title=title)
-        table.add_column("counter")
-        table.add_column("value", justify="right")
-        for name in _USAGE_FIELDS:
-            table.add_row(_USAGE_LABELS[name], f"{counts[name]:,}")
-        return table
-
-    def summary(self) -> str:
-        c = self.as_dict()
-        return (
-            f"{c['calls']} calls, {c['cache_hits']} cache hits, {c['failures']} failures, {c['retries']} "
-            f"retries, {c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens"
-        )
-
-
 # --- the client ----------------------------------------------------------------------------------------
 
 
@@ -298,13 +259,53 @@ def _retry_delay(retry_index: int, headers: Mapping[str, str] | None) -> float:
     return delay * (1 - 0.25 * random.random())
 
 
-def _retries_taken(err: BaseException) -> int:
-    """How many retries openai made before giving up (it numbers them in a request header)."""
-    request = getattr(err, "request", None)
+def _retry_kind(err: BaseException) -> str | None:
+    """Why a failed request may be sent again (``None``: it may not): openai's own rule, counted by kind."""
+    if isinstance(err, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(err, openai.APIConnectionError):
+        return "connection error"
+    if isinstance(err, openai.APIStatusError):
+        should = err.response.headers.get("x-should-retry")
+        if should == "false":
+            return None
+        status = err.status_code
+        if should == "true" or status in (408, 409, 429) or status >= 500:
+            return f"HTTP {status}"
+    return None
+
+
+def _body_line(err: BaseException) -> str:
+    """The first line of an HTTP error's body, the server's ``error.message`` when it is JSON (at most 200 chars)."""
+    response = getattr(err, "response", None)
     try:
-        return int(request.headers.get("x-stainless-retry-count", 0)) if request is not None else 0
-    except (TypeError, ValueError):
-        return 0
+        text = response.text if response is not None else ""
+    except Exception:  # a streamed or closed body
+        text = ""
+    body = getattr(err, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, Mapping) else inner
+        if isinstance(message, str) and message.strip():
+            text = message
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line[:200] + ("…" if len(line) > 200 else "")
+
+
+def _text_chars(messages: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Characters of text and number of images in a conversation."""
+    chars = images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "text":
+                    chars += len(str(part.get("text") or ""))
+                elif isinstance(part, Mapping) and part.get("type") == "image_url":
+                    images += 1
+    return chars, images
 
 
 class LLMClient:
@@ -329,11 +330,12 @@ class LLMClient:
         self._openai = openai.OpenAI(
             base_url=self.config.base_url,
             api_key=self._api_key or "EMPTY",
-            max_retries=self.config.max_retries,
+            max_retries=0,  # every retry is ours: counted by kind, one budget (module docstring)
             timeout=self.config.timeout,
         )
-        self._by_budget: dict[int, openai.OpenAI] = {self.config.max_retries: self._openai}
-        self._budget_lock = threading.Lock()
+        self._gate = AdaptiveLimit(self.config.max_concurrency)
+        self._in_flight: dict[str, Future[Completion]] = {}
+        self._in_flight_lock = threading.Lock()
 
     # --- small helpers --------------------------------------------------------------------------------
     @property
@@ -349,12 +351,19 @@ class LLMClient:
         """The caching policy: temperature 0 or a fixed seed."""
         return float(settings.get("temperature") or 0.0) == 0.0 or settings.get("seed") is not None
 
-    def _client_with_budget(self, retries_left: int) -> openai.OpenAI:
-        with self._budget_lock:
-            client = self._by_budget.get(retries_left)
-            if client is None:
-                client = self._by_budget[retries_left] = self._openai.with_options(max_retries=retries_left)
-            return client
+    @property
+    def concurrency(self) -> int:
+        """Requests the client keeps in flight now (``max_concurrency``, or fewer after timeouts)."""
+        return self._gate.current
+
+    def notes(self) -> list[str]:
+        """One line per thing worth telling the user about this client's calls: retries by kind, concurrency
+        lowered after timeouts."""
+        lines = self.usage.retry_lines()
+        if self._gate.lowest < self._gate.limit:
+            lines.append(f"the server fell behind (answers slowed by its queue, or timeouts): requests in flight "
+                         f"lowered from {self._gate.limit} to as few as {self._gate.lowest} (see --concurrency)")
+        return lines
 
     def _resolve(self, overrides: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         unknown = sorted(set(overrides) - OVERRIDES)
@@ -370,6 +379,11 @@ class LLMClient:
             "seed": overrides.get("seed", cfg.seed),
             "extra_body": cfg.extra_body,
         }
+        response_format = overrides.get("response_format")
+        if response_format is not None:
+            if not isinstance(response_format, Mapping) or "type" not in response_format:
+                raise ValueError(f"response_format must be a dict with a 'type', got {response_format!r:.80}")
+            settings["response_format"] = dict(response_format)  # in the cache key only when given
         _check_generation(settings["temperature"], settings["max_tokens"], settings["seed"])
         settings["temperature"] = float(settings["temperature"])  # 0 and 0.0 must give one cache key
         return model, settings
@@ -433,9 +447,20 @@ class LLMClient:
         (console or Console()).print(self.usage.table())
 
     def close(self) -> None:
-        self._openai.close()
-        if self._owns_cache and self.cache is not None:
-            self.cache.close()
+        """Wait (up to ``timeout``) for requests in flight, so their answers reach the cache, then release all.
+
+        After Ctrl-C the batch stops taking new work at once; what is already asked is still cached when it
+        arrives, so a rerun does not pay for it again. A second Ctrl-C stops the wait.
+        """
+        try:
+            if self._gate.working_count:
+                log.warning("waiting up to %g s for %d request(s) in flight, so their answers are cached "
+                            "(Ctrl-C again to drop them)", self.config.timeout, self._gate.working_count)
+                self._gate.drain(self.config.timeout)
+        finally:
+            self._openai.close()
+            if self._owns_cache and self.cache is not None:
+                self.cache.close()
 
     def __enter__(self) -> LLMClient:
         return self
@@ -452,9 +477,10 @@ class LLMClient:
         self, messages: Sequence[Mapping[str, Any]], model: str, settings: dict[str, Any]
     ) -> Completion:
         messages = _check_messages(messages)
-        key: str | None = None
-        if self.cache is not None and self.is_deterministic(settings):
-            key = cache_key(self.config.prompt_version, model, messages, settings)
+        if not self.is_deterministic(settings):
+            return self._request(messages, model, settings)  # sampling: every request is its own draw
+        key = cache_key(self.config.prompt_version, model, messages, settings)
+        if self.cache is not None:
             record = self.cache.get(key)
             if record is not None and isinstance(record.get("text"), str):
                 self.usage.add(cache_hits=1)
@@ -467,8 +493,30 @@ class LLMClient:
                     completion_tokens=usage.get("completion_tokens"),
                     finish_reason=record.get("finish_reason"),
                 )
-        completion = self._request(messages, model, settings)
-        if key is not None and self.cache is not None:
+        with self._in_flight_lock:  # an identical request already in flight: share its answer
+            pending = self._in_flight.get(key)
+            if pending is None:
+                self._in_flight[key] = mine = Future()
+        if pending is not None:
+            shared = pending.result()  # its LLMError, if it failed, is this item's too
+            self.usage.add(shared=1)
+            return dataclasses.replace(shared, cached=True)
+        with self._gate.working():  # close() waits for this, the cache write included
+            try:
+                completion = self._request(messages, model, settings)
+            except BaseException as exc:
+                mine.set_exception(exc)
+                raise
+            else:
+                mine.set_result(completion)
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.pop(key, None)
+            self._store(key, completion)
+        return completion
+
+    def _store(self, key: str, completion: Completion) -> None:
+        if self.cache is not None:
             record = {
                 "text": completion.text,
                 "finish_reason": completion.finish_reason,
@@ -484,7 +532,6 @@ class LLMClient:
                 self.cache.put(key, record)
             except Exception as exc:  # the answer is still good; say loudly that resuming will redo it
                 log.warning(self.redact(f"could not write the response cache {self.cache.path}: {exc}"))
-        return completion
 
     def _request(self, messages: list[dict[str, Any]], model: str, settings: dict[str, Any]) -> Completion:
         if self._api_key is None and "api.openai.com" in self.base_url:
@@ -506,37 +553,46 @@ class LLMClient:
             kwargs["seed"] = settings["seed"]
         if settings["extra_body"]:
             kwargs["extra_body"] = settings["extra_body"]
+        if settings.get("response_format") is not None:
+            kwargs["response_format"] = settings["response_format"]
         budget = self.config.max_retries
-        retries = 0
+        retries = timeouts = 0
         while True:
-            client = self._client_with_budget(budget - retries)
-            try:
-                raw = client.chat.completions.with_raw_response.create(**kwargs)
-            except openai.OpenAIError as err:
-                retries += _retries_taken(err)
-                self.usage.add(failures=1, retries=retries)
-                wrapped = self._wrap(err, model, retries)
+            raw: Any = None
+            error: openai.OpenAIError | None = None
+            with self._gate.slot():
+                sent = time.monotonic()
+                try:
+                    # after a timeout the server is still busy with the abandoned request: wait longer for it
+                    timeout = self.config.timeout * _TIMEOUT_GROWTH ** min(timeouts, 2)
+                    raw = self._openai.chat.completions.with_raw_response.create(**kwargs, timeout=timeout)
+                except openai.OpenAIError as err:
+                    error = err
+            if error is not None:
+                kind = _retry_kind(error)
+                if kind == "timeout":
+                    self._gate.timed_out()
+                    timeouts += 1
+                if kind is not None and retries < budget:
+                    headers = getattr(getattr(error, "response", None), "headers", None)
+                    self._retry_later(kind, retries, headers, model)
+                    retries += 1
+                    continue
+                self.usage.add(failures=1)
+                wrapped = self._wrap(error, model, retries)
                 log.debug("%s", wrapped)
-                if self._api_key is not None and self._api_key in _describe_fully(err):
+                if self._api_key is not None and self._api_key in _describe_fully(error):
                     raise wrapped from None  # the server echoed the key: keep it out of tracebacks
-                raise wrapped from err
-            retries += raw.retries_taken
+                raise wrapped from error
             try:
                 completion = _to_completion(raw.parse(), model)
             except Exception as exc:
-                problem = self.redact(f"{type(exc).__name__}: {exc}")[:300]
                 if retries < budget:
-                    delay = _retry_delay(retries, raw.headers)
-                    log.warning(
-                        self.redact(
-                            f"unusable response from {self.base_url} (model {model}): {problem}; "
-                            f"retry {retries + 1} of {budget} in {delay:.2f} s"
-                        )
-                    )
-                    time.sleep(delay)
+                    self._retry_later("unusable body", retries, raw.headers, model)
                     retries += 1
                     continue
-                self.usage.add(failures=1, retries=retries)
+                problem = self.redact(f"{type(exc).__name__}: {exc}")[:300]
+                self.usage.add(failures=1)
                 raise LLMError(
                     f"request to {self.base_url} (model {model!r}) got HTTP {raw.status_code} with an "
                     f"unusable body after {retries} retries: {problem}",
@@ -545,23 +601,50 @@ class LLMClient:
                     model=model,
                     retries=retries,
                 ) from None
+            self._gate.answered(time.monotonic() - sent, timeout)
+            self._check_prompt_size(messages, completion, model, retries)
             self.usage.add(
                 calls=1,
-                retries=retries,
                 prompt_tokens=completion.prompt_tokens or 0,
                 completion_tokens=completion.completion_tokens or 0,
             )
             return completion
 
+    def _retry_later(self, kind: str, retries: int, headers: Mapping[str, str] | None, model: str) -> None:
+        self.usage.add_retry(kind)
+        delay = _retry_delay(retries, headers)
+        log.debug("%s from %s (model %s): retry %d of %d in %.2f s", kind, self.base_url, model, retries + 1,
+                  self.config.max_retries, delay)
+        time.sleep(delay)
+
+    def _check_prompt_size(self, messages: list[dict[str, Any]], completion: Completion, model: str,
+                           retries: int) -> None:
+        """Fail an answer to a prompt the server reports as far shorter than what was sent (dropped content)."""
+        chars, images = _text_chars(messages)
+        expected = chars // _CHARS_PER_TOKEN_MAX
+        reported = completion.prompt_tokens
+        if reported is None or expected < _MIN_TOKENS_CHECKED or reported >= expected:
+            return
+        self.usage.add(failures=1)
+        sent = f"{chars:,} characters of text" + (f" and {images} image(s)" if images else "")
+        why = "its chat template may take only string content" + (
+            ", or the model may have no image support" if images else "")
+        raise LLMError(
+            f"the server dropped the content: {self.base_url} (model {model!r}) reports a prompt of {reported} "
+            f"tokens for {sent} (at least {expected} tokens); {why}",
+            status=None, base_url=self.base_url, model=model, retries=retries,
+        )
+
     def _wrap(self, err: BaseException, model: str, retries: int) -> LLMError:
         status = getattr(err, "status_code", None)
         if isinstance(err, openai.APITimeoutError):
-            what = f"timed out after {self.config.timeout:g} s"
+            what = f"timed out (timeout {self.config.timeout:g} s, longer for requests sent again)"
         elif isinstance(err, openai.APIConnectionError):
             cause = err.__cause__
             what = f"connection error ({type(cause).__name__}: {cause})" if cause else "connection error"
         elif isinstance(err, openai.APIStatusError):
-            what = f"HTTP {status} {type(err).__name__}: {err.message}"
+            line = _body_line(err)
+            what = f"HTTP {status}" + (f": {line}" if line else f" {type(err).__name__}")
         else:
             what = f"{type(err).__name__}: {err}"
         message = f"request to {self.base_url} (model {model!r}) failed: {what} (after {retries} retries)"
@@ -646,59 +729,6 @@ class _BatchProgress:
 # --- messages and images -------------------------------------------------------------------------------
 
 
-def image_to_data_url(
-    image: PILImage.Image | str | os.PathLike[str] | bytes, *, max_side: int | None = 1024
-) -> str:
-    """A base64 ``data:`` URL for an image (a PIL image, a file path, or encoded bytes).
-
-    The image is read by the project's one image reader (:func:`dermtrl.data.images.read_image`: every mode to
-    8-bit RGB, 16-bit and float scaled, alpha flattened onto white, EXIF orientation applied, size checked), so
-    a model behind an endpoint sees what DermEval sees. The longer side is shrunk to ``max_side`` (``None``:
-    never). An unchanged RGB JPEG keeps its own bytes, a resized JPEG stays JPEG (quality 95), everything else
-    becomes PNG. A string that already is a ``data:image/`` URL is returned unchanged. Raises
-    ``FileNotFoundError``/``ValueError`` naming the file when it is missing or not a readable image. The same
-    input always gives the same URL (stable cache keys).
-    """
-    from PIL import Image
-
-    from dermtrl.data.images import read_image, to_rgb
-
-    if max_side is not None and (not _is_int(max_side) or max_side < 1):
-        raise ValueError(f"max_side must be None or an integer >= 1, got {max_side!r}")
-    if isinstance(image, str) and image.startswith("data:image/"):
-        return image
-    if isinstance(image, Image.Image):
-        img, source_format, original = to_rgb(image), image.format, None
-    else:
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            loaded = read_image(bytes(image), f"the given image bytes ({len(image)} bytes)")
-        elif isinstance(image, (str, os.PathLike)):
-            path = Path(image).expanduser()
-            if not path.exists():
-                raise FileNotFoundError(f"image file {str(path)!r} does not exist")
-            loaded = read_image(path, f"image file {str(path)!r}")
-        else:
-            raise TypeError(f"image must be a PIL image, a path or bytes, got {type(image).__name__}")
-        img, source_format = loaded.image, loaded.source_format
-        original = loaded.unchanged_jpeg
-    if max_side is not None and max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        original = None
-    if original is not None:
-        data, mime = original, "image/jpeg"
-    else:
-        buffer = io.BytesIO()
-        if source_format == "JPEG":
-            img.save(buffer, format="JPEG", quality=95)
-            mime = "image/jpeg"
-        else:
-            img.save(buffer, format="PNG")
-            mime = "image/png"
-        data = buffer.getvalue()
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
 def _image_url(image: Any, max_side: int | None) -> str:
     if isinstance(image, str) and image.startswith(("http://", "https://", "data:image/")):
         return image
@@ -706,11 +736,14 @@ def _image_url(image: Any, max_side: int | None) -> str:
 
 
 def user_message(text: str, images: Sequence[Any] = (), *, max_side: int | None = 1024) -> dict[str, Any]:
-    """A user message in OpenAI content parts: the images first (data URLs; http(s) URLs pass), then text."""
+    """A user message: plain string content for text only; with images, OpenAI content parts (the images first,
+    as data URLs; http(s) URLs pass), then the text."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
         images = [images]  # one image given bare
+    if not images:  # text only: a plain string, which every chat template takes (llama.cpp's drop part lists)
+        return {"role": "user", "content": text}
     parts: list[dict[str, Any]] = [
         {"type": "image_url", "image_url": {"url": _image_url(image, max_side)}} for image in images
     ]

@@ -16,6 +16,7 @@ Every image that enters the dataset pipeline (and, through :func:`load_image`, t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import math
@@ -30,7 +31,7 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["MAX_PIXELS", "ImageError", "LoadedImage", "content_hash", "image_value", "load_image", "read_cell",
-           "read_image", "to_rgb"]
+           "image_to_data_url", "read_image", "to_rgb"]
 
 #: Images with more pixels than this are downscaled (JPEG) or refused (other formats).
 MAX_PIXELS = 50_000_000
@@ -319,3 +320,52 @@ def read_cell(
     elif isinstance(value, Mapping) and value.get("path"):
         name = str(value["path"])
     return read_image(source, name, max_pixels=max_pixels, oversize=oversize)
+
+
+def image_to_data_url(
+    image: Image.Image | str | os.PathLike[str] | bytes, *, max_side: int | None = 1024
+) -> str:
+    """A base64 ``data:`` URL for an image (a PIL image, a file path, or encoded bytes).
+
+    The image is read by the project's one image reader (:func:`dermtrl.data.images.read_image`: every mode to
+    8-bit RGB, 16-bit and float scaled, alpha flattened onto white, EXIF orientation applied, size checked), so
+    a model behind an endpoint sees what DermEval sees. The longer side is shrunk to ``max_side`` (``None``:
+    never). An unchanged RGB JPEG keeps its own bytes, a resized JPEG stays JPEG (quality 95), everything else
+    becomes PNG. A string that already is a ``data:image/`` URL is returned unchanged. Raises
+    ``FileNotFoundError``/``ValueError`` naming the file when it is missing or not a readable image. The same
+    input always gives the same URL (stable cache keys).
+    """
+    if max_side is not None and (not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 1):
+        raise ValueError(f"max_side must be None or an integer >= 1, got {max_side!r}")
+    if isinstance(image, str) and image.startswith("data:image/"):
+        return image
+    if isinstance(image, Image.Image):
+        img, source_format, original = to_rgb(image), image.format, None
+    else:
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            loaded = read_image(bytes(image), f"the given image bytes ({len(image)} bytes)")
+        elif isinstance(image, (str, os.PathLike)):
+            path = Path(image).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+            loaded = read_image(path, f"image file {str(path)!r}")
+        else:
+            raise TypeError(f"image must be a PIL image, a path or bytes, got {type(image).__name__}")
+        img, source_format = loaded.image, loaded.source_format
+        original = loaded.unchanged_jpeg
+    if max_side is not None and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        original = None
+    if original is not None:
+        data, mime = original, "image/jpeg"
+    else:
+        buffer = io.BytesIO()
+        if source_format == "JPEG":
+            img.save(buffer, format="JPEG", quality=95)
+            mime = "image/jpeg"
+        else:
+            img.save(buffer, format="PNG")
+            mime = "image/png"
+        data = buffer.getvalue()
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
