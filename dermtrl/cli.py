@@ -21,6 +21,28 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+#: Exit status of a command whose records include failures (without ``--allow-failures``).
+EXIT_FAILURES = 1
+
+
+def finish(failed: int, total: int, what: str, *, allow_failures: bool, notes: Sequence[str] = ()) -> int:
+    """The exit status of a job over ``total`` records of which ``failed`` failed, after its notes (retries by
+    kind, concurrency lowered): 0, or :data:`EXIT_FAILURES` unless ``allow_failures``. One rule for every command
+    a script runs (``dermtrl eval``, ``dermtrl bench generate|judge|run``)."""
+    for line in notes:
+        err_console.print(line)
+    if failed and not allow_failures:
+        err_console.print(f"[red]{failed} of {total} {what} failed[/red]: exit status {EXIT_FAILURES} (fix the cause "
+                          "and rerun, with --retry-failed where the command has it; --allow-failures accepts them)")
+        return EXIT_FAILURES
+    return 0
+
+
+def allow_failures_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-failures", action="store_true",
+                   help=f"exit 0 even when some records failed (default: exit {EXIT_FAILURES})")
+
+
 def _read_text(source: str) -> str:
     if source == "-":
         return sys.stdin.read()
@@ -110,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     errors = [r for r in records if "error" in r]
     for r in errors:
         err_console.print(f"[yellow]skipped[/yellow] case {r['case_id']}: {r['error']}")
-    console.print(f"{len(records) - len(errors)} cases evaluated, {len(errors)} skipped; "
+    console.print(f"{len(records) - len(errors)} of {len(records)} cases evaluated, {len(errors)} skipped; "
                   f"records in [bold]{out / 'evaluations.jsonl'}[/bold]")
     truncated = sum(1 for r in records if r.get("truncated"))
     if truncated:
@@ -121,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         paths = write_report([report], out)
         console.print(render_table([report]))
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
     p.add_argument("--label", default="DermEval", help="row label in the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    allow_failures_arg(p)
     p.set_defaults(func=cmd_eval)
 
     from dermtrl.bench.cli import register as register_bench

@@ -19,7 +19,7 @@ from dermtrl.data.images import read_cell
 from dermtrl.evaluator import DermEval
 from dermtrl.jsonl import read_records, repair_tail
 from dermtrl.metrics import AgreementReport, agreement
-from dermtrl.progress import progress_bar
+from dermtrl.progress import progress_bar, resume_line
 from dermtrl.prompts import PROMPT_VERSION
 
 
@@ -67,10 +67,18 @@ def run_evaluation(
     done = {r["case_id"] for r in records}
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
-    todo = len(ds) - len(done)
-    bar = progress_bar(disable=not progress)
+    ids = ([str(c or i) for i, c in enumerate(ds["case_id"])] if "case_id" in ds.column_names
+           else [str(i) for i in range(len(ds))])  # as _batches keys them
+    wanted = set(ids)
+    records = [r for r in records if r["case_id"] in wanted]  # this dataset's cases: as the bar counts them
+    already = sum(1 for case_id in ids if case_id in done)
+    bar = progress_bar("skipped {task.fields[failed]}", disable=not progress)
+    line = resume_line(already, len(ids))
+    if line is not None and progress:
+        bar.console.print(f"DermEval: {line}")
     with out_path.open("a", encoding="utf-8") as fh, bar:
-        task = bar.add_task("DermEval", total=max(todo, 0))
+        task = bar.add_task("DermEval", total=len(ids), completed=already,
+                            failed=sum(1 for r in records if "error" in r))
         for batch in _batches(ds, done, evaluator.batch_size):
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
@@ -90,7 +98,7 @@ def run_evaluation(
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             records += new
-            bar.advance(task, len(batch))
+            bar.update(task, advance=len(batch), failed=sum(1 for r in records if "error" in r))
     return records
 
 

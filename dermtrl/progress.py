@@ -26,3 +26,13 @@ def progress_bar(counters: str | None = None, *, disable: bool = False) -> Any:
         columns.append(TextColumn(counters))
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     return Progress(*columns, console=Console(stderr=True), disable=disable)
+
+
+def resume_line(done: int, total: int) -> str | None:
+    """What a rerun of a resumable job says first: ``resumed: N of M already done``, ``nothing to do: all M
+    already done``, or nothing on a first run."""
+    if total and done >= total:
+        return f"nothing to do: all {total} already done"
+    if done:
+        return f"resumed: {done} of {total} already done"
+    return None

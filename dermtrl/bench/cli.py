@@ -14,6 +14,21 @@ from typing import Any
 __all__ = ["register"]
 
 
+def finish(failed: int, total: int, what: str, *, allow_failures: bool, notes: Sequence[str] = ()) -> int:
+    from dermtrl.cli import finish as finish_job
+
+    return finish_job(failed, total, what, allow_failures=allow_failures, notes=notes)
+
+
+def _failure_args(p: argparse.ArgumentParser, *, retry: bool = True) -> None:
+    from dermtrl.cli import allow_failures_arg
+
+    allow_failures_arg(p)
+    if retry:
+        p.add_argument("--retry-failed", action="store_true",
+                       help="redo records that failed (a server that was down, a call that failed)")
+
+
 def _consoles() -> tuple[Any, Any]:
     from dermtrl.cli import console, err_console
 
@@ -126,15 +141,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generator = OpenAIGenerator(_client_config(args, temperature=args.temperature, seed=args.sampling_seed))
     try:
         records = generate_candidates(ds, generator, args.out, name=args.name, overwrite=args.overwrite,
-                                      progress=not args.no_progress)
+                                      retry_failed=args.retry_failed, progress=not args.no_progress)
     finally:
         generator.close()
     _print_failures(records)
     errors = sum(1 for r in records if r.get("error"))
-    console.print(f"{len(records) - errors} candidates generated, {errors} failed; records in [bold]{args.out}[/bold]")
+    console.print(f"{len(records) - errors} of {len(records)} candidates generated, {errors} failed; records in "
+                  f"[bold]{args.out}[/bold]")
+    notes: list[str] = []
     if isinstance(generator, OpenAIGenerator):
         console.print(generator.client.usage.summary())
-    return 0
+        notes = generator.client.notes()
+    return finish(errors, len(records), "candidates", allow_failures=args.allow_failures, notes=notes)
 
 
 @_user_errors
@@ -148,12 +166,13 @@ def cmd_judge(args: argparse.Namespace) -> int:
         records = bench.judge(ds, sets, args.out, overwrite=args.overwrite, retry_failed=args.retry_failed)
         _print_failures(records)
         failed = sum(1 for r in records if r["status"] == "failed")
-        console.print(f"{len(records) - failed} candidates scored, {failed} failed; records in "
+        console.print(f"{len(records) - failed} of {len(records)} candidates scored, {failed} failed; records in "
                       f"[bold]{args.out}[/bold]")
         console.print(bench.usage.table("Judge usage"))
+        notes = bench.client.notes()
     if args.dermeval:
         _dermeval_step(args, ds, sets, records)
-    return 0
+    return finish(failed, len(records), "judgments", allow_failures=args.allow_failures, notes=notes)
 
 
 def _dermeval_step(args: argparse.Namespace, ds: Any, sets: dict[str, Any], judged: list[dict[str, Any]]) -> None:
@@ -247,7 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console, _ = _consoles()
     config = load_config(args.config)
-    result = run_config(config, overwrite=args.overwrite, progress=not args.no_progress)
+    result = run_config(config, overwrite=args.overwrite, retry_failed=args.retry_failed,
+                        progress=not args.no_progress)
     for table in render_tables(result.leaderboard):
         console.print(table)
     if result.comparison is not None:
@@ -260,7 +280,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     u = result.usage
     console.print(f"Judge: {u['calls']} calls, {u['cache_hits']} cache hits, {u['failures']} failures")
     console.print("Report: " + ", ".join(str(p) for p in result.paths.values()))
-    return 0
+    failed = result.failed
+    console.print(f"{failed['candidates']} candidate(s) and {failed['judgments']} judgment(s) failed")
+    return finish(failed["candidates"] + failed["judgments"], sum(result.totals.values()),
+                  "records (candidates and judgments)", allow_failures=args.allow_failures, notes=result.notes)
 
 
 # --- parser --------------------------------------------------------------------------------------------
@@ -287,6 +310,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--name", default=None, help="model name in the records (default: --model / --local)")
     p.add_argument("--out", required=True, help="candidates JSONL (written as it goes, resumable)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
+    _failure_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)
 
@@ -297,7 +321,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--parse-retries", type=int, default=2, help="re-asks of an answer that misses a score")
     p.add_argument("--out", required=True, help="judgments JSONL (written as it goes, resumable)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
-    p.add_argument("--retry-failed", action="store_true", help="retry cases whose judge call failed")
+    _failure_args(p)
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("DermEval as a second evaluator (Table 2's second half)")
     g.add_argument("--dermeval", metavar="ADAPTER", default=None, help="also score with DermEval (folder or Hub id)")
@@ -348,5 +372,6 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("run", help="generate + judge + report (+ probes) from a YAML config")
     p.add_argument("--config", required=True, help="YAML file (see recipes/configs/bench_example.yaml)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier records instead of resuming")
+    _failure_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)

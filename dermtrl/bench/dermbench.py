@@ -90,13 +90,16 @@ class DermBench:
         *,
         name: str | None = None,
         overwrite: bool = False,
+        retry_failed: bool = False,
+        notes: list[str] | None = None,
         **local: Any,
     ) -> list[dict[str, Any]]:
         """Candidates of one model for every case, into ``out`` (JSONL, resumable).
 
         ``model``: client settings of an OpenAI-compatible VLM, a transformers model name (``local`` are
         :class:`~dermtrl.bench.generate.TransformersGenerator` options: ``batch_size``, ``max_new_tokens``,
-        ...), or a generator.
+        ...), or a generator. ``retry_failed`` generates failed cases again; ``notes`` (a list) gets the
+        endpoint client's retry and concurrency notes.
         """
         if isinstance(model, ClientConfig):
             generator: Generator = OpenAIGenerator(model)
@@ -105,8 +108,11 @@ class DermBench:
         else:
             generator = model
         try:
-            return generate_candidates(cases, generator, out, name=name, overwrite=overwrite, progress=self.progress)
+            return generate_candidates(cases, generator, out, name=name, overwrite=overwrite, retry_failed=retry_failed,
+                                       progress=self.progress)
         finally:
+            if notes is not None and isinstance(generator, OpenAIGenerator):
+                notes += [f"{generator.name}: {line}" for line in generator.client.notes()]
             if generator is not model:
                 generator.close()
 
@@ -196,12 +202,17 @@ class BenchResult:
     paths: dict[str, Path] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
     comparison: EvaluatorComparison | None = None  # with evaluators.dermeval: both halves of Table 2, Figure 6
+    failed: dict[str, int] = field(default_factory=dict)  # failed records: "candidates" and "judgments"
+    totals: dict[str, int] = field(default_factory=dict)  # all records, the same keys
+    notes: list[str] = field(default_factory=list)  # retries by kind, concurrency lowered, per client
 
 
-def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool = True) -> BenchResult:
+def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bool = False,
+               progress: bool = True) -> BenchResult:
     """Generate every candidate, judge them all, write the report (and the probes): ``dermtrl bench run``.
 
-    Everything is resumable: rerun the same config after an interruption and only unfinished work is done.
+    Everything is resumable: rerun the same config after an interruption and only unfinished work is done;
+    ``retry_failed`` also redoes failed candidates and failed judge calls (after the server came back).
     """
     from dermtrl.data.loading import load_cases
 
@@ -209,6 +220,7 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool =
     ds = load_cases(config.dataset.source, config.dataset.split, n=config.dataset.n, seed=config.dataset.seed,
                     start=config.dataset.start)
     sets: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
     with DermBench(config.judge, parse_retries=config.parse_retries, progress=progress) as bench:
         for spec in config.candidates:
             if spec.column is not None:
@@ -221,11 +233,12 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool =
             )
             try:
                 sets[spec.name] = bench.generate(ds, model, out / "candidates" / f"{spec.name}.jsonl",
-                                                 name=spec.name, overwrite=overwrite)
+                                                 name=spec.name, overwrite=overwrite, retry_failed=retry_failed,
+                                                 notes=notes)
             finally:
                 if isinstance(model, TransformersGenerator):
                     model.close()
-        records = bench.judge(ds, sets, out / "judgments.jsonl", overwrite=overwrite)
+        records = bench.judge(ds, sets, out / "judgments.jsonl", overwrite=overwrite, retry_failed=retry_failed)
         board = build_leaderboard(records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
                             ci=config.report.ci)
         paths = write_report(board, out / "report")
@@ -242,7 +255,12 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, progress: bool =
                                  n_bootstrap=config.report.n_bootstrap, seed=config.report.seed, overwrite=overwrite)
             paths.update({"probes_md": out / "probes" / "probes.md", "probes_json": out / "probes" / "probes.json"})
         usage = bench.usage.as_dict()
-    return BenchResult(leaderboard=board, probes=probes, paths=paths, usage=usage, comparison=comparison)
+        notes += [f"judge: {line}" for line in bench.client.notes()]
+    failed = {"candidates": sum(1 for records_ in sets.values() for r in records_ if r.get("error")),
+              "judgments": sum(1 for r in records if r.get("error"))}
+    totals = {"candidates": sum(len(records_) for records_ in sets.values()), "judgments": len(records)}
+    return BenchResult(leaderboard=board, probes=probes, paths=paths, usage=usage, comparison=comparison,
+                       failed=failed, totals=totals, notes=notes)
 
 
 def _dermeval_half(config: BenchConfig, ds: Any, sets: Mapping[str, Any], judged: list[dict[str, Any]], out: Path,

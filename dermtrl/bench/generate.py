@@ -170,9 +170,13 @@ def generate_candidates(
     *,
     name: str | None = None,
     overwrite: bool = False,
+    retry_failed: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Generate a candidate for every case not yet in ``out`` (JSONL); return all of this model's records.
+
+    ``retry_failed`` generates again the cases whose record is an error (a server that was down, an image
+    fixed since).
 
     Records: ``model`` (``name``, default the generator's model), ``case_id``, ``text`` or ``error``;
     each also carries ``generation`` (prompt version, instruction and generation settings), and resuming a
@@ -184,10 +188,14 @@ def generate_candidates(
     ids = [row["case_id"] for row in case_rows(cases, (), required=("image",))]
     image_of = image_reader(cases)
     with ResultsFile(out, key=("model", "case_id"), settings_field="generation", settings=settings,
-                     overwrite=overwrite) as results:
+                     overwrite=overwrite, redo=(lambda r: r.get("error") is not None) if retry_failed else None
+                     ) as results:
         todo = [(index, case_id) for index, case_id in enumerate(ids) if (name, case_id) not in results]
         usage = generator.client.usage if isinstance(generator, OpenAIGenerator) else None
-        bar = JobProgress(f"generate · {name}", len(ids), len(ids) - len(todo), usage=usage, enabled=progress)
+        wanted = set(ids)
+        failed = sum(1 for r in results.records if r["model"] == name and r["case_id"] in wanted and r.get("error"))
+        bar = JobProgress(f"generate · {name}", len(ids), len(ids) - len(todo), failed=failed, usage=usage,
+                          enabled=progress)
 
         def record(case_id: str, text: str | None = None, error: str | None = None) -> dict[str, Any]:
             return {"model": name, "case_id": case_id, "text": text, "error": error}
@@ -230,7 +238,6 @@ def generate_candidates(
                     for r in done:
                         results.write(r)
                     bar.advance(done)
-        wanted = set(ids)
         return [r for r in results.records if r["model"] == name and r["case_id"] in wanted]
 
 

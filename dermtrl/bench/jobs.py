@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dermtrl.jsonl import read_records, repair_tail
+from dermtrl.progress import resume_line
 
 if TYPE_CHECKING:
     from dermtrl.client import Usage
@@ -137,11 +138,16 @@ class ResultsFile:
 
 
 class JobProgress:
-    """A rich progress bar for a job: done/total, API calls, cache hits and failures of this run, ETA."""
+    """A rich progress bar for a job: done/total, API calls and cache hits of this run, failures, ETA.
 
-    def __init__(self, label: str, total: int, done: int = 0, *, usage: Usage | None = None,
+    ``done`` records (``failed`` of them failed) come from an earlier run: the bar starts there, and its failure
+    count is that of all the job's records, as the summary at the end counts them. A rerun says first how much
+    was already done (:func:`resume_line`).
+    """
+
+    def __init__(self, label: str, total: int, done: int = 0, *, failed: int = 0, usage: Usage | None = None,
                  enabled: bool = True) -> None:
-        self.failed = 0
+        self.failed = failed
         self._usage = usage
         self._start = usage.as_dict() if usage is not None else {}
         self._progress: Any = None
@@ -151,7 +157,10 @@ class JobProgress:
 
         self._progress = progress_bar(
             "calls {task.fields[calls]} · cached {task.fields[hits]} · failed {task.fields[failed]}")
-        self._task = self._progress.add_task(label, total=total, completed=done, calls=0, hits=0, failed=0)
+        line = resume_line(done, total)
+        if line is not None:
+            self._progress.console.print(f"{label}: {line}")
+        self._task = self._progress.add_task(label, total=total, completed=done, calls=0, hits=0, failed=failed)
 
     def _counts(self) -> tuple[int, int]:
         if self._usage is None:
@@ -194,7 +203,8 @@ def run_concurrently(
     is already on disk.
     """
     if not todo:
-        return
+        with progress:  # shown all the same: done/total and the failures, as the summary counts them
+            return
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="dermtrl-bench")
 
     def run(item: T) -> dict[str, Any]:

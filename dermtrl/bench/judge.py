@@ -279,12 +279,12 @@ class Judge:
         """Judge every item not yet in ``out`` (JSONL), writing each record as it finishes; all records.
 
         Resumes where an earlier run stopped; refuses a file made with other judge settings. Failed records
-        are final unless ``retry_failed`` (then failed *calls* are tried again; parse failures would get
-        the same cached answers, so they stay).
+        are final unless ``retry_failed`` (then failed *calls*, and items that had no candidate, are tried
+        again; parse failures would get the same cached answers, so they stay).
         """
 
-        def redo(record: dict[str, Any]) -> bool:
-            return retry_failed and str(record.get("error") or "").startswith("judge call failed")
+        def redo(record: dict[str, Any]) -> bool:  # a failed call, or a candidate that may exist by now
+            return retry_failed and str(record.get("error") or "").startswith(("judge call failed", "no candidate"))
 
         with ResultsFile(out, key=("model", "case_id"), settings_field="judge", settings=self.settings(variant),
                          overwrite=overwrite, redo=redo) as results:
@@ -292,12 +292,14 @@ class Judge:
             if len(set(keys)) != len(keys):
                 raise ValueError("items repeat a (model, case_id) pair")
             todo = [i for i in items if (i.model, i.case_id) not in results]
-            bar = JobProgress(label, len(items), len(items) - len(todo), usage=self.client.usage, enabled=progress)
+            wanted = set(keys)
+            failed = sum(1 for r in results.records if (r["model"], r["case_id"]) in wanted and r.get("error"))
+            bar = JobProgress(label, len(items), len(items) - len(todo), failed=failed, usage=self.client.usage,
+                              enabled=progress)
             run_concurrently(
                 todo, self.score, results, bar, workers=self.client.config.max_concurrency,
                 on_error=lambda item, exc: self.score(
                     replace(item, error=self.client.redact(f"{type(exc).__name__}: {exc}"))
                 ),
             )
-            wanted = set(keys)
             return [r for r in results.records if (r["model"], r["case_id"]) in wanted]
