@@ -110,7 +110,10 @@ class ClientConfig:
 
     ``base_url`` ``None`` means the OpenAI API (or ``$OPENAI_BASE_URL``); set it for a local
     OpenAI-compatible server (vLLM, llama.cpp, ...), which gets the key ``"EMPTY"`` when the variable
-    ``api_key_env`` names is unset. ``cache_path`` ``None`` disables the cache.
+    ``api_key_env`` names is unset. ``cache_path`` ``None`` disables the cache. ``response_format``
+    ``"scores"`` asks for structured output, the six scores as a JSON object (for a judge or the LLM parser:
+    small models that cannot keep to a free-text format can keep to a schema); any OpenAI ``response_format``
+    dict is sent as given.
     """
 
     base_url: str | None = None
@@ -125,6 +128,7 @@ class ClientConfig:
     cache_path: str | None = None
     prompt_version: str = PROMPT_VERSION
     extra_body: dict[str, Any] | None = None
+    response_format: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.cache_path, os.PathLike):
@@ -158,6 +162,7 @@ class ClientConfig:
             raise ValueError(f"prompt_version must be a non-empty string, got {self.prompt_version!r}")
         if self.extra_body is not None and not isinstance(self.extra_body, dict):
             raise TypeError(f"extra_body must be None or a dict, got {type(self.extra_body).__name__}")
+        _response_format(self.response_format)  # raises naming the field
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -168,11 +173,34 @@ class ClientConfig:
             raise ValueError(f"unknown client config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**dict(data))
 
+    @classmethod
+    def from_prefixed(cls, settings: object, prefix: str) -> ClientConfig:
+        """The config held as ``<prefix><field>`` attributes of another settings object (e.g. ``SOREBConfig``'s
+        ``llm_parser_*``): every field it has is taken, the rest keep their defaults."""
+        values = {f.name: getattr(settings, prefix + f.name) for f in dataclasses.fields(cls)
+                  if hasattr(settings, prefix + f.name)}
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> ClientConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _response_format(value: object) -> dict[str, Any] | None:
+    """``None``, ``"scores"`` (:data:`dermtrl.dimensions.SCORES_RESPONSE_FORMAT`, the six scores as JSON) or an
+    OpenAI ``response_format`` dict; ``ValueError`` naming the field for anything else."""
+    if value is None:
+        return None
+    if value == "scores":
+        from dermtrl.dimensions import SCORES_RESPONSE_FORMAT
+
+        return SCORES_RESPONSE_FORMAT
+    if isinstance(value, Mapping) and isinstance(value.get("type"), str):
+        return dict(value)
+    raise ValueError(f"response_format must be None, 'scores' or a dict with a 'type' (an OpenAI response_format), "
+                     f"got {value!r:.80}")
 
 
 def _check_generation(temperature: object, max_tokens: object, seed: object) -> None:
@@ -379,11 +407,9 @@ class LLMClient:
             "seed": overrides.get("seed", cfg.seed),
             "extra_body": cfg.extra_body,
         }
-        response_format = overrides.get("response_format")
+        response_format = _response_format(overrides.get("response_format", cfg.response_format))
         if response_format is not None:
-            if not isinstance(response_format, Mapping) or "type" not in response_format:
-                raise ValueError(f"response_format must be a dict with a 'type', got {response_format!r:.80}")
-            settings["response_format"] = dict(response_format)  # in the cache key only when given
+            settings["response_format"] = response_format  # in the cache key only when given
         _check_generation(settings["temperature"], settings["max_tokens"], settings["seed"])
         settings["temperature"] = float(settings["temperature"])  # 0 and 0.0 must give one cache key
         return model, settings

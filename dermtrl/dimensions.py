@@ -21,6 +21,23 @@ DIMENSIONS: tuple[str, ...] = (
 SCORE_MIN: float = 0.0
 SCORE_MAX: float = 5.0
 
+#: Structured output (``response_format``) for an answer of the six scores: a JSON object with one number per
+#: dimension. vLLM, llama.cpp's server and OpenAI accept it; the rules parser reads the answer (and range-checks
+#: it: the schema leaves out ``minimum``/``maximum``, which not every server supports).
+SCORES_RESPONSE_FORMAT: dict = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "dermeval_scores",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {d: {"type": "number"} for d in DIMENSIONS},
+            "required": list(DIMENSIONS),
+            "additionalProperties": False,
+        },
+    },
+}
+
 #: Table 1's column abbreviations, in DIMENSIONS order.
 ABBREVIATIONS: dict[str, str] = dict(
     zip(DIMENSIONS, ("Acc", "Safe", "MedG", "Cover", "Reason", "Desc"), strict=True)

@@ -52,8 +52,12 @@ class SOREBConfig(_BaseConfig):
         pg_normalization (`str`, defaults to `"sequence"`): `"sequence"` is eq. 4 (per-sequence mean over the
             generated tokens, then the batch mean); `"token"` sums adv * log p over every generated token of the
             batch and divides by their total count (long samples weigh more; not in the paper).
-        llm_parser_base_url / llm_parser_model / llm_parser_api_key_env: when a model is named, the LLM parser of
-            Figure 4 fills the scores the rule-based parser misses (through the project's OpenAI-compatible client).
+        llm_parser_base_url / llm_parser_model / llm_parser_api_key_env / llm_parser_max_concurrency /
+            llm_parser_max_retries / llm_parser_timeout / llm_parser_max_tokens / llm_parser_cache_path /
+            llm_parser_response_format: when a model is named, the LLM parser of Figure 4 fills the scores the
+            rule-based parser misses, through the project's OpenAI-compatible client with these endpoint settings
+            (the fields of `dermtrl.client.ClientConfig`, same defaults; `llm_parser_response_format: scores` asks
+            for the scores as JSON).
         num_completions_to_print (`int`, defaults to `2`): sampled completions logged as a table at each log step.
         log_completions (`bool`, defaults to `True`): whether to log that table.
     """
@@ -87,6 +91,16 @@ class SOREBConfig(_BaseConfig):
     )
     llm_parser_api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "Name of the environment variable holding the parser's key."}
+    )
+    llm_parser_max_concurrency: int = field(default=8, metadata={"help": "LLM parser: requests in flight at once."})
+    llm_parser_max_retries: int = field(default=5, metadata={"help": "LLM parser: retries per request."})
+    llm_parser_timeout: float = field(default=60.0, metadata={"help": "LLM parser: seconds per request."})
+    llm_parser_max_tokens: int | None = field(default=1024, metadata={"help": "LLM parser: answer length cap."})
+    llm_parser_cache_path: str | None = field(
+        default=None, metadata={"help": "LLM parser: SQLite response cache (None: no cache)."}
+    )
+    llm_parser_response_format: str | None = field(
+        default=None, metadata={"help": "LLM parser: 'scores' asks for the six scores as JSON (structured output)."}
     )
     log_completions: bool = field(default=True, metadata={"help": "Log a table of sampled completions."})
     num_completions_to_print: int = field(default=2, metadata={"help": "Completions per log step in the table."})

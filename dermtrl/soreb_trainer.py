@@ -210,8 +210,7 @@ class SOREBTrainer(_BaseTrainer):
             return None
         from dermtrl.client import ClientConfig, LLMClient
 
-        return LLMClient(ClientConfig(base_url=args.llm_parser_base_url, model=args.llm_parser_model,
-                                      api_key_env=args.llm_parser_api_key_env))
+        return LLMClient(ClientConfig.from_prefixed(args, "llm_parser_"))  # every endpoint setting, as any client
 
     @property
     def baseline(self) -> EMABaseline:

@@ -169,3 +169,68 @@ def test_response_format_is_sent_and_keys_the_cache(make_openai_server, tmp_path
         with pytest.raises(ValueError, match="response_format"):
             client.complete([user_message("x")], response_format="json")
     assert server.calls == 2
+
+
+def test_structured_output_lets_a_small_judge_score_where_free_text_fails(make_openai_server, tmp_path, capsys):
+    """A small model that rambles in free text but keeps to a JSON schema (as measured with llama.cpp: 0/40
+    parseable in free text, 10/10 with the schema)."""
+    from dermtrl.cli import main
+    from dermtrl.dimensions import DIMENSIONS, SCORES_RESPONSE_FORMAT
+    from dermtrl.parsing import parse_scores_with_llm
+
+    def small_model(body):
+        if body.get("response_format") == SCORES_RESPONSE_FORMAT:
+            return json.dumps({d: 4 for d in DIMENSIONS})
+        return "The candidate is quite good overall, I think it deserves a high score on most aspects."
+
+    server = make_openai_server(responder=small_model)
+    cands = tmp_path / "cands.jsonl"
+    cands.write_text("".join(json.dumps({"model": "m", "case_id": f"synth-v2-0-{100_000 + i}", "text": f"t{i}"})
+                             + "\n" for i in range(10)))
+    judge = ["bench", "judge", "--dataset", "dermtrl:synthetic", "--n", "10", "--base-url", server.base_url,
+             "--model", "small", "--candidates", str(cands), "--no-progress", "--allow-failures"]
+    assert main([*judge, "--out", str(tmp_path / "free.jsonl")]) == 0
+    assert main([*judge, "--out", str(tmp_path / "json.jsonl"), "--structured-output"]) == 0
+    capsys.readouterr()
+    free = [json.loads(line) for line in (tmp_path / "free.jsonl").read_text().splitlines()]
+    structured = [json.loads(line) for line in (tmp_path / "json.jsonl").read_text().splitlines()]
+    assert sum(r["status"] == "scored" for r in free) == 0
+    assert sum(r["status"] == "scored" for r in structured) == 10
+    assert all(r["scores"] == dict.fromkeys(DIMENSIONS, 4.0) and r["judge"]["response_format"] == "scores"
+               for r in structured)
+    with client_for(server, response_format="scores") as parser:  # the LLM parser takes the same setting
+        parsed = parse_scores_with_llm("The narrative is fine.", parser)
+    assert parsed.scores == dict.fromkeys(DIMENSIONS, 4.0) and set(parsed.sources.values()) == {"llm"}
+    with pytest.raises(ValueError, match="response_format must be None, 'scores' or a dict"):
+        ClientConfig(response_format="json")
+
+
+def test_the_soreb_llm_parser_takes_every_endpoint_setting(make_openai_server, tmp_path):
+    """SOREBConfig.llm_parser_* are the client's endpoint settings: no fixed timeout, retries or max_tokens; a
+    cache."""
+    import dataclasses
+
+    from dermtrl.soreb_config import SOREBConfig
+    from dermtrl.soreb_trainer import SOREBTrainer
+
+    endpoint = ("base_url", "model", "api_key_env", "max_concurrency", "max_retries", "timeout", "max_tokens",
+                "cache_path", "response_format")
+    soreb = {f.name: f for f in dataclasses.fields(SOREBConfig)}
+    client = {f.name: f for f in dataclasses.fields(ClientConfig)}
+    for name in endpoint:
+        assert f"llm_parser_{name}" in soreb, name
+        if name not in ("base_url", "model"):  # no parser unless a model is named
+            assert soreb[f"llm_parser_{name}"].default == client[name].default, name
+    server = make_openai_server(latency=0.0)
+    args = SOREBConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=False,
+                       llm_parser_base_url=server.base_url,
+                       llm_parser_model="parser", llm_parser_timeout=3.5, llm_parser_max_retries=1,
+                       llm_parser_max_tokens=64, llm_parser_cache_path=str(tmp_path / "p.sqlite"),
+                       llm_parser_max_concurrency=2, llm_parser_response_format="scores")
+    with SOREBTrainer._llm_parser(args) as parser:
+        cfg = parser.config
+        assert (cfg.base_url, cfg.model, cfg.timeout, cfg.max_retries, cfg.max_tokens, cfg.max_concurrency,
+                cfg.response_format) == (server.base_url, "parser", 3.5, 1, 64, 2, "scores")
+        parser.complete([user_message("x")])
+        assert parser.complete([user_message("x")]).cached  # it has a cache
+    assert server.chat_requests[0]["body"]["max_tokens"] == 64

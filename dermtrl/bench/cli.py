@@ -72,6 +72,10 @@ def _client_args(p: argparse.ArgumentParser, who: str, *, model_required: bool =
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-tokens", type=int, default=1024)
     g.add_argument("--cache", default=None, help="SQLite response cache (resumes at no cost, reruns free)")
+    if who == "judge":
+        g.add_argument("--structured-output", action="store_true",
+                       help="ask for the six scores as JSON (response_format json_schema: vLLM, llama.cpp, OpenAI); "
+                            "helps small judges that cannot keep to the free-text format")
 
 
 def _client_config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -79,7 +83,8 @@ def _client_config(args: argparse.Namespace, **extra: Any) -> Any:
 
     return ClientConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                         max_concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
-                        max_tokens=args.max_tokens, cache_path=args.cache, **extra)
+                        max_tokens=args.max_tokens, cache_path=args.cache,
+                        response_format="scores" if getattr(args, "structured_output", False) else None, **extra)
 
 
 def _cases(args: argparse.Namespace) -> Any:

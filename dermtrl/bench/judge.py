@@ -207,6 +207,7 @@ class Judge:
             "max_tokens": cfg.max_tokens,
             "seed": cfg.seed,
             "extra_body": cfg.extra_body,
+            "response_format": cfg.response_format,
             "order": self.order,
             "parse_retries": self.parse_retries,
             "variant": variant,
