@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_build_synthetic_runs_the_whole_pipeline_offline(tmp_path: Path, make_op
     server = make_openai_server(responder=SyntheticOracle(cases))
     run = tmp_path / "run"
     code, output = run_cli(["data", "build", "--synthetic", "--n", "16", "--seed", "1", "--run", str(run),
-                            "--base-url", server.base_url, "--model", "oracle", "--test-fraction", "0.25"])
+                            "--base-url", server.base_url, "--model", "oracle", "--test-fraction", "0.25",
+                            "--allow-eval-images-in-train"])
     assert code == 0, output
     bench = load_from_disk(str(run / "datasets" / "dermbench"))
     evaluation = load_from_disk(str(run / "datasets" / "dermeval"))
@@ -70,10 +72,28 @@ def test_build_synthetic_runs_the_whole_pipeline_offline(tmp_path: Path, make_op
 
 
 def test_build_synthetic_without_endpoint_uses_the_embedded_oracle(tmp_path: Path) -> None:
-    code, output = run_cli(["data", "build", "--synthetic", "--n", "8", "--run", str(tmp_path / "run")])
+    # with the Section 3.4 selection flags: per-stream counts and a score bound, reported in the card
+    code, output = run_cli(["data", "build", "--synthetic", "--n", "8", "--run", str(tmp_path / "run"),
+                            "--test-fraction", "0.25", "--certified-count", "2", "--certified-min-score", "5",
+                            "--regular-count", "2", "--regular-max-score", "5"])
     assert code == 0, output
     assert "embedded synthetic oracle" in output
-    assert len(load_from_disk(str(tmp_path / "run" / "datasets" / "dermbench"))["test"]) == 8
+    datasets = tmp_path / "run" / "datasets"
+    bench, evaluation = load_from_disk(str(datasets / "dermbench")), load_from_disk(str(datasets / "dermeval"))
+    assert sorted(evaluation["train"]["stream"]) == ["certified", "certified", "regular", "regular"]
+    # dermbench, the evaluation set, holds no image DermEval trains on; the others' references are all there
+    train_images = set(evaluation["train"]["image_sha256"])
+    assert not train_images & set(bench["test"]["image_sha256"])
+    card = (datasets / "dermeval" / "README.md").read_text()
+    assert "| certified | score >= 5, 2 rows |" in card and "| regular | score <= 5, 2 rows |" in card
+    assert "are never in `train`" in card
+    left_out = int(re.search(r"(\d+) certified reference\(s\) of training images were left out",
+                             (datasets / "dermbench" / "README.md").read_text()).group(1))
+    assert left_out == len(train_images) and len(bench["test"]) == 8 - left_out
+    # a count the train split cannot meet is an error naming the flag
+    code, output = run_cli(["data", "build", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "again"),
+                            "--regular-count", "99"])
+    assert code == 2 and "--regular-count 99: only" in output
 
 
 def test_cli_user_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:

@@ -300,7 +300,8 @@ def test_folder_with_bad_images_builds_both_datasets_end_to_end(setup, tmp_path:
     assert len(mismatched) == 1 and "Accuracy restated as 5" in mismatched[0].message
 
     # --- build: both datasets, split guard, cards filled from the data and valid
-    result = build_datasets(run, test_fraction=0.3, seed=0, progress=False)
+    # every certified reference in dermbench (the default leaves out those of DermEval's training images)
+    result = build_datasets(run, test_fraction=0.3, seed=0, progress=False, allow_eval_images_in_train=True)
     bench, evaluation = result.dermbench, result.dermeval
     assert len(bench["test"]) == 8
     assert len(evaluation["train"]) + len(evaluation["test"]) == 16  # the mismatched rationale is left out
@@ -342,7 +343,8 @@ def test_split_guard_catches_a_leak_by_content_hash(tmp_path: Path) -> None:
 def test_build_forces_evaluation_images_into_test(setup, tmp_path: Path) -> None:
     from dermtrl.data.synthetic_pipeline import build_synthetic
 
-    built = build_synthetic(tmp_path / "syn", n=10, seed=2, test_fraction=0.0)
+    built = build_synthetic(tmp_path / "syn", n=10, seed=2, test_fraction=0.0,
+                            build_options={"allow_eval_images_in_train": True})
     assert len(built.result.dermeval["test"]) == 0  # nothing forced yet
     hashes = set(built.result.dermbench["test"]["image_sha256"][:3])
     # evaluation images can be named by a hash list, an image folder or a dataset folder
@@ -358,3 +360,55 @@ def test_build_forces_evaluation_images_into_test(setup, tmp_path: Path) -> None
     # both rows (certified and regular) of an evaluation image follow it, whatever its file name
     assert len(result.dermeval["test"]) == 2 * len(hashes)
     json.dumps(result.summary.to_dict())
+
+
+def test_build_selects_each_stream_by_count_and_score_and_keeps_evaluation_images_out_of_train(
+        setup, tmp_path: Path) -> None:
+    from dermtrl.data.build import StreamSelection
+    from dermtrl.data.synthetic_pipeline import build_synthetic
+
+    built = build_synthetic(tmp_path / "syn", n=12, seed=4, test_fraction=0.25)
+    default = built.result
+    train = set(default.dermeval["train"]["image_sha256"])
+    bench = set(default.dermbench["test"]["image_sha256"])
+    assert train and bench and not train & bench  # the evaluation set holds no DermEval training image
+    allowed = build_datasets(built.run, tmp_path / "allowed", test_fraction=0.25, seed=4, progress=False,
+                             allow_eval_images_in_train=True, license="apache-2.0")
+    assert len(allowed.dermbench["test"]) == len(bench) + default.summary.extra["dermbench_left_out"]
+    assert train & set(allowed.dermbench["test"]["image_sha256"])
+    assert "may be DermEval training images" in (allowed.paths["dermbench"] / "README.md").read_text()
+
+    def mean(row: dict) -> float:
+        return sum(row["expert_scores"].values()) / 6
+
+    regular = [r for r in default.dermeval["train"] if r["stream"] == "regular"]
+    bound = sorted(mean(r) for r in regular)[len(regular) // 2]  # the median regular score
+    low = [r for r in regular if mean(r) <= bound]
+    selection = {"certified": StreamSelection(count=3, min_score=5.0),
+                 "regular": StreamSelection(count=len(low) - 1, max_score=bound)}
+    picked = build_datasets(built.run, tmp_path / "picked", test_fraction=0.25, seed=4, selection=selection,
+                            progress=False, license="apache-2.0")
+    rows = picked.dermeval["train"]
+    assert list(rows["stream"]).count("certified") == 3 and list(rows["stream"]).count("regular") == len(low) - 1
+    assert all(mean(r) <= bound for r in rows if r["stream"] == "regular")
+    assert all(mean(r) == 5.0 for r in rows if r["stream"] == "certified")
+    assert picked.dermeval["test"]["id"] == default.dermeval["test"]["id"]  # the test split is not filtered
+    not_selected = [s for s in picked.summary.skipped if s.reason == "not-selected"]
+    assert len(not_selected) == len(default.dermeval["train"]) - len(rows)
+    # images whose rows were all left out are no training images: their references join the evaluation set
+    assert set(picked.dermbench["test"]["image_sha256"]) == (
+        set(allowed.dermbench["test"]["image_sha256"]) - set(rows["image_sha256"]))
+    card = (picked.paths["dermeval"] / "README.md").read_text()
+    available = sum(1 for r in default.dermeval["train"] if r["stream"] == "certified")
+    assert f"| certified | score >= 5, 3 rows | {available} | {available} | 3 |" in card
+    n = len(low) - 1
+    assert f"| regular | score <= {bound:g}, {n} rows | {len(regular)} | {len(low)} | {n} |" in card
+    # the choice is seeded: the same seed picks the same rows
+    again = build_datasets(built.run, tmp_path / "again", test_fraction=0.25, seed=4, selection=selection,
+                           progress=False, write_cards=False)
+    assert again.dermeval["train"]["id"] == rows["id"]
+    with pytest.raises(ValueError, match=r"--regular-count 99: only \d+ of the \d+ regular rows"):
+        build_datasets(built.run, tmp_path / "x", test_fraction=0.25, seed=4,
+                       selection={"regular": StreamSelection(99)}, progress=False)
+    with pytest.raises(ValueError, match="min_score 4 is above max_score 3"):
+        StreamSelection(min_score=4, max_score=3)

@@ -18,6 +18,17 @@ The split guard: the paper evaluates DermEval on images not used for training, s
 *image content hash* (never per file name or row): every row of one picture, under whatever name or stream, falls
 in the same split, chosen by a seeded hash of the pixels or forced to ``test`` for images listed as evaluation
 images (``exclude_from_train``). :func:`check_split_guard` verifies it on any built ``dermeval``.
+
+DermBench's evaluation set: the paper evaluates on images "not used for DermEval training" (Section 4.1), so
+``dermbench`` holds only the certified references of images that DermEval's ``train`` split does not use; the
+references of training images are left out (counted in the summary and the card) unless the user asks for them
+(``allow_eval_images_in_train``, ``--allow-eval-images-in-train``).
+
+Training-set selection (Section 3.4: "2,000 certified exemplar images with perfect scores and 2,000 imperfect
+low-score images"): :class:`StreamSelection` keeps, per stream, the ``train`` rows whose score (the mean of the six
+expert scores) lies within ``[min_score, max_score]`` and then ``count`` of them, chosen by a seeded hash of the
+text id. Rows of ``train`` images not selected are left out of both splits (their image stays a training image,
+so it cannot be a test one). The ``test`` split is not filtered. The card reports the rule and the counts.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ __all__ = [
     "DERMEVAL_FEATURES",
     "BuildResult",
     "SplitLeak",
+    "StreamSelection",
     "build_datasets",
     "check_split_guard",
     "evaluation_hashes",
@@ -90,6 +102,68 @@ def check_split_guard(dermeval: Any, evaluation: Iterable[str] = ()) -> None:
     if leaked:
         raise SplitLeak(f"{len(leaked)} image(s) are in DermEval's training split and also used for evaluation: "
                         + ", ".join(sorted(s[:16] for s in leaked)[:10]))
+
+
+STREAMS = ("certified", "regular")
+
+
+@dataclass(frozen=True)
+class StreamSelection:
+    """Which ``train`` rows of one stream DermEval keeps: score (mean of the six expert scores) within
+    ``[min_score, max_score]``, then ``count`` of them (all when ``None``)."""
+
+    count: int | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"a stream's count must be at least 1, got {self.count}")
+        for name in ("min_score", "max_score"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 5.0:
+                raise ValueError(f"{name} must be within 0-5 (the expert score scale), got {value}")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}")
+
+    def rule(self) -> str:
+        bounds = []
+        if self.min_score is not None:
+            bounds.append(f"score >= {self.min_score:g}")
+        if self.max_score is not None:
+            bounds.append(f"score <= {self.max_score:g}")
+        return (" and ".join(bounds) or "any score") + (f", {self.count} rows" if self.count else ", all rows")
+
+
+def _score(row: dict[str, Any]) -> float:
+    return sum(row["expert_scores"].values()) / len(DIMENSIONS)
+
+
+def _select_train(rows: list[dict[str, Any]], selection: dict[str, StreamSelection], seed: int,
+                  summary: StepSummary) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Apply each stream's selection to the ``train`` rows; returns the kept rows and one report per stream."""
+    keep = [r for r in rows if r["split"] != "train" or r["stream"] not in selection]
+    report = []
+    for stream, sel in selection.items():
+        available = [r for r in rows if r["split"] == "train" and r["stream"] == stream]
+        eligible = [r for r in available if (sel.min_score is None or _score(r) >= sel.min_score)
+                    and (sel.max_score is None or _score(r) <= sel.max_score)]
+        if sel.count is not None and sel.count > len(eligible):
+            raise ValueError(f"--{stream}-count {sel.count}: only {len(eligible)} of the {len(available)} {stream} "
+                             f"rows in DermEval's train split pass the rule ({sel.rule()}); lower the count, widen "
+                             "the score bounds or lower --test-fraction")
+        ranked = sorted(eligible, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
+        chosen = ranked[: sel.count] if sel.count is not None else ranked
+        chosen_ids = {r["id"] for r in chosen}
+        for r in available:
+            if r["id"] not in chosen_ids:
+                summary.skip(r["id"], "not-selected", f"{r['id']}: not selected for training ({stream}: "
+                                                      f"{sel.rule()}, score {_score(r):.2f})")
+        keep += chosen
+        report.append({"stream": stream, "rule": sel.rule(), "available": len(available),
+                       "eligible": len(eligible), "selected": len(chosen)})
+    order = {r["id"]: i for i, r in enumerate(rows)}
+    return sorted(keep, key=lambda r: order[r["id"]]), report
 
 
 def _assign_split(sha: str, test_fraction: float, seed: int, forced_test: set[str]) -> str:
@@ -156,6 +230,8 @@ class BuildResult:
     paths: dict[str, Path] = field(default_factory=dict)
     summary: StepSummary = field(default_factory=lambda: StepSummary("build"))
     seconds: float = 0.0
+    #: the training-set selection per stream and the evaluation-image rule, as the cards report them
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {f"dermbench/{k}": len(v) for k, v in self.dermbench.items()}
@@ -175,6 +251,8 @@ def build_datasets(
     seed: int = 0,
     exclude_from_train: Iterable[str] = (),
     keep_flagged: bool = False,
+    selection: dict[str, StreamSelection] | None = None,
+    allow_eval_images_in_train: bool = False,
     license: str = "cc-by-nc-4.0",
     write_cards: bool = True,
     progress: bool = True,
@@ -183,12 +261,18 @@ def build_datasets(
 
     ``exclude_from_train`` are pixel hashes forced into DermEval's test split (see :func:`evaluation_hashes`);
     ``keep_flagged`` keeps rationales whose restated scores still differ from the experts' (left out by default:
-    their critique would contradict the score block of y*).
+    their critique would contradict the score block of y*). ``selection`` maps a stream to its
+    :class:`StreamSelection`; ``allow_eval_images_in_train`` keeps in ``dermbench`` the references of images
+    DermEval trains on (see the module docstring).
     """
     from datasets import Dataset, DatasetDict
 
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    selection = dict(selection or {})
+    unknown = set(selection) - set(STREAMS)
+    if unknown:
+        raise ValueError(f"selection: unknown stream(s) {', '.join(sorted(unknown))} (streams: {', '.join(STREAMS)})")
     started = time.perf_counter()
     run = run if isinstance(run, RunDir) else RunDir(run)
     out = Path(out_dir) if out_dir is not None else run.datasets_dir
@@ -250,12 +334,22 @@ def build_datasets(
             return Dataset.from_dict({name: [] for name in features}, features=features)
         return Dataset.from_list(rows, features=features)
 
+    eval_rows, selected = _select_train(eval_rows, selection, seed, summary)
+    summary.done -= sum(s["available"] - s["selected"] for s in selected)
+    train_images = {r["image_sha256"] for r in eval_rows if r["split"] == "train"}
+    if not allow_eval_images_in_train:
+        left_out = [r for r in bench_rows if r["image_sha256"] in train_images]
+        bench_rows = [r for r in bench_rows if r["image_sha256"] not in train_images]
+        summary.extra["dermbench_left_out"] = len(left_out)
     dermbench = DatasetDict({"test": dataset(bench_rows, DERMBENCH_FEATURES)})
     dermeval = DatasetDict({
         split: dataset([r for r in eval_rows if r["split"] == split], DERMEVAL_FEATURES) for split in ("train", "test")
     })
-    check_split_guard(dermeval, forced)
+    evaluation_images = set() if allow_eval_images_in_train else set(dermbench["test"]["image_sha256"])
+    check_split_guard(dermeval, forced | evaluation_images)
     result = BuildResult(dermbench, dermeval, summary=summary)
+    result.selection = {"streams": selected, "allow_eval_images_in_train": allow_eval_images_in_train,
+                        "dermbench_left_out": summary.extra.get("dermbench_left_out", 0), "seed": seed}
     out.mkdir(parents=True, exist_ok=True)
     with _datasets_progress(progress):
         for name, ds in (("dermbench", dermbench), ("dermeval", dermeval)):
@@ -266,7 +360,7 @@ def build_datasets(
         from dermtrl.data.cards import write_card
 
         for name, ds in (("dermbench", dermbench), ("dermeval", dermeval)):
-            write_card(name, ds, result.paths[name] / "README.md", license=license)
+            write_card(name, ds, result.paths[name] / "README.md", license=license, build_info=result.selection)
     result.seconds = time.perf_counter() - started
     summary.extra.update(result.counts())
     summary.extra["seconds"] = round(result.seconds, 2)

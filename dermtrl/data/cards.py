@@ -150,9 +150,40 @@ def _generated_yaml(ds: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()
 
 
+def _evaluation_images(info: dict[str, Any]) -> str:
+    if info.get("allow_eval_images_in_train"):
+        return ("**Evaluation images may be DermEval training images**: built with `--allow-eval-images-in-train`, "
+                "so DermEval scores on these images are not held-out results.")
+    return (f"Evaluation images only: none is in DermEval's `train` split (the paper evaluates on images \"not used "
+            f"for DermEval training\"); {info.get('dermbench_left_out', 0)} certified reference(s) of training images "
+            "were left out.")
+
+
+def _selection_section(info: dict[str, Any]) -> str:
+    lines = ["### Training-set selection", ""]
+    streams = info.get("streams") or []
+    if streams:
+        lines += ["Per stream, the `train` rows whose score (the mean of the six expert scores) passes the rule, "
+                  f"then the stated number of them chosen by a seeded hash of the text id (seed {info.get('seed', 0)});"
+                  " rows of training images not selected are in neither split. `test` is not filtered.", "",
+                  "| stream | rule | train rows available | pass the rule | selected |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {s['stream']} | {s['rule']} | {s['available']} | {s['eligible']} | {s['selected']} |"
+                  for s in streams]
+    else:
+        lines.append("No per-stream selection: every row of the `train` images is kept.")
+    lines.append("")
+    lines.append("DermBench's evaluation images " + (
+        "**may** also be in `train` (built with `--allow-eval-images-in-train`)." if info.get(
+            "allow_eval_images_in_train") else "are never in `train` (checked when the dataset was built)."))
+    return "\n".join(lines)
+
+
 def render_card(kind: str, ds: Any, *, license: str = "cc-by-nc-4.0", template: str | os.PathLike[str] | None = None,
-                synthetic: bool | None = None) -> str:
-    """The card text for a built dataset (a ``DatasetDict``), filled from its real statistics."""
+                synthetic: bool | None = None, build_info: dict[str, Any] | None = None) -> str:
+    """The card text for a built dataset (a ``DatasetDict``), filled from its real statistics.
+
+    ``build_info`` is :attr:`dermtrl.data.build.BuildResult.selection` (training-set selection, evaluation images).
+    """
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", license):
         raise ValueError(f"license must be a Hub license identifier such as cc-by-nc-4.0, got {license!r}")
     text = _template(kind, template)
@@ -168,7 +199,8 @@ def render_card(kind: str, ds: Any, *, license: str = "cc-by-nc-4.0", template: 
         "license": license, "generated_yaml": _generated_yaml(ds), "prompt_version": PROMPT_VERSION,
         "synthetic_notice": SYNTHETIC_NOTICE if synthetic else "", "category_rows": category_rows,
         "categories_absent": absent, "fitzpatrick_section": _fitzpatrick(metadata), "raters": _raters(ds),
-        "citation": CITATION,
+        "citation": CITATION, "evaluation_images": _evaluation_images(build_info or {}),
+        "selection_section": _selection_section(build_info or {}),
     }
     if kind == "dermbench":
         n_total = sum(len(s) for s in _rows(ds))
@@ -249,9 +281,9 @@ def validate_card(text: str, *, kind: str | None = None, n_rows: int | None = No
 
 
 def write_card(kind: str, ds: Any, path: str | os.PathLike[str], *, license: str = "cc-by-nc-4.0",
-               template: str | os.PathLike[str] | None = None) -> Path:
+               template: str | os.PathLike[str] | None = None, build_info: dict[str, Any] | None = None) -> Path:
     """Render, validate and write a card (``README.md`` beside the saved dataset)."""
-    text = render_card(kind, ds, license=license, template=template)
+    text = render_card(kind, ds, license=license, template=template, build_info=build_info)
     validate_card(text, kind=kind, n_rows=sum(len(s) for s in _rows(ds)))
     path = Path(path)
     path.write_text(text, encoding="utf-8")

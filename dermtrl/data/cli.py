@@ -160,10 +160,26 @@ def _print_build(result: Any) -> None:
         out.print(f"{name}: [bold]{path}[/bold] (card: {path / 'README.md'})")
 
 
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    """``--certified-count``, ``--regular-max-score``, ...: one ``StreamSelection`` per stream."""
+    from dermtrl.data.build import STREAMS, StreamSelection
+
+    out = {}
+    for stream in STREAMS:
+        values = {k: getattr(args, f"{stream}_{k}") for k in ("count", "min_score", "max_score")}
+        if any(v is not None for v in values.values()):
+            try:
+                out[stream] = StreamSelection(**values)
+            except ValueError as exc:
+                raise CLIError(f"--{stream}-*: {exc}") from exc
+    return out
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from dermtrl.data.build import build_datasets, evaluation_hashes
 
     started = time.perf_counter()
+    options = {"selection": _selection(args), "allow_eval_images_in_train": args.allow_eval_images_in_train}
     if args.synthetic:
         from dermtrl.data.synthetic_pipeline import build_synthetic
 
@@ -177,7 +193,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                       "(pass --base-url to use a real model)")
         try:
             built = _guard(build_synthetic, run, n=args.n, seed=args.seed, client=client,
-                           test_fraction=args.test_fraction, progress=True, on_step=lambda s: s.print(err))
+                           test_fraction=args.test_fraction, progress=True, on_step=lambda s: s.print(err),
+                           build_options=options)
         finally:
             if client is not None:
                 client.close()
@@ -189,7 +206,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CLIError("--run is required (or --synthetic for the embedded default)")
     exclude = _guard(evaluation_hashes, args.exclude_from_train) if args.exclude_from_train else set()
     result = _guard(build_datasets, args.run, args.out, test_fraction=args.test_fraction, seed=args.seed,
-                    exclude_from_train=exclude, keep_flagged=args.keep_flagged, license=args.license)
+                    exclude_from_train=exclude, keep_flagged=args.keep_flagged, license=args.license, **options)
     result.summary.print(err)
     _print_build(result)
     out.print(f"Built in {time.perf_counter() - started:.1f} s")
@@ -304,6 +321,18 @@ def register(subparsers: Any) -> Any:
     p.add_argument("--keep-flagged", action="store_true",
                    help="keep texts whose rationale restates other scores than the experts'")
     p.add_argument("--license", default="cc-by-nc-4.0", help="license id for the cards (that of your images)")
+    g = p.add_argument_group("training-set selection (Section 3.4: 2,000 certified exemplars with perfect scores "
+                             "plus 2,000 imperfect low-score texts); score = mean of the six expert scores")
+    for stream in ("certified", "regular"):
+        g.add_argument(f"--{stream}-count", type=int, default=None, metavar="N",
+                       help=f"keep N {stream} rows in DermEval's train split (seeded choice; default: all)")
+        g.add_argument(f"--{stream}-min-score", type=float, default=None, metavar="X",
+                       help=f"keep only {stream} train rows scoring at least X")
+        g.add_argument(f"--{stream}-max-score", type=float, default=None, metavar="X",
+                       help=f"keep only {stream} train rows scoring at most X")
+    g.add_argument("--allow-eval-images-in-train", action="store_true",
+                   help="keep in dermbench the references of images DermEval trains on (by default dermbench, the "
+                        "evaluation set, holds only images not in DermEval's train split)")
     _add_client(p)
     p.set_defaults(func=cmd_build)
 

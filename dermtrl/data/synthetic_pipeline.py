@@ -218,10 +218,12 @@ def build_synthetic(
     test_fraction: float = 0.25,
     progress: bool = False,
     on_step: Callable[[StepSummary], None] | None = None,
+    build_options: dict[str, Any] | None = None,
 ) -> SyntheticBuild:
     """Run the whole pipeline on ``n`` synthetic cases into ``run`` and build both datasets with cards.
 
     ``client`` is an :class:`~dermtrl.client.LLMClient`; ``None`` starts the oracle on a loopback server.
+    ``build_options`` go to :func:`~dermtrl.data.build.build_datasets` (``selection``, ``allow_eval_images_in_train``).
     """
     from dermtrl.client import ClientConfig, LLMClient
     from dermtrl.data.build import build_datasets
@@ -263,7 +265,7 @@ def build_synthetic(
         step(import_reviews(run, [filled]))
         step(rationale_items(run, client, progress=progress))
         result = build_datasets(run, test_fraction=test_fraction, seed=seed, license="apache-2.0",
-                                progress=progress)
+                                progress=progress, **(build_options or {}))
         step(result.summary)
     finally:
         if own_client:
