@@ -15,7 +15,11 @@ Environment variables (all optional; space/README.md has the full table):
 - ``DERMEVAL_MAX_MEGAPIXELS`` (24), ``DERMEVAL_MAX_UPLOAD_MB`` (50), ``DERMEVAL_MAX_NARRATIVE_CHARS`` (20000),
   ``DERMEVAL_MAX_NEW_TOKENS`` (256), ``DERMEVAL_QUEUE_SIZE`` (16): the limits that keep the server up.
 - ``DERMBENCH_JUDGE_BASE_URL``, ``DERMBENCH_JUDGE_MODEL``, ``DERMBENCH_JUDGE_API_KEY_ENV`` (the NAME of the
-  variable holding the key): the OpenAI-compatible judge of the DermBench tab.
+  variable holding the key): the OpenAI-compatible judge of the DermBench tab; ``DERMBENCH_JUDGE_TIMEOUT`` (30):
+  seconds after which a comparison gives up.
+
+What the page and the API show is written for the person using them: never the judge's URL, a server path or an
+exception's text (the log has those), and text a user sent is shown as text, never as HTML.
 
 API (``gradio_client``): ``/evaluate`` (image, narrative), ``/dermbench_compare`` (candidate, reference) and
 ``/model_info`` (no inputs). dermtrl is a research tool, not a medical device.
@@ -29,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -72,6 +77,9 @@ EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_000, "correct"), (100_002, "u
 #: confidence; the largest possible spread on 0-5 is 2.5.
 CONFIDENCE_BANDS: tuple[tuple[float, str], ...] = ((0.3, "high"), (0.8, "medium"))
 SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence"]
+#: Wide enough for each header's longest word: on a narrow (phone) screen the table scrolls sideways instead of
+#: clipping its headers or breaking words.
+SCORE_COLUMN_WIDTHS = ["150px", "64px", "92px", "84px", "104px"]
 DISCLAIMER = ("DermEval is a research tool for evaluating model-written narratives. It is **not a medical "
               "device** and must not be used to diagnose or treat anyone.")
 
@@ -122,6 +130,7 @@ class Settings:
     judge_model: str = "gpt-4o-mini"
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = 4
+    judge_timeout: int = 30
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     @classmethod
@@ -142,6 +151,7 @@ class Settings:
             judge_model=env.get("DERMBENCH_JUDGE_MODEL", "").strip() or "gpt-4o-mini",
             judge_api_key_env=env.get("DERMBENCH_JUDGE_API_KEY_ENV", "").strip() or "OPENAI_API_KEY",
             judge_concurrency=_env_int(env, "DERMBENCH_JUDGE_CONCURRENCY", 4),
+            judge_timeout=_env_int(env, "DERMBENCH_JUDGE_TIMEOUT", 30),
             cache_dir=Path(env["DERMTRL_CACHE"]) if env.get("DERMTRL_CACHE") else default_cache_dir(),
         )
 
@@ -205,19 +215,20 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     then runs, and the banner says its output will lack scores.
     """
     if settings.demo_adapter:
-        return Path(settings.demo_adapter), f"the adapter in `{settings.demo_adapter}`"
+        return Path(settings.demo_adapter), f"the adapter {_code(_public_name(settings.demo_adapter))}"
     from dermtrl.tiny import corpus_key
 
     # named after the tiny model it was trained on: an adapter of another tiny build would not fit it
     path = settings.cache_dir / f"{DEMO_ADAPTER_VERSION}-{corpus_key()}"
     if (path / "adapter_model.safetensors").exists():
-        return path, f"a Stage-1 adapter trained on synthetic cases, cached in `{path}`"
+        log.info("Demo adapter: %s", path)
+        return path, "a Stage-1 adapter trained on synthetic cases"
     if _find_recipe() is None:
         return None, "no demo adapter (recipes/sft.py is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
-    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (about a minute "
-                "on a CPU), cached in %s", path)
+    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (1-3 minutes on a "
+                "CPU: 45 s on 2 free cores, longer on busy ones), cached in %s", path)
     try:
         train_demo_adapter(tmp)
         try:
@@ -227,7 +238,7 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path, f"a Stage-1 adapter trained on synthetic cases at first start, cached in `{path}`"
+    return path, "a Stage-1 adapter trained on synthetic cases at first start"
 
 
 def _dtype(settings: Settings) -> Any:
@@ -245,9 +256,13 @@ def _short(exc: BaseException, limit: int = 240) -> str:
     return (text[: limit - 1] + "…") if len(text) > limit else text
 
 
-def _md_escape(text: str) -> str:
-    """Text we did not write (an exception message), shown in Markdown as plain text: no links, no images."""
-    return re.sub(r"([\\`*_\[\]()<>!#|~])", r"\\\1", text)
+def _as_text(text: str) -> str:
+    """Text shown in a Markdown component as typed: ``<s>`` stays visible, never becomes HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _bullets(notes: list[str]) -> str:
+    return "\n".join(f"- {_as_text(n)}" for n in notes)
 
 
 def _code(text: str) -> str:
@@ -262,15 +277,22 @@ def load_model(settings: Settings) -> LoadedModel:
     reason = "`DERMEVAL_DEMO=1` is set"
     if not settings.demo:
         name = settings.adapter or settings.base or ""
-        try:
-            evaluator = DermEval.from_pretrained(settings.base, settings.adapter, dtype=_dtype(settings),
-                                                 max_new_tokens=settings.max_new_tokens)
-        except Exception as exc:  # offline, no such repo, gated, out of memory...: the demo must still run
-            reason = f"could not load {_code(name)} ({_md_escape(_short(exc, 160))})"
-            log.warning("Falling back to the embedded demo model: could not load %s: %s", name, _short(exc, 2000))
+        offline = _offline([n for n in (settings.base, settings.adapter) if n])
+        if offline is not None:  # no Hub retries: fall back at once
+            reason = f"could not load {_code(_public_name(name))} ({offline})"
+            log.warning("Falling back to the embedded demo model: %s is on the Hub and %s", name, offline)
         else:
-            description = f"{settings.adapter} on {settings.base or 'its base'}" if settings.adapter else name
-            return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.")
+            try:
+                evaluator = DermEval.from_pretrained(settings.base, settings.adapter, dtype=_dtype(settings),
+                                                     max_new_tokens=settings.max_new_tokens)
+            except Exception as exc:  # no such repo, gated, out of memory...: the demo must still run
+                reason = f"could not load {_code(_public_name(name))} (the log says why)"
+                log.warning("Falling back to the embedded demo model: could not load %s: %s", name,
+                            _short(exc, 2000))
+            else:
+                description = (f"{_public_name(settings.adapter)} on {_public_name(settings.base or 'its base')}"
+                               if settings.adapter else _public_name(name))
+                return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.")
     adapter, how = demo_adapter_path(settings)
     if adapter is None:
         evaluator = DermEval.from_pretrained(TINY_MODEL_NAME, max_new_tokens=settings.max_new_tokens)
@@ -282,7 +304,38 @@ def load_model(settings: Settings) -> LoadedModel:
     if adapter is None:
         banner += " Untrained, it will not write readable scores."
     log.warning("Serving the embedded demo model: tiny LLaVA with %s", how)
-    return LoadedModel(evaluator, f"demo: tiny LLaVA + {adapter or 'no adapter'}", True, banner)
+    log.info("Demo model: tiny LLaVA + %s", adapter or "no adapter")
+    return LoadedModel(evaluator, f"demo: tiny LLaVA + {'Stage-1 demo adapter' if adapter else 'no adapter'}", True,
+                       banner)
+
+
+def _public_name(name: str) -> str:
+    """A model name fit to show: a Hub id as it is, a local folder by its last part only (no server paths)."""
+    path = Path(name).expanduser()
+    if name.startswith(("/", "~", ".")) or path.exists() or name.count("/") > 1:
+        return path.name or name
+    return name
+
+
+def _offline(names: list[str]) -> str | None:
+    """Why Hub ids among ``names`` cannot be downloaded now (offline configured, or the Hub unreachable), else None.
+
+    Checked before loading so an offline start falls back at once instead of retrying the Hub for a minute.
+    """
+    if not any(not Path(n).expanduser().exists() for n in names):
+        return None  # local folders only
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline: HF_HUB_OFFLINE is set"
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=3).close()
+    except OSError:
+        return "offline: the Hub cannot be reached"
+    return None
 
 
 # --- hostile input --------------------------------------------------------------------------------------
@@ -477,6 +530,10 @@ class SpaceApp:
         self._judge: Any = None
         self._judge_error: str | None = None
         self._judge_lock = threading.Lock()
+        import concurrent.futures
+
+        self._judge_pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.judge_concurrency,
+                                                                 thread_name_prefix="space-judge")
         evaluator = model.evaluator
         self.control_tokens = control_tokens(evaluator.processor)
         self.narrative_token_budget = self._token_budget()
@@ -537,7 +594,7 @@ class SpaceApp:
         overall = None if result.overall is None else round(result.overall, 2)
         payload = {**result.to_dict(), "model": self.model.description, "demo": self.model.demo,
                    "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
-        status = "\n".join(f"- {n}" for n in notes) if notes else "Evaluated."
+        status = _bullets(notes) if notes else "Evaluated."
         critique = result.critique or "(The model wrote no critique.)"
         return status, plot, overall, rows, critique, result.text, payload
 
@@ -554,15 +611,29 @@ class SpaceApp:
                 client = LLMClient(ClientConfig(
                     base_url=self.settings.judge_base_url, model=self.settings.judge_model,
                     api_key_env=self.settings.judge_api_key_env, max_concurrency=self.settings.judge_concurrency,
-                    max_retries=2, timeout=60.0, temperature=0.0, cache_path=None,
+                    max_retries=1, timeout=float(self.settings.judge_timeout), temperature=0.0, cache_path=None,
                 ))
                 self._judge = Judge(client, parse_retries=1)
             except Exception as exc:  # a bad URL or model name in the environment: say so, keep serving
                 self._judge_error = _short(exc)
                 log.error("DermBench judge unavailable: %s", self._judge_error)
         if self._judge is None:
-            raise gr.Error(f"The DermBench judge is misconfigured: {self._judge_error}", print_exception=False)
+            raise gr.Error("The DermBench judge is misconfigured (the Space's log says how); ask the Space's owner.",
+                           print_exception=False)
         return self._judge
+
+    def _judge_within(self, judge: Any, item: Any) -> dict[str, Any]:
+        """The judge's record, or a clear error once ``judge_timeout`` seconds have passed (the call itself ends
+        within its client's timeout, in the background)."""
+        import concurrent.futures
+
+        future = self._judge_pool.submit(judge.score, item)
+        try:
+            return future.result(timeout=self.settings.judge_timeout)
+        except concurrent.futures.TimeoutError:
+            log.warning("DermBench judge gave no answer within %d s", self.settings.judge_timeout)
+            raise gr.Error(f"The judge did not answer within {self.settings.judge_timeout} s; it may be busy or "
+                           "down. Try again later.", title="No answer from the judge", print_exception=False) from None
 
     def compare(self, candidate: str | None, reference: str | None) -> tuple[Any, ...]:
         """DermBench: the judge scores the candidate narrative against the reference (no image needed)."""
@@ -576,19 +647,25 @@ class SpaceApp:
         from dermtrl.bench.judge import JudgeItem
 
         judge = self._get_judge()
-        record = judge.score(JudgeItem(model="space", case_id="space", candidate=cand.text, reference=ref.text))
+        record = self._judge_within(judge, JudgeItem(model="space", case_id="space", candidate=cand.text,
+                                                     reference=ref.text))
         if record["status"] != "scored" and record.get("raw") is None:
-            raise gr.Error(f"The judge could not be reached: {record['error']}", print_exception=False)
+            log.warning("DermBench judge call failed: %s", record["error"])  # URL and details: the log only
+            raise gr.Error("The judge could not be reached or gave no answer; try again later.",
+                           title="No answer from the judge", print_exception=False)
         scores = record.get("scores") or record.get("partial_scores") or {}
         notes = [*cand.notes, *ref.notes]
+        error = None
         if record["status"] != "scored":
-            notes.append(f"The judge's answer was incomplete: {record['error']}")
+            missing = ", ".join(d for d in DIMENSIONS if d not in scores)
+            error = f"The judge's answer had no readable score for {missing}."
+            notes.append(error)
         plot, rows = _score_outputs(scores)
         present = [scores[d] for d in DIMENSIONS if d in scores]
         overall = round(sum(present) / len(present), 2) if present else None
-        status = "\n".join(f"- {n}" for n in notes) if notes else f"Judged by `{self.settings.judge_model}`."
+        status = _bullets(notes) if notes else f"Judged by {_code(self.settings.judge_model)}."
         payload = {"status": record["status"], "scores": {d: scores.get(d) for d in DIMENSIONS},
-                   "overall": overall, "error": record.get("error"), "attempts": record.get("attempts"),
+                   "overall": overall, "error": error, "attempts": record.get("attempts"),
                    "judge_model": self.settings.judge_model, "notes": notes}
         return status, plot, overall, [r[:2] for r in rows], record.get("raw") or "", payload
 
@@ -609,12 +686,12 @@ class SpaceApp:
                         button = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
                     with gr.Column():
                         notes = gr.Markdown(elem_id="evaluate-notes")
-                        overall = gr.Number(label="Overall score (mean of the scored dimensions, 0-5)",
+                        overall = gr.Number(_no_score, label="Overall score (mean of the scored dimensions, 0-5)",
                                             elem_id="overall-score", precision=2, interactive=False)
                         chart = _score_chart("score-chart")
                         table = gr.Dataframe(headers=SCORE_COLUMNS, elem_id="score-table", interactive=False,
                                              label="Scores and confidence", wrap=True,
-                                             column_widths=["32%", "12%", "20%", "16%", "20%"])
+                                             column_widths=SCORE_COLUMN_WIDTHS)
                         gr.Markdown("*Expected score* and *spread* come from the model's probabilities for each "
                                     "score digit: a small spread (below 0.3) means the model was confident.")
                 critique = gr.Textbox(label="Critique", lines=6, interactive=False, elem_id="critique")
@@ -622,10 +699,13 @@ class SpaceApp:
                     raw = gr.Textbox(label="Raw output", lines=10, interactive=False, elem_id="raw-output")
                     result = gr.JSON(label="Full result (JSON)", elem_id="result-json")
                 gr.Examples(examples=[[e["image"], e["narrative"]] for e in examples], inputs=[image, narrative],
-                            label="Synthetic examples (drawings, not clinical images)", cache_examples=False)
-                button.click(self.evaluate, inputs=[image, narrative],
-                             outputs=[notes, chart, overall, table, critique, raw, result], api_name="evaluate",
-                             concurrency_limit=1, concurrency_id="dermeval-model")
+                            label="Synthetic examples (drawings, not clinical images), by narrative quality",
+                            example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False)
+                outputs = [notes, chart, overall, table, critique, raw, result]
+                # a new run first clears the last one's results, so an error never leaves them looking current
+                button.click(_cleared(outputs), outputs=outputs, queue=False, api_visibility="private").then(
+                    self.evaluate, inputs=[image, narrative], outputs=outputs, api_name="evaluate",
+                    concurrency_limit=1, concurrency_id="dermeval-model")
             with gr.Tab("DermBench (against a reference)", id="dermbench"):
                 gr.Markdown(judge_intro(self.settings), elem_id="bench-help")
                 with gr.Row():
@@ -635,7 +715,7 @@ class SpaceApp:
                 compare = gr.Button("Compare", variant="primary", elem_id="bench-compare",
                                     interactive=self.settings.judge_configured)
                 b_notes = gr.Markdown(elem_id="bench-notes")
-                b_overall = gr.Number(label="Overall judge score (0-5)", precision=2, interactive=False,
+                b_overall = gr.Number(_no_score, label="Overall judge score (0-5)", precision=2, interactive=False,
                                       elem_id="bench-overall")
                 b_chart = _score_chart("bench-chart")
                 b_table = gr.Dataframe(headers=SCORE_COLUMNS[:2], interactive=False, elem_id="bench-table",
@@ -644,20 +724,77 @@ class SpaceApp:
                     b_raw = gr.Textbox(label="Raw answer", lines=10, interactive=False, elem_id="bench-raw")
                     b_json = gr.JSON(label="Full result (JSON)", elem_id="bench-json")
                 gr.Examples(examples=[[e["narrative"], e["reference"]] for e in examples],
-                            inputs=[candidate, reference], label="Synthetic examples", cache_examples=False)
-                compare.click(self.compare, inputs=[candidate, reference],
-                              outputs=[b_notes, b_chart, b_overall, b_table, b_raw, b_json],
-                              api_name="dermbench_compare", concurrency_limit=self.settings.judge_concurrency,
-                              concurrency_id="dermbench-judge")
+                            inputs=[candidate, reference], label="Synthetic examples, by candidate quality",
+                            example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False)
+                b_outputs = [b_notes, b_chart, b_overall, b_table, b_raw, b_json]
+                compare.click(_cleared(b_outputs), outputs=b_outputs, queue=False, api_visibility="private").then(
+                    self.compare, inputs=[candidate, reference], outputs=b_outputs, api_name="dermbench_compare",
+                    concurrency_limit=self.settings.judge_concurrency, concurrency_id="dermbench-judge")
             info = gr.JSON(visible=False)
             demo.load(self.info, outputs=info, api_name="model_info", queue=False)
         demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
+        # Link previews read the served HTML: Gradio fills og:/twitter:description from the config's
+        # "simple_description", which only gr.Interface sets; <head> extras (PAGE_HEAD) are added by the page's JS.
+        config_file = demo.get_config_file
+
+        def with_description() -> Any:
+            config = config_file()
+            config["simple_description"] = PAGE_DESCRIPTION
+            return config
+
+        demo.get_config_file = with_description  # type: ignore[method-assign]
         return demo
 
     def launch_kwargs(self) -> dict[str, Any]:
         """Arguments for ``Blocks.launch``: upload cap, no SSR (which needs Node), the example folder allowed."""
         return {"max_file_size": f"{self.settings.max_upload_mb}mb", "ssr_mode": False, "show_error": True,
+                "head": PAGE_HEAD, "css": PAGE_CSS,
                 "allowed_paths": [str(self.settings.cache_dir / "space-examples")]}
+
+
+#: What link previews show (description, Open Graph); the <title> is the Blocks title.
+PAGE_DESCRIPTION = ("Score a model-written dermatology diagnostic narrative on six dimensions (DermEval), or judge it "
+                    "against a certified reference (DermBench). A research tool, not a medical device.")
+PAGE_HEAD = (f'<meta name="description" content="{PAGE_DESCRIPTION}">'
+             '<meta property="og:title" content="DermEval: evaluate dermatology diagnostic narratives">'
+             f'<meta property="og:description" content="{PAGE_DESCRIPTION}">'
+             '<meta property="og:type" content="website">')
+#: Table headers wrap between words only, never inside one (a 390 px phone screen squeezes the columns).
+PAGE_CSS = """
+#score-table th, #score-table th *, #bench-table th, #bench-table th * {
+    word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none !important;
+}
+#score-table table, #bench-table table { min-width: max-content; }
+"""
+TIER_LABELS = {"correct": "Good narrative", "unsafe": "Unsafe narrative", "hallucinated": "Hallucinated findings",
+               "vague": "Vague narrative"}
+
+
+def _tier_label(tier: str) -> str:
+    return f"{TIER_LABELS.get(tier, tier.capitalize())} ({tier})"
+
+
+def _no_score() -> None:
+    """The overall score before any run: empty (a literal None value is shown as 0 by the page)."""
+    return None
+
+
+def _cleared(outputs: list[Any]) -> Any:
+    """A handler that empties ``outputs`` (notes, chart, score, table, texts, JSON) before a new run."""
+    def clear() -> tuple[Any, ...]:
+        values: list[Any] = []
+        for component in outputs:
+            if isinstance(component, gr.BarPlot):
+                values.append(_empty_plot())
+            elif isinstance(component, (gr.Number, gr.JSON)):
+                values.append(None)
+            elif isinstance(component, gr.Dataframe):
+                values.append([])
+            else:
+                values.append("")
+        return tuple(values)
+
+    return clear
 
 
 def _score_chart(elem_id: str) -> gr.BarPlot:
@@ -678,9 +815,8 @@ def judge_intro(settings: Settings) -> str:
     head = ("DermBench has an LLM judge compare a candidate narrative with a certified reference narrative and "
             "score it 0-5 on the six dimensions. The candidate is passed as data: instructions inside it are "
             "not followed.\n\n")
-    if settings.judge_configured:
-        where = settings.judge_base_url or "the OpenAI API"
-        return head + f"Judge: `{settings.judge_model}` at `{where}`."
+    if settings.judge_configured:  # the model's name, never the endpoint's URL
+        return head + f"Judge: {_code(settings.judge_model)}."
     return head + "**No judge endpoint is configured.** " + judge_help(settings)
 
 

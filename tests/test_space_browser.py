@@ -145,3 +145,79 @@ def test_upload_type_evaluate_shows_six_scores_and_a_critique(
     # the queue's event stream is closed by the page itself once the result is in (net::ERR_ABORTED)
     broken = [f for f in failed if "/gradio_api/queue/data" not in f]
     assert not broken, f"requests failed: {broken}"
+
+
+@pytest.fixture
+def phone(app_url: str) -> Iterator[Any]:
+    """A chromium page 390 px wide, a phone's screen."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 390, "height": 1400})
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+_BROKEN_WORDS = """() => {
+    const broken = [];
+    for (const th of document.querySelectorAll('#score-table th')) {
+        const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            let at = 0;
+            for (const part of node.textContent.split(/(\\s+)/)) {
+                if (part.trim()) {
+                    const range = document.createRange();
+                    range.setStart(node, at);
+                    range.setEnd(node, at + part.length);
+                    const lines = new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top)));
+                    if (lines.size > 1) broken.push(part);
+                }
+                at += part.length;
+            }
+        }
+    }
+    return broken;
+}"""
+
+
+def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phone: Any, app_url: str,
+                                                                             tmp_path: Path) -> None:
+    pg = phone
+    case = generate_case(100_000, tier="correct")
+    image = tmp_path / "lesion.png"
+    case["image"].save(image)
+    pg.goto(app_url, wait_until="domcontentloaded")
+    pg.wait_for_selector("#evaluate-button")
+    assert pg.title() == "DermEval"
+    description = pg.get_attribute("meta[name=description]", "content")
+    assert description and "DermBench" in description and pg.locator("meta[property='og:description']").count()
+    pg.wait_for_selector("#overall-score input")
+    assert pg.input_value("#overall-score input") == ""  # before a run: empty, not 0
+    labels = pg.locator("text=Unsafe narrative (unsafe)")  # example rows named by quality tier
+    assert labels.count() >= 1
+
+    pg.set_input_files("#image-input input[type=file]", str(image))
+    pg.wait_for_selector("#image-input img")
+    pg.fill("#narrative-input textarea", case["narrative"] + " <s> tokens </s>")
+    pg.click("#evaluate-button")
+    pg.wait_for_function("() => (document.querySelector('#critique textarea') || {}).value", polling=100)
+    notes = pg.inner_text("#evaluate-notes")
+    assert "<s>" in notes and "</s>" in notes  # shown as text...
+    assert pg.locator("#evaluate-notes s").count() == 0  # ...never as a strike-through element
+    pg.wait_for_function("() => document.querySelectorAll('#score-table th').length >= 5")
+    assert pg.evaluate(_BROKEN_WORDS) == []  # no header breaks inside a word at 390 px
+    clipped = pg.evaluate("() => Array.from(document.querySelectorAll('#score-table th .header'))"
+                          ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    assert clipped == []  # nor is cut off (the table scrolls sideways instead)
+    pg.screenshot(path=str(tmp_path / "dermeval-space-390px.png"), full_page=True)
+
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("this is not an image\n" * 10)
+    pg.set_input_files("#image-input input[type=file]", str(text_file))
+    pg.click("#evaluate-button")
+    pg.wait_for_selector("text=not an image this app can read")
+    pg.wait_for_function("() => !(document.querySelector('#critique textarea') || {}).value", polling=100)
+    assert "control tokens" not in pg.inner_text("#evaluate-notes")  # the last run's note is gone
+    assert pg.input_value("#overall-score input") == ""
