@@ -4,7 +4,14 @@ The folder it writes loads with ``AutoProcessor`` / ``AutoModelForImageTextToTex
 ``llava-hf/llava-1.5-7b-hf``: a CLIP vision tower, a two-layer projector and a Llama text model (a few hundred
 thousand parameters), a byte-level BPE tokenizer trained here on the project's own prompts and synthetic
 cases, a CLIP image processor and the LLaVA-1.5 chat template with ``{% generation %}`` markers (TRL's
-``assistant_only_loss`` needs them). Weights are random: the model learns only what the demo trains into it.
+``assistant_only_loss`` needs them).
+
+LLaVA-1.5 reaches DermEval training already able to see: CLIP was pretrained, and LLaVA's own first stage aligned
+the projector on image captions. A random tiny model cannot see at all, and a DermEval run on top of it would
+learn to judge from the narrative's text alone. So the build ends with the same kind of feature alignment:
+``PRETRAIN_STEPS`` steps of captioning synthetic images ("This image shows ..."), drawn from their own seeded
+stream (never the cases that DermEval trains or is tested on). It never sees a narrative, a score or an
+evaluation: what DermEval learns about judging, it learns in Stage 1 and Stage 2.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v1"
+TINY_VERSION = "tiny-llava-v2"
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+PRETRAIN_STEPS = 1000  # captioning steps of batch 16 (about 1-2 minutes on 2 CPU cores, once per cache)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
@@ -94,8 +102,56 @@ def _train_tokenizer(seed: int):
     )
 
 
-def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``."""
+def _caption_batch(processor, rng, size: int):
+    """Synthetic images with their observation-only captions, labels on the caption (and its EOS) only."""
+    from dermtrl.data.synthetic import CONDITIONS, describe, draw_image, sample_findings
+    from dermtrl.prompts import CAPTION_PROMPT
+
+    images, texts = [], []
+    prefix = f"USER: <image>\n{CAPTION_PROMPT} ASSISTANT:"
+    for _ in range(size):
+        findings = sample_findings(rng.choice(CONDITIONS), rng)
+        images.append(draw_image(findings, rng))
+        caption = f"This image shows {describe(findings)}." + "".join(f" I also note {e}." for e in findings.extras)
+        texts.append(f"{prefix} {caption}{processor.tokenizer.eos_token}")
+    batch = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="right")
+    n_prefix = processor(images=images[:1], text=[prefix], return_tensors="pt")["input_ids"].shape[1]
+    labels = batch["input_ids"].clone()
+    labels[:, :n_prefix] = -100
+    labels[batch["attention_mask"] == 0] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3) -> None:
+    """LLaVA-style feature alignment on synthetic captions (all weights: the tiny model starts random)."""
+    import random
+
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    if steps <= 0:
+        return
+    rng = random.Random(f"dermtrl-tiny-pretrain:{seed}")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 30), steps)
+    model.train()
+    for _ in range(steps):
+        loss = model(**_caption_batch(processor, rng, batch_size)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+
+
+def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
+    """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``.
+
+    ``pretrain_steps`` of caption pretraining give it eyes (see the module docstring); 0 leaves it random.
+    """
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -139,24 +195,27 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    pretrain_captions(model, processor, pretrain_steps, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "dermtrl_tiny.json").write_text(
-        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed}))
+        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed, "pretrain_steps": pretrain_steps}))
     return output_dir
 
 
-def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain_steps: int = PRETRAIN_STEPS
+                    ) -> Path:
     """The cached tiny model folder, built on first use (atomically, so concurrent builds cannot clash)."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = root / f"{TINY_VERSION}-{corpus_key()}-seed{seed}"
+    steps = "" if pretrain_steps == PRETRAIN_STEPS else f"-pre{pretrain_steps}"
+    path = root / f"{TINY_VERSION}-{corpus_key()}-seed{seed}{steps}"
     if (path / "dermtrl_tiny.json").exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
-        build_tiny_llava(tmp, seed)
+        build_tiny_llava(tmp, seed, pretrain_steps)
         try:
             tmp.rename(path)
         except OSError:  # another process won the race; its copy is identical

@@ -45,6 +45,7 @@ from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import resolve_model_name
 
 HERE = Path(__file__).resolve().parent
+HELD_OUT_START = 100_000  # synthetic training cases use indices 0..n-1: the report's cases never overlap them
 
 
 @dataclass
@@ -75,17 +76,16 @@ def run_stage1(config: str, output_dir: str) -> None:
     sft.main(*parser.parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
 
 
-def held_out_report(trainer: SOREBTrainer, processor, n: int, label: str, out: Path):
-    """Table-1 agreement of the model being trained, on synthetic cases never used for training."""
-    from dermtrl.eval_job import agreement_from_records, run_evaluation
+def held_out_report(trainer: SOREBTrainer, processor, cases, label: str, out: Path, tag: str):
+    """Agreement of the model being trained on synthetic cases never used for training (see dermtrl.held_out)."""
     from dermtrl.evaluator import DermEval
+    from dermtrl.held_out import evaluate_held_out
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     evaluator = DermEval(model, processor, model_id=label, model_fingerprint=f"{label}-{trainer.state.global_step}")
-    cases = load_cases("dermtrl:synthetic", n=n, start=100_000)
-    records = run_evaluation(evaluator, cases, out / f"{label.split()[0].lower()}.jsonl", overwrite=True)
+    result = evaluate_held_out(evaluator, cases, out / f"{tag}.jsonl", label)
     model.train()
-    return agreement_from_records(records, label=label)
+    return result
 
 
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
@@ -119,11 +119,11 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
                            peft_config=peft_config)
-    reports = []
     report_dir = Path(training_args.output_dir) / "report"
-    if script_args.report_cases and trainer.accelerator.is_main_process:
-        reports.append(held_out_report(trainer, processor, script_args.report_cases, "Before SOREB (Stage 1)",
-                                       report_dir))
+    reporting = bool(script_args.report_cases) and trainer.accelerator.is_main_process
+    if reporting:
+        held_out = load_cases("dermtrl:synthetic", n=script_args.report_cases, start=HELD_OUT_START)
+        before = held_out_report(trainer, processor, held_out, "Before SOREB (Stage 1)", report_dir, "before")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -132,16 +132,26 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
         synthetic = script_args.dataset_name.startswith("dermtrl:")
         trainer.create_model_card(model_name=Path(training_args.output_dir).name,
                                   dataset_name=None if synthetic else script_args.dataset_name)
-    if script_args.report_cases and trainer.accelerator.is_main_process:
+    if reporting:
         from rich.console import Console
 
+        from dermtrl.data.controls import mismatched
+        from dermtrl.data.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+        from dermtrl.held_out import summary_lines
         from dermtrl.report import render_table, write_report
 
-        reports.append(held_out_report(trainer, processor, script_args.report_cases, "After SOREB (Stage 2)",
-                                       report_dir))
-        write_report(reports, report_dir)
-        Console(width=140).print(render_table(
-            reports, title=f"Held-out agreement with expert scores, {script_args.report_cases} synthetic cases"))
+        after = held_out_report(trainer, processor, held_out, "After SOREB (Stage 2)", report_dir, "after")
+        swapped = held_out_report(trainer, processor, mismatched(held_out), "After SOREB, mismatched images",
+                                  report_dir, "mismatched")
+        write_report([before.report, after.report], report_dir)
+        console = Console(width=140)
+        console.print(render_table(
+            [before.report, after.report],
+            title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
+        lines = summary_lines(before, after, swapped, IMAGE_DEPENDENT)
+        (report_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            console.print(line)
     trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)

@@ -407,15 +407,16 @@ def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, floa
 
 def _lookalike(cond: Condition, truth: Findings, rng: random.Random, config: SyntheticConfig
                ) -> tuple[Condition, Findings]:
-    """A different image that could be mistaken for this one: same condition, or one sharing a feature."""
-    for _ in range(50):
+    """Another image that could be mistaken for this one (the same condition, or one sharing a colour or a site)
+    but that differs from it in at least one plainly visible feature (colour, site or size)."""
+    for _ in range(100):
         if rng.random() < 0.5:
             other = cond
         else:
             other = rng.choice([c for c in CONDITIONS if c is not cond
                                 and (set(c.colour) & set(cond.colour) or set(c.site) & set(cond.site))])
         f = sample_findings(other, rng, config)
-        if replace(f, extras=()) != replace(truth, extras=()) or f.extras != truth.extras:
+        if any(getattr(f, k) != getattr(truth, k) for k in ("colour", "site", "size")):
             return other, f
     return other, f
 

@@ -1,0 +1,134 @@
+"""Does DermEval look at the picture? Held-out MAE with true images, mismatched images and a text-only control.
+
+On held-out synthetic cases (indices from 200,000: never used to train, to choose settings or to probe), side by side:
+- DermEval Stage 1 (recipes/sft.py with the demo config) with each case's own image;
+- the same adapter with **mismatched images** (every case shown another held-out case's picture, same narrative);
+- a **text-only control**: the same Stage-1 recipe trained and tested with one blank image for every case;
+- a constant baseline predicting the training set's mean expert score per dimension.
+
+Image-dependent dimensions of the synthetic cases (``IMAGE_DEPENDENT``): Accuracy, Medical Groundedness,
+Reasoning Coherence, Description Precision. Targets (printed last, "met" / "NOT met"):
+mismatched / true macro MAE on them >= 3x; text-only >= 0.3 worse than DermEval on them; Stage 1 not at ceiling
+(macro MAE >= 0.25) and better than the constant baseline (paired CI of the difference excludes 0).
+
+    python benchmarks/vision_reliance.py                    # trains two Stage-1 adapters (~8 min on 2 cores)
+    python benchmarks/vision_reliance.py --sft-adapter DIR --text-only-adapter DIR   # reuse trained adapters
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import HELD_OUT_START, ROOT, constant_errors, errors, fmt_ci, launch  # noqa: E402
+
+from dermtrl.data.controls import blanked, mismatched  # noqa: E402
+from dermtrl.data.loading import load_cases  # noqa: E402
+from dermtrl.data.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION  # noqa: E402
+from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS  # noqa: E402
+from dermtrl.eval_job import run_evaluation  # noqa: E402
+from dermtrl.evaluator import DermEval  # noqa: E402
+from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
+
+
+def evaluate(adapter: str, cases, out: Path, label: str) -> list[dict]:
+    evaluator = DermEval.from_pretrained(adapter=adapter)
+    return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=True, progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval-cases", type=int, default=200)
+    parser.add_argument("--out", default="outputs/vision_reliance")
+    parser.add_argument("--config", default=str(ROOT / "recipes/configs/demo_sft.yaml"))
+    parser.add_argument("--sft-adapter", default=None, help="a trained Stage-1 adapter (skips its training)")
+    parser.add_argument("--text-only-adapter", default=None, help="a trained text-only adapter (skips training)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    config = yaml.safe_load(Path(args.config).read_text())
+    n_train, seed = config.get("synthetic_train_cases", 800), config.get("synthetic_seed", 0)
+
+    adapter = args.sft_adapter
+    if adapter is None:
+        adapter = str(out / "sft")
+        launch(console, "Stage 1 (true images)", "sft.py", "--config", args.config, "--output_dir", adapter)
+    text_only = args.text_only_adapter
+    if text_only is None:
+        train = load_cases("dermtrl:synthetic", n=n_train, seed=seed)
+        blanked(train).save_to_disk(str(out / "text_only_train"))
+        text_only = str(out / "text_only")
+        launch(console, "Text-only control (blank images)", "sft.py", "--config", args.config,
+               "--dataset_name", str(out / "text_only_train"), "--output_dir", text_only)
+
+    held_out = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START, seed=seed)
+    experts = list(zip(held_out["case_id"], held_out["expert_scores"], strict=True))
+    arms = {
+        "DermEval, true images": errors(evaluate(adapter, held_out, out, "true"), experts),
+        "DermEval, mismatched images": errors(evaluate(adapter, mismatched(held_out), out, "mismatched"), experts),
+        "Text-only control (blank images)": errors(evaluate(text_only, blanked(held_out), out, "text_only"),
+                                                   experts),
+        "Constant train-mean baseline": constant_errors(
+            load_cases("dermtrl:synthetic", n=n_train, seed=seed)["expert_scores"], experts),
+    }
+    report(console, arms, out, len(held_out), time.time() - started)
+
+
+def report(console: Console, arms: dict[str, np.ndarray], out: Path, n: int, seconds: float) -> None:
+    image_dims = list(IMAGE_DEPENDENT)
+    table = Table(title=f"Held-out MAE (rounded scores, Table 1's metric), {n} synthetic {SYNTHETIC_VERSION} cases, "
+                        "95% bootstrap CI")
+    for col in ["Evaluator", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Macro", "Macro, image-dep.", "Parsed"]:
+        table.add_column(col, justify="left" if col == "Evaluator" else "right")
+    rows = []
+    for name, err in arms.items():
+        per_dim = [float(np.nanmean(err[:, j])) for j in range(len(DIMENSIONS))]
+        m = paired_bootstrap(lambda e: macro_mae(e), [err])
+        mi = paired_bootstrap(lambda e: macro_mae(e, image_dims), [err])
+        parsed = float(np.mean(~np.isnan(err)))
+        table.add_row(name, *(f"{v:.3f}" for v in per_dim), fmt_ci(m), fmt_ci(mi), f"{parsed:.0%}")
+        rows.append([name, *(f"{v:.4f}" for v in per_dim), f"{m[0]:.4f}", f"{mi[0]:.4f}", f"{parsed:.4f}"])
+    console.print(table)
+
+    true, mis = arms["DermEval, true images"], arms["DermEval, mismatched images"]
+    text, const = arms["Text-only control (blank images)"], arms["Constant train-mean baseline"]
+    ratio = paired_bootstrap(lambda a, b: macro_mae(b, image_dims) / macro_mae(a, image_dims), [true, mis])
+    text_gap = paired_bootstrap(lambda a, b: macro_mae(b, image_dims) - macro_mae(a, image_dims), [true, text])
+    const_gap = paired_bootstrap(lambda a, b: macro_mae(b) - macro_mae(a), [true, const])
+    stage1 = paired_bootstrap(lambda a: macro_mae(a), [true])
+    lines = [
+        ("mismatched / true macro MAE, image-dependent dimensions >= 3x", fmt_ci(ratio, 2), ratio[0] >= 3),
+        ("text-only - DermEval macro MAE, image-dependent dimensions >= 0.3", fmt_ci(text_gap), text_gap[0] >= 0.3),
+        ("Stage 1 not at ceiling: macro MAE >= 0.25", fmt_ci(stage1), stage1[0] >= 0.25),
+        ("constant baseline - Stage 1 macro MAE > 0 (CI excludes 0)", fmt_ci(const_gap), const_gap[1] > 0),
+    ]
+    targets = Table(title="Targets (paired bootstrap over cases, 95% CI)")
+    for col in ("Target", "Measured", "Result"):
+        targets.add_column(col)
+    for name, value, ok in lines:
+        targets.add_row(name, value, "[green]met[/green]" if ok else "[red]NOT met[/red]")
+    with (out / "vision_reliance.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arm", *(ABBREVIATIONS[d] for d in DIMENSIONS), "macro", "macro_image_dependent", "parsed"])
+        w.writerows(rows)
+        for name, value, ok in lines:
+            w.writerow(["target", name, value, "met" if ok else "NOT met"])
+    console.print(f"Wall time: {seconds / 60:.1f} min; CSV and per-case records in {out}")
+    console.print(targets)
+
+
+if __name__ == "__main__":
+    main()
