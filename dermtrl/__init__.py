@@ -6,7 +6,14 @@ Light names are imported eagerly; anything that needs torch is imported on first
 
 from __future__ import annotations
 
-from dermtrl.dimensions import (
+import warnings
+
+# peft (PeftModel, get_peft_model) and TRL (unwrap_model_for_generation) still read transformers' deprecated
+# `model.is_gradient_checkpointing`; the FutureWarning is theirs to fix (nothing in dermtrl reads it) and repeats at
+# every generation step of a training run, burying the progress and the metrics. Only that message is filtered.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+from dermtrl.dimensions import (  # noqa: E402
     ABBREVIATIONS,
     ALIASES,
     DIMENSIONS,
@@ -16,7 +23,7 @@ from dermtrl.dimensions import (
     Scores,
     canonical_dimension,
 )
-from dermtrl.prompts import PROMPT_VERSION
+from dermtrl.prompts import PROMPT_VERSION  # noqa: E402
 
 __version__ = "0.1.0"
 
