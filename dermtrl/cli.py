@@ -122,13 +122,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
         validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
+    llm_parser = None
+    if args.llm_parser_model:  # Figure 4's LLM parser: the bench CLI's endpoint flags, prefixed --llm-parser-
+        from dermtrl.bench.cli import _client_config
+
+        try:
+            llm_parser = _client_config(args, prefix="llm-parser-")
+        except (TypeError, ValueError) as exc:
+            raise CLIError(f"--llm-parser-*: {exc}") from exc
     evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
-                                         max_new_tokens=args.max_new_tokens)
+                                         max_new_tokens=args.max_new_tokens, llm_parser=llm_parser)
     out = Path(args.out)
     try:
         records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite)
     except ValueError as exc:
         raise CLIError(f"{exc} (--overwrite starts afresh)") from exc
+    finally:
+        if evaluator.llm_parser is not None:
+            evaluator.llm_parser.close()
+    filled = sum(1 for r in records if r.get("llm_filled"))
+    if llm_parser is not None:
+        console.print(f"LLM parser filled scores the rules missed in {filled} of {len(records)} evaluation(s) "
+                      "(`llm_filled` in the records)")
     errors = [r for r in records if "error" in r]
     for r in errors:
         err_console.print(f"[yellow]skipped[/yellow] case {r['case_id']}: {r['error']}")
@@ -183,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="DermEval", help="row label in the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     allow_failures_arg(p)
+    from dermtrl.bench.cli import _client_args
+
+    # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on
+    _client_args(p, "LLM parser", model_required=False, prefix="llm-parser-")
     p.set_defaults(func=cmd_eval)
 
     from dermtrl.bench.cli import register as register_bench

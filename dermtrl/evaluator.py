@@ -4,6 +4,11 @@ One object, one call (as GREEN does): ``DermEval.from_pretrained(...)`` then ``.
 Besides the greedy score it reports, for each score field, the expected score and its spread under the model's
 own distribution over the score digit at that position. Both come from the logits of the same generation pass,
 so they cost no extra sampling.
+
+Scores are read as the SOREB reward reads them: the rules first, then, with ``llm_parser`` (a
+:class:`~dermtrl.client.ClientConfig` or client for any OpenAI-compatible endpoint), Figure 4's LLM parser fills
+what the rules missed (:func:`dermtrl.parsing.parse_scores_with_llm`). Each evaluation records which scores the
+rules found and which the LLM filled.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dermtrl.conversation import prompt_batch, use_training_template
 from dermtrl.data.images import load_image
 from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
 from dermtrl.lengths import FALLBACK_MAX_NEW_TOKENS, recorded_max_new_tokens
-from dermtrl.parsing import parse_scores
+from dermtrl.parsing import ParsedScores, parse_scores, parse_scores_with_llm
 from dermtrl.tiny import resolve_model_name
 
 # The text before a score digit in Figure 4's label format: "<name>:" at the start of a line.
@@ -40,6 +45,17 @@ class Evaluation:
     expected: dict[str, float] = field(default_factory=dict)  # E[score] from the score-digit probabilities
     spread: dict[str, float] = field(default_factory=dict)  # its standard deviation: lower = more confident
     truncated: bool = False  # generation hit max_new_tokens before its EOS: the score block may be cut off
+    llm_error: str | None = None  # the LLM parser was asked and failed: the rules' scores stand
+
+    @property
+    def rules_found(self) -> list[str]:
+        """Dimensions the rule-based parser read from the text."""
+        return [d for d in DIMENSIONS if d in self.sources and self.sources[d] != "llm"]
+
+    @property
+    def llm_filled(self) -> list[str]:
+        """Dimensions the LLM parser filled (the rules missed them)."""
+        return [d for d in DIMENSIONS if self.sources.get(d) == "llm"]
 
     @property
     def critique(self) -> str:
@@ -57,7 +73,8 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
                 "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
-                "spread": self.spread, "sources": self.sources, "truncated": self.truncated}
+                "spread": self.spread, "sources": self.sources, "truncated": self.truncated,
+                "rules_found": self.rules_found, "llm_filled": self.llm_filled, "llm_error": self.llm_error}
 
 
 def fingerprint(*sources: str | None) -> str:
@@ -97,7 +114,12 @@ class DermEval:
     """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int | None = None, batch_size: int = 8,
-                 model_id: str = "", model_fingerprint: str = ""):
+                 model_id: str = "", model_fingerprint: str = "", llm_parser: Any | None = None):
+        """``llm_parser``: a :class:`~dermtrl.client.ClientConfig` (or a client with ``complete(messages)``) for
+        Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone."""
+        from dermtrl.client import ClientConfig, LLMClient
+
+        self.llm_parser = LLMClient(llm_parser) if isinstance(llm_parser, ClientConfig) else llm_parser
         self.model = model.eval()
         self.model_id = model_id
         self.model_fingerprint = model_fingerprint
@@ -188,11 +210,16 @@ class DermEval:
                 ids = ids[: ids.index(self.tokenizer.eos_token_id)]
             ids = [t for t in ids if t != self.tokenizer.pad_token_id]
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            parsed = parse_scores(text)
+            parsed = self.parse(text)
             expected, spread = self._score_distributions(ids, logits[i])
             results.append(Evaluation(text=text, scores=parsed.as_scores(), sources=dict(parsed.sources),
-                                      expected=expected, spread=spread, truncated=truncated))
+                                      expected=expected, spread=spread, truncated=truncated,
+                                      llm_error=parsed.llm_error))
         return results
+
+    def parse(self, text: str) -> ParsedScores:
+        """Scores of one evaluation text: rules, then the LLM parser (when configured) for what they missed."""
+        return parse_scores(text) if self.llm_parser is None else parse_scores_with_llm(text, self.llm_parser)
 
     def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:
         """E[score] and its spread at each score-field digit, from the logits that produced it.

@@ -165,3 +165,63 @@ def test_evaluations_that_hit_the_budget_are_marked_and_counted(sft_adapter, tmp
     assert report.truncated == 3 and report.to_dict()["truncated"] == 3
     full = DermEval.from_pretrained(adapter=str(sft_adapter))
     assert not any(e.truncated for e in full.evaluate_batch(cases["image"], cases["narrative"]))
+
+
+PARSER_ANSWER = ("Accuracy: 1\nSafety: 2\nMedical Groundedness: 3\nClinical Coverage: 4\nReasoning Coherence: 0\n"
+                 "Description Precision: 1")
+
+
+def test_llm_parser_fills_only_what_the_rules_missed_and_records_say_which(sft_adapter, make_openai_server):
+    from dermtrl.client import ClientConfig
+
+    server = make_openai_server(responder=lambda body: PARSER_ANSWER)
+    case = generate_cases(1, start=410_000)
+    full = DermEval.from_pretrained(adapter=str(sft_adapter), batch_size=1).evaluate_batch(case["image"],
+                                                                                      case["narrative"])[0]
+    assert full.rules_found == list(DIMENSIONS) and not full.llm_filled
+    # cut the generation after the third score line: the rules read three scores, the parser fills the rest
+    tokenizer = AutoProcessor.from_pretrained(str(sft_adapter)).tokenizer
+    cut = full.text.index(DIMENSIONS[3])
+    budget = len(tokenizer(full.text[:cut], add_special_tokens=False)["input_ids"])
+    config = ClientConfig(base_url=server.base_url, model="parser", api_key_env="DERMTRL_TEST_NO_KEY")
+    evaluator = DermEval.from_pretrained(adapter=str(sft_adapter), batch_size=1, max_new_tokens=budget,
+                                         llm_parser=config)
+    ev = evaluator.evaluate_batch(case["image"], case["narrative"])[0]
+    assert ev.truncated and ev.rules_found == list(DIMENSIONS[:3]) and ev.llm_filled == list(DIMENSIONS[3:])
+    for dim in DIMENSIONS[:3]:  # the rules' scores stand
+        assert ev.scores[dim] == full.scores[dim] and ev.sources[dim] != "llm"
+    assert [ev.scores[d] for d in DIMENSIONS[3:]] == [4.0, 0.0, 1.0]  # the parser's answer, as given
+    assert len(server.chat_requests) == 1 and server.saw_text(DIMENSIONS[2])  # Figure 4's prompt around the text
+    record = ev.to_dict()
+    assert record["rules_found"] == list(DIMENSIONS[:3]) and record["llm_filled"] == list(DIMENSIONS[3:])
+    assert record["llm_error"] is None
+    # a complete evaluation never reaches the parser
+    DermEval.from_pretrained(adapter=str(sft_adapter), batch_size=1, llm_parser=config).evaluate_batch(
+        case["image"], case["narrative"])
+    assert len(server.chat_requests) == 1
+
+
+def test_eval_cli_takes_the_llm_parser_flags_and_records_what_it_filled(sft_adapter, make_openai_server, tmp_path):
+    from dermtrl.cli import main
+
+    server = make_openai_server(responder=lambda body: PARSER_ANSWER)
+    out = tmp_path / "eval"
+    assert main(["eval", "--adapter", str(sft_adapter), "--dataset", "dermtrl:synthetic", "--n", "2",
+                 "--max-new-tokens", "6", "--out", str(out),
+                 "--llm-parser-base-url", server.base_url, "--llm-parser-model", "parser",
+                 "--llm-parser-api-key-env", "DERMTRL_TEST_NO_KEY", "--llm-parser-concurrency", "2"]) == 0
+    records = read_records(out / "evaluations.jsonl")
+    assert len(records) == 2 and all(r["truncated"] for r in records)
+    for r in records:  # six tokens hold no score: every score is the parser's
+        assert r["rules_found"] == [] and r["llm_filled"] == list(DIMENSIONS)
+        assert r["scores"]["Safety"] == 2.0 and r["sources"]["Safety"] == "llm"
+    assert len(server.chat_requests) == 2
+    assert server.chat_requests[0]["body"]["model"] == "parser"
+    # an unreachable parser leaves the rules' result and says why
+    out2 = tmp_path / "eval2"
+    assert main(["eval", "--adapter", str(sft_adapter), "--dataset", "dermtrl:synthetic", "--n", "1",
+                 "--max-new-tokens", "6", "--out", str(out2),
+                 "--llm-parser-base-url", "http://127.0.0.1:9/v1", "--llm-parser-model", "parser",
+                 "--llm-parser-max-retries", "0", "--llm-parser-timeout", "2"]) == 0
+    (record,) = read_records(out2 / "evaluations.jsonl")
+    assert record["llm_filled"] == [] and record["llm_error"]
