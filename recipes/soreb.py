@@ -45,7 +45,8 @@ from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import resolve_model_name
 
 HERE = Path(__file__).resolve().parent
-HELD_OUT_START = 100_000  # synthetic training cases use indices 0..n-1: the report's cases never overlap them
+#: Synthetic training cases use indices 0..n-1 and development probes used 100,000-100,099: the report starts apart
+HELD_OUT_START = 200_000
 
 
 @dataclass
