@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from dermtrl.errors import DermtrlError
+
 __all__ = ["RecordLog", "SettingsMismatch", "read_records", "repair_tail"]
 
 
@@ -52,7 +54,7 @@ def repair_tail(path: str | os.PathLike[str]) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-class SettingsMismatch(ValueError):
+class SettingsMismatch(DermtrlError, ValueError):
     """A record file holds results made with other settings; resuming it would mix them."""
 
 

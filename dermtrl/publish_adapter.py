@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from dermtrl.errors import DermtrlError
+
 __all__ = ["PublishError", "build_model_card", "publish_adapter", "register_publish_adapter", "stage_adapter"]
 
 SYNTHETIC_PREFIX = "dermtrl:"
@@ -41,7 +43,7 @@ ADAPTER_FILES: tuple[str, ...] = (
 REPORT_FILES: tuple[str, ...] = ("agreement.md", "agreement.json", "agreement.csv")
 
 
-class PublishError(ValueError):
+class PublishError(DermtrlError, ValueError):
     """A problem with what was asked to be published, explained for the person who asked."""
 
 
@@ -315,7 +317,7 @@ def cmd_publish_adapter(args: argparse.Namespace) -> int:
     """Run ``publish adapter``; errors become the CLI's user-facing errors (no traceback)."""
     import os
 
-    from dermtrl.cli import CLIError, console
+    from dermtrl.cli._common import CLIError, console
 
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:

@@ -15,13 +15,13 @@ __all__ = ["register"]
 
 
 def finish(failed: int, total: int, what: str, *, allow_failures: bool, notes: Sequence[str] = ()) -> int:
-    from dermtrl.cli import finish as finish_job
+    from dermtrl.cli._common import finish as finish_job
 
     return finish_job(failed, total, what, allow_failures=allow_failures, notes=notes)
 
 
 def _failure_args(p: argparse.ArgumentParser, *, retry: bool = True) -> None:
-    from dermtrl.cli import allow_failures_arg
+    from dermtrl.cli._common import allow_failures_arg
 
     allow_failures_arg(p)
     if retry:
@@ -30,7 +30,7 @@ def _failure_args(p: argparse.ArgumentParser, *, retry: bool = True) -> None:
 
 
 def _consoles() -> tuple[Any, Any]:
-    from dermtrl.cli import console, err_console
+    from dermtrl.cli._common import console, err_console
 
     return console, err_console
 
@@ -40,7 +40,7 @@ def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
-        from dermtrl.cli import CLIError
+        from dermtrl.cli._common import CLIError
 
         try:
             return func(args)
@@ -108,7 +108,7 @@ def _candidate_args(p: argparse.ArgumentParser) -> None:
 def _candidate_sets(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
     from dermtrl.bench.dermbench import candidate_sets
     from dermtrl.bench.generate import candidates_from_dataset
-    from dermtrl.cli import CLIError
+    from dermtrl.cli._common import CLIError
 
     sets = candidate_sets(args.candidates) if args.candidates else {}
     if args.dataset_narratives:
@@ -136,7 +136,7 @@ def _print_failures(records: Sequence[dict[str, Any]], limit: int = 10) -> None:
 @_user_errors
 def cmd_generate(args: argparse.Namespace) -> int:
     from dermtrl.bench.generate import OpenAIGenerator, TransformersGenerator, generate_candidates
-    from dermtrl.cli import CLIError
+    from dermtrl.cli._common import CLIError
 
     console, _ = _consoles()
     if (args.model is None) == (args.local is None):

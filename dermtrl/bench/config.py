@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dermtrl.client import ClientConfig
+from dermtrl.errors import DermtrlError
 
 __all__ = ["BenchConfig", "CandidateSpec", "ConfigError", "DatasetSpec", "DermEvalSpec", "EvaluatorsSpec", "ProbeSpec",
            "ReportSpec", "load_config"]
@@ -23,7 +24,7 @@ __all__ = ["BenchConfig", "CandidateSpec", "ConfigError", "DatasetSpec", "DermEv
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(DermtrlError, ValueError):
     """A bad ``bench run`` config; the message names the file and the field."""
 
 

@@ -45,8 +45,10 @@ from typing import Any
 
 from dermtrl.data.reviews import TextStatus, review_status
 from dermtrl.data.run import RunDir
+from dermtrl.data.schema import DERMBENCH_FEATURES, DERMEVAL_FEATURES
 from dermtrl.data.summary import StepSummary
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.errors import DermtrlError
 from dermtrl.prompts import PROMPT_VERSION
 
 __all__ = [
@@ -61,30 +63,7 @@ __all__ = [
 ]
 
 
-def _features() -> tuple[Any, Any]:
-    from datasets import Features, Image, List, Value
-
-    scores = {d: Value("float32") for d in DIMENSIONS}
-    ratings = List({"rater_id": Value("string"), "scores": scores})
-    bench = Features({
-        "id": Value("string"), "image": Image(), "image_sha256": Value("string"), "category": Value("string"),
-        "label": Value("string"), "reference": Value("string"), "reference_revised": Value("bool"),
-        "caption": Value("string"), "ratings": ratings, "metadata": Value("string"), "source": Value("string"),
-    })
-    evaluation = Features({
-        "id": Value("string"), "item_id": Value("string"), "image": Image(), "image_sha256": Value("string"),
-        "category": Value("string"), "label": Value("string"), "narrative": Value("string"),
-        "stream": Value("string"), "expert_scores": scores, "ratings": ratings, "evaluation": Value("string"),
-        "rationale": Value("string"), "split": Value("string"), "metadata": Value("string"),
-        "prompt_version": Value("string"),
-    })
-    return bench, evaluation
-
-
-DERMBENCH_FEATURES, DERMEVAL_FEATURES = _features()
-
-
-class SplitLeak(ValueError):
+class SplitLeak(DermtrlError, ValueError):
     """An image (by content hash) is in DermEval's training split and also in its test split or evaluation set."""
 
 

@@ -261,7 +261,7 @@ def validate_card(text: str, *, kind: str | None = None, n_rows: int | None = No
         problems.append(f"size_categories {sizes} does not match {n_rows} rows ({size_category(n_rows)})")
     features = (data.get("dataset_info") or {}).get("features") if isinstance(data.get("dataset_info"), dict) else None
     if kind is not None and features:
-        from dermtrl.data.build import DERMBENCH_FEATURES, DERMEVAL_FEATURES
+        from dermtrl.data.schema import DERMBENCH_FEATURES, DERMEVAL_FEATURES
 
         expected = (DERMBENCH_FEATURES if kind == "dermbench" else DERMEVAL_FEATURES)._to_yaml_list()
         if features != expected:

@@ -2,7 +2,7 @@
 
 :func:`register` adds both to the main parser and returns the ``publish`` sub-subparsers, so other modules can
 add ``publish adapter`` and the like beside ``publish dataset``. Every command is a thin shell over a function of
-:mod:`dermtrl.data`; user errors raise :class:`dermtrl.cli.CLIError` (printed without a traceback, exit 2).
+:mod:`dermtrl.data`; user errors raise :class:`dermtrl.errors.CLIError` (printed without a traceback, exit 2).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dermtrl.cli import CLIError
+from dermtrl.cli._common import CLIError
 
 __all__ = ["register", "register_publish"]
 

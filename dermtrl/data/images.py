@@ -30,6 +30,8 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dermtrl.errors import DermtrlError
+
 __all__ = ["MAX_PIXELS", "ImageError", "LoadedImage", "content_hash", "image_value", "load_image", "read_cell",
            "image_to_data_url", "read_image", "to_rgb"]
 
@@ -40,7 +42,7 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _DRAFT_SCALES = (2, 4, 8)  # what libjpeg can decode at reduced size
 
 
-class ImageError(ValueError):
+class ImageError(DermtrlError, ValueError):
     """An image that cannot be used; ``reason`` is a short code (missing, zero-byte, unreadable, truncated,
     too-large); ``size`` is the size its header claims, when known."""
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from dermtrl.client import redact
+from dermtrl.errors import DermtrlError
 
 __all__ = ["PublishError", "PublishResult", "load_built", "publish_dataset"]
 
 
-class PublishError(RuntimeError):
+class PublishError(DermtrlError, RuntimeError):
     """Publishing failed; the message says where and why (never with the token)."""
 
 

@@ -1,4 +1,5 @@
-"""The ``dermtrl`` command line. Each subcommand is a thin shell over a Python function users can call."""
+"""The ``dermtrl`` command line: the parser and ``main``. Each subcommand is a thin shell over a Python function
+users can call; ``bench``, ``data``/``publish`` come from their own modules, registered in :func:`build_parser`."""
 
 from __future__ import annotations
 
@@ -8,39 +9,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from dermtrl.cli._common import (
+    EXIT_FAILURES,
+    EXIT_USER_ERROR,
+    CLIError,
+    DermtrlError,
+    allow_failures_arg,
+    console,
+    err_console,
+    finish,
+)
 from dermtrl.dimensions import DIMENSIONS
 
-console = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs
-err_console = Console(stderr=True)
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
-
-
-#: Exit status of a command whose records include failures (without ``--allow-failures``).
-EXIT_FAILURES = 1
-
-
-def finish(failed: int, total: int, what: str, *, allow_failures: bool, notes: Sequence[str] = ()) -> int:
-    """The exit status of a job over ``total`` records of which ``failed`` failed, after its notes (retries by
-    kind, concurrency lowered): 0, or :data:`EXIT_FAILURES` unless ``allow_failures``. One rule for every command
-    a script runs (``dermtrl eval``, ``dermtrl bench generate|judge|run``)."""
-    for line in notes:
-        err_console.print(line)
-    if failed and not allow_failures:
-        err_console.print(f"[red]{failed} of {total} {what} failed[/red]: exit status {EXIT_FAILURES} (fix the cause "
-                          "and rerun, with --retry-failed where the command has it; --allow-failures accepts them)")
-        return EXIT_FAILURES
-    return 0
-
-
-def allow_failures_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-failures", action="store_true",
-                   help=f"exit 0 even when some records failed (default: exit {EXIT_FAILURES})")
+__all__ = ["EXIT_FAILURES", "CLIError", "allow_failures_arg", "build_parser", "console", "err_console", "finish",
+           "main"]
 
 
 def _read_text(source: str) -> str:
@@ -218,17 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
+    except DermtrlError as exc:  # CLIError and every other user-facing error of the package
         err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         err_console.print("interrupted; finished work is saved where the command writes incrementally")
         return 130
 
-
-if __name__ == "__main__":
-    # `python -m dermtrl.cli` runs this file as __main__: call the package's own module so that the CLIError
-    # raised by subcommand modules is the one main() catches
-    from dermtrl.cli import main as package_main
-
-    raise SystemExit(package_main())
