@@ -1,6 +1,7 @@
 """Dataset cards for ``dermbench`` and ``dermeval``: filled from the built data, checked with huggingface_hub.
 
-The templates live in ``datasets_cards/`` at the repository root (``dermbench.md``, ``dermeval.md``): Hub YAML
+The templates live in ``datasets_cards/`` at the repository root (``dermbench.md``, ``dermeval.md``; a wheel ships
+them as ``dermtrl/templates/datasets_cards/``, see :func:`_templates_dir`): Hub YAML
 metadata (license, task categories, tags) and the prose sections (intended use, limitations, a not-a-medical-
 device statement, citation), with ``str.format`` placeholders. :func:`render_card` fills them from the dataset
 itself: counts per split, the Figure 5 category distribution, score distributions, raters, the Fitzpatrick
@@ -27,8 +28,24 @@ from dermtrl.prompts import PROMPT_VERSION
 __all__ = ["CARD_KINDS", "TEMPLATES_DIR", "render_card", "size_category", "validate_card", "write_card"]
 
 CARD_KINDS: tuple[str, ...] = ("dermbench", "dermeval")
-#: Where the card templates are: ``$DERMTRL_CARD_TEMPLATES`` or ``datasets_cards/`` beside the package.
-TEMPLATES_DIR = Path(os.environ.get("DERMTRL_CARD_TEMPLATES") or Path(__file__).resolve().parents[2] / "datasets_cards")
+
+
+def _templates_dir() -> Path:
+    """``$DERMTRL_CARD_TEMPLATES``; else the copy of ``datasets_cards/`` the wheel ships
+    (``dermtrl/templates/datasets_cards``, written by the build, see ``setup.py``); else, in a source checkout or
+    an editable install, ``datasets_cards/`` at the repository root."""
+    if os.environ.get("DERMTRL_CARD_TEMPLATES"):
+        return Path(os.environ["DERMTRL_CARD_TEMPLATES"])
+    from importlib.resources import files
+
+    packaged = Path(str(files("dermtrl") / "templates" / "datasets_cards"))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "datasets_cards"
+
+
+#: Where the card templates are (see :func:`_templates_dir`).
+TEMPLATES_DIR = _templates_dir()
 
 CITATION = """@misc{dermbench_dermeval,
     title  = {{DermBench and DermEval: evaluating dermatology diagnostic narratives}},
