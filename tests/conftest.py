@@ -43,3 +43,7 @@ def make_openai_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+# Fixtures of the local Hub (tests/hub_server.py): `local_hub`, `run_against_hub`, available to every test by name.
+pytest_plugins = ["tests.hub_fixtures"]

@@ -1,8 +1,7 @@
-"""Fixtures for tests that talk to a real (local) Hub: import them explicitly.
+"""Fixtures for tests that talk to a real (local) Hub, loaded for every test by ``pytest_plugins`` in
+``tests/conftest.py``: ask for them by name.
 
-    from tests.hub_fixtures import local_hub, run_against_hub  # noqa: F401  (pytest finds fixtures by name)
-
-``local_hub`` is a started :class:`dermtrl.testing.hub_server.LocalHubServer` on 127.0.0.1 (model, dataset
+``local_hub`` is a started :class:`tests.hub_server.LocalHubServer` on 127.0.0.1 (model, dataset
 and Space repos, regular and LFS uploads). huggingface_hub and datasets read ``HF_ENDPOINT`` when first
 imported, and the test session runs with ``HF_HUB_OFFLINE=1``, so client code runs in a fresh interpreter:
 ``run_against_hub(script, *args)`` runs a Python script there with the server's environment (endpoint, Xet off,
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dermtrl.testing.hub_server import LocalHubServer
+from tests.hub_server import LocalHubServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_TOKEN = "hf_localTestToken0123456789abcdef"

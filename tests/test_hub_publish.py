@@ -9,8 +9,7 @@ import pytest
 
 from dermtrl.data.publish import PublishError, publish_dataset
 from dermtrl.data.synthetic_pipeline import build_synthetic
-from dermtrl.testing.hub_server import LocalHubServer
-from tests.hub_fixtures import local_hub, run_against_hub  # noqa: F401
+from tests.hub_server import LocalHubServer
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,8 @@ print(json.dumps(report))
 '''
 
 
-def test_publish_then_load_dataset_returns_the_same_rows_and_images(built: Path, local_hub: LocalHubServer,  # noqa: F811
-                                                                     run_against_hub) -> None:  # noqa: F811
+def test_publish_then_load_dataset_returns_the_same_rows_and_images(built: Path, local_hub: LocalHubServer,
+                                                                     run_against_hub) -> None:
     proc = run_against_hub(ROUND_TRIP, str(built))
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     from datasets import load_from_disk

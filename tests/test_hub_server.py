@@ -6,8 +6,8 @@ import json
 import urllib.error
 import urllib.request
 
-from dermtrl.testing.hub_server import LocalHubServer
-from tests.hub_fixtures import HUB_TOKEN, local_hub, run_against_hub  # noqa: F401
+from tests.hub_fixtures import HUB_TOKEN
+from tests.hub_server import LocalHubServer
 
 CLIENT_SCRIPT = r'''
 import hashlib, json, os, sys
@@ -73,7 +73,7 @@ print(json.dumps(out))
 '''
 
 
-def test_huggingface_hub_client_round_trip(local_hub: LocalHubServer, run_against_hub) -> None:  # noqa: F811
+def test_huggingface_hub_client_round_trip(local_hub: LocalHubServer, run_against_hub) -> None:
     local_hub.multipart_chunk_size = 100_000  # the 300 kB weights go up in 3 parts
     proc = run_against_hub(CLIENT_SCRIPT)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -109,7 +109,7 @@ def _post(url: str, payload: object, headers: dict[str, str] | None = None) -> t
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_lfs_upload_is_checked_and_commit_needs_the_object(local_hub: LocalHubServer) -> None:  # noqa: F811
+def test_lfs_upload_is_checked_and_commit_needs_the_object(local_hub: LocalHubServer) -> None:
     status, _ = _post(f"{local_hub.endpoint}/api/repos/create", {"name": "x", "organization": "me", "type": "model"})
     assert status == 200
     data = b"weights" * 10

@@ -50,6 +50,7 @@ def test_wheel_ships_the_card_templates_and_no_repository_paths(wheel):
     assert "dermtrl/templates/soreb_model_card.md" in names
     assert "dermtrl/cli/__main__.py" in names
     assert not any(n.startswith(("tests/", "recipes/", "benchmarks/")) for n in names)
+    assert "dermtrl/testing/hub_server.py" not in names  # the test Hub is test code (tests/hub_server.py)
 
 
 @pytest.fixture(scope="module")
