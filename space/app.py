@@ -66,12 +66,14 @@ log = logging.getLogger("dermeval.space")
 DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "dermtrl/dermeval-lora"
 #: Bump when the demo adapter's training overrides change, so a stale cached adapter is never reused.
-DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v1"
-#: The short Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml): 200 steps, about 45 s on 2 cores,
-#: enough for the tiny model to write a critique and all six scores.
-DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "400", "--num_train_epochs", "4")
+DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v2"
+#: The short Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml): 300 steps (5 minutes measured on 2
+#: cores under a load of 5; less on free cores). On held-out synthetic v2 cases it wrote all six scores 48 times in
+#: 48 (200 steps: 34 in 48), and its critique names the colour and body site the picture shows (the tiny base is
+#: caption-pretrained).
+DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "600", "--num_train_epochs", "4")
 #: Held-out synthetic cases offered as examples (training uses indices below 100,000), one per quality tier.
-EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_000, "correct"), (100_002, "unsafe"),
+EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_015, "correct"), (100_002, "unsafe"),
                                               (100_003, "hallucinated"), (100_004, "vague"))
 #: Spread (standard deviation of the score-digit distribution) below which a score reads as high / medium
 #: confidence; the largest possible spread on 0-5 is 2.5.
@@ -216,10 +218,10 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     """
     if settings.demo_adapter:
         return Path(settings.demo_adapter), f"the adapter {_code(_public_name(settings.demo_adapter))}"
-    from dermtrl.tiny import corpus_key
+    from dermtrl.tiny import tiny_llava_path
 
     # named after the tiny model it was trained on: an adapter of another tiny build would not fit it
-    path = settings.cache_dir / f"{DEMO_ADAPTER_VERSION}-{corpus_key()}"
+    path = settings.cache_dir / f"{DEMO_ADAPTER_VERSION}-{tiny_llava_path(cache_dir=settings.cache_dir).name}"
     if (path / "adapter_model.safetensors").exists():
         log.info("Demo adapter: %s", path)
         return path, "a Stage-1 adapter trained on synthetic cases"
@@ -227,8 +229,8 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
         return None, "no demo adapter (recipes/sft.py is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
-    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (1-3 minutes on a "
-                "CPU: 45 s on 2 free cores, longer on busy ones), cached in %s", path)
+    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (300 steps: a few "
+                "minutes on a CPU), cached in %s", path)
     try:
         train_demo_adapter(tmp)
         try:

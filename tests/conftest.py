@@ -45,5 +45,26 @@ def make_openai_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
         server.stop()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the tiny model (caption pretraining, about 2 minutes once per cache) before any test's timeout runs."""
+    from dermtrl.tiny import default_cache_dir, tiny_llava_path
+
+    print(f"dermtrl: tiny model at {tiny_llava_path()} (built once, cached under {default_cache_dir()})")
+
+
+@pytest.fixture(scope="session")
+def demo_adapter():
+    """The Space's demo Stage-1 adapter (recipes/sft.py, demo config, 300 steps), trained once per cache.
+
+    DermEval's, DermBench's and the Space's tests all use this one adapter, so the suite trains it once.
+    """
+    from tests.test_space import load_space_module
+
+    space = load_space_module()
+    path, _ = space.demo_adapter_path(space.Settings.from_env({**os.environ, "DERMEVAL_DEMO": "1"}))
+    assert path is not None, "recipes/sft.py should be beside the Space in this repository"
+    return path
+
+
 # Fixtures of the local Hub (tests/hub_server.py): `local_hub`, `run_against_hub`, available to every test by name.
 pytest_plugins = ["tests.hub_fixtures"]

@@ -1,23 +1,23 @@
 """DermEval as DermBench's second evaluator: Table 2's two halves, Figure 6 and the agreement between them."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from trl import ModelConfig, SFTConfig, TrlParser
 
 from dermtrl.bench.config import BenchConfig, ConfigError
 from dermtrl.bench.leaderboard import compare_evaluators
 from dermtrl.cli import main as dermtrl_main
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.script_args import DermEvalScriptArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+
+# the first test may train the shared demo adapter (300 steps; minutes on a busy machine)
+pytestmark = pytest.mark.timeout(900)
 
 def _records(model, scores_by_case, status="scored"):
     return [{"model": model, "case_id": str(c), "status": status, "category": None,
@@ -65,17 +65,9 @@ def test_config_evaluators_section_is_checked():
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    """A short Stage-1 adapter (the demo recipe, 150 steps)."""
-    spec = importlib.util.spec_from_file_location("recipe_sft_bench", ROOT / "recipes" / "sft.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe
-    spec.loader.exec_module(recipe)
-    out = tmp_path_factory.mktemp("adapter")
-    argv = ["--config", str(ROOT / "recipes/configs/demo_sft.yaml"), "--output_dir", str(out),
-            "--synthetic_train_cases", "300", "--num_train_epochs", "4"]
-    recipe.main(*TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(args=argv))
-    return out
+def adapter(demo_adapter):
+    """A short Stage-1 adapter (the demo recipe, 300 steps: the Space's demo adapter)."""
+    return demo_adapter
 
 
 def test_example_config_writes_both_halves_and_figure6(make_openai_server, tmp_path, adapter, capsys):

@@ -35,7 +35,7 @@ from dermtrl.prompts import CANDIDATE_CLOSE
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE_SIZE = 3
 CALL_TIMEOUT = 60.0
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # a cold cache trains the demo adapter first
 
 
 def load_space_module() -> ModuleType:
@@ -206,7 +206,10 @@ def test_50_megapixel_jpeg_is_downscaled_while_decoding(space: Running, example:
     path = tmp_path / "50mp.jpg"
     Image.new("RGB", (8000, 6250), (180, 120, 100)).save(path, quality=60)
     notes, *_, result = space.evaluate(handle_file(str(path)), example["narrative"])
-    assert "downscaled to 4000×3125" in notes and result["notes"] == [notes.removeprefix("- ")]
+    # (a blank 50 MP picture is far from anything the tiny demo model saw: other notes may follow, e.g. a missing
+    # score; the page shows exactly the notes the result carries, the downscaling first)
+    lines = [line.removeprefix("- ") for line in notes.splitlines()]
+    assert "downscaled to 4000×3125" in lines[0] and result["notes"] == lines
 
 
 def test_one_megabyte_narrative_is_truncated_with_a_note(space: Running, example: dict[str, Any]) -> None:
