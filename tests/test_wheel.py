@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -36,9 +37,17 @@ def _run(cmd: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | Non
 def wheel(tmp_path_factory) -> Path:
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("cannot build a wheel: setuptools is not installed in this environment (pip install setuptools)")
+    # from a copy of the tracked files, as a clean clone would be: setuptools never empties an old build/lib, so a
+    # build in the checkout could ship files that were moved away since
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dist),
-          str(REPO_ROOT)], cwd=dist, timeout=600)
+          str(source)], cwd=dist, timeout=600)
     (built,) = dist.glob("dermtrl-*.whl")
     return built
 
