@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--val-cases", type=int, default=60)
     parser.add_argument("--eval-cases", type=int, default=150)
     parser.add_argument("--lrs", default="1e-4,4e-4", help="learning rates tried on the validation split")
+    parser.add_argument("--fixed-lrs", default=None,
+                        help="skip validation with learning rates chosen before, e.g. 'a=4e-4,b=4e-4'")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--out", default="outputs/soreb_ablation")
@@ -237,7 +239,9 @@ def main() -> None:
     # SFT has its own learning rate; every policy-gradient arm (SOREB variants, RLOO) uses SOREB's
     families = {"a": "a"}
     chosen: dict[str, float] = {}
-    for family in sorted({families.get(a, "b") for a in args.arms}):
+    if args.fixed_lrs:
+        chosen = {k: float(v) for k, v in (item.split("=") for item in args.fixed_lrs.split(","))}
+    for family in sorted({families.get(a, "b") for a in args.arms} - set(chosen)):
         val = {}
         for lr in lrs:
             run = out / f"val-{family}-lr{lr:g}"
