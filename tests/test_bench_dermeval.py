@@ -14,10 +14,9 @@ from dermtrl.dimensions import DIMENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-
 # the first test may train the shared demo adapter (300 steps; minutes on a busy machine)
 pytestmark = pytest.mark.timeout(900)
+
 
 def _records(model, scores_by_case, status="scored"):
     return [{"model": model, "case_id": str(c), "status": status, "category": None,

@@ -22,10 +22,9 @@ from dermtrl.tiny import tiny_llava_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-
 # the first test may train the shared demo adapter (300 steps; minutes on a busy machine)
 pytestmark = pytest.mark.timeout(900)
+
 
 def _load_recipe(name: str):
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
