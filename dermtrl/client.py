@@ -61,6 +61,7 @@ from openai.types.chat import ChatCompletion
 from dermtrl.cache import ResponseCache, cache_key
 from dermtrl.concurrency import AdaptiveLimit
 from dermtrl.data.images import image_to_data_url  # re-exported: user_message encodes images with it
+from dermtrl.errors import DermtrlError
 from dermtrl.prompts import PROMPT_VERSION
 from dermtrl.usage import Usage
 
@@ -244,7 +245,7 @@ class CallError:
         return False
 
 
-class LLMError(Exception):
+class LLMError(DermtrlError):
     """A request that failed after all retries; the message names base URL, model and status, not the key."""
 
     def __init__(

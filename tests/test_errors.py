@@ -14,6 +14,7 @@ from dermtrl.errors import CLIError, DermtrlError
 
 def _user_facing() -> list[tuple[type, type]]:
     from dermtrl.bench.config import ConfigError
+    from dermtrl.client import LLMError
     from dermtrl.data.build import SplitLeak
     from dermtrl.data.images import ImageError
     from dermtrl.data.publish import PublishError as DatasetPublishError
@@ -21,7 +22,8 @@ def _user_facing() -> list[tuple[type, type]]:
     from dermtrl.publish_adapter import PublishError as AdapterPublishError
 
     return [(CLIError, Exception), (ConfigError, ValueError), (SplitLeak, ValueError), (ImageError, ValueError),
-            (DatasetPublishError, RuntimeError), (SettingsMismatch, ValueError), (AdapterPublishError, ValueError)]
+            (DatasetPublishError, RuntimeError), (SettingsMismatch, ValueError), (AdapterPublishError, ValueError),
+            (LLMError, Exception)]
 
 
 @pytest.mark.parametrize(("cls", "builtin"), _user_facing(), ids=lambda c: getattr(c, "__qualname__", str(c)))
