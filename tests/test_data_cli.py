@@ -141,3 +141,12 @@ def test_every_step_through_the_cli(tmp_path: Path, make_openai_server) -> None:
     # a second caption run with another model is refused, not mixed in
     code, output = run_cli(["data", "caption", "--run", run, "--base-url", server.base_url, "--model", "other"])
     assert code == 2 and "model='oracle'" in output and "overwrite" in output
+
+
+def test_build_synthetic_writes_where_out_says(tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere"
+    code, output = run_cli(["data", "build", "--synthetic", "--n", "6", "--run", str(tmp_path / "run"),
+                            "--out", str(out), "--allow-eval-images-in-train"])
+    assert code == 0, output
+    assert (out / "dermbench" / "README.md").exists() and (out / "dermeval" / "README.md").exists()
+    assert not (tmp_path / "run" / "datasets").exists()

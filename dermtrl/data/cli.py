@@ -194,7 +194,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         try:
             built = _guard(build_synthetic, run, n=args.n, seed=args.seed, client=client,
                            test_fraction=args.test_fraction, progress=True, on_step=lambda s: s.print(err),
-                           build_options=options)
+                           build_options={**options, "out_dir": args.out})
         finally:
             if client is not None:
                 client.close()
