@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.held_out import record_errors
 from dermtrl.metrics import case_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,7 @@ def launch(console: Any, stage: str, recipe: str, *args: str) -> None:
 
 def errors(records: Sequence[dict], experts: Sequence[tuple[str, dict]]) -> np.ndarray:
     """(cases, 6) Table-1 errors of an evaluation's records against (case_id, expert scores) pairs."""
-    by_id = {r["case_id"]: r for r in records}
-    return case_errors([(by_id.get(c) or {}).get("scores") for c, _ in experts], [e for _, e in experts])
+    return record_errors(records, [c for c, _ in experts], [e for _, e in experts])
 
 
 def constant_errors(train_experts: Sequence[dict], experts: Sequence[tuple[str, dict]]) -> np.ndarray:

@@ -27,13 +27,19 @@ class HeldOut:
     records: list[dict[str, Any]]
 
 
+def record_errors(records: Sequence[dict[str, Any]], case_ids: Sequence[str],
+                  experts: Sequence[Any]) -> np.ndarray:
+    """(cases, 6) Table-1 errors of evaluation records, in the order of ``case_ids``; NaN where a score is missing."""
+    by_id = {r["case_id"]: r for r in records}
+    return case_errors([(by_id.get(c) or {}).get("scores") for c in case_ids], experts)
+
+
 def evaluate_held_out(evaluator: Any, cases: Any, out_path: str | Path, label: str) -> HeldOut:
     """Run ``evaluator`` over ``cases`` (resumable JSONL at ``out_path``) and score it against the experts."""
     from dermtrl.eval_job import agreement_from_records, run_evaluation
 
     records = run_evaluation(evaluator, cases, out_path, overwrite=True)
-    by_id = {r["case_id"]: r for r in records}
-    errors = case_errors([(by_id.get(c) or {}).get("scores") for c in cases["case_id"]], cases["expert_scores"])
+    errors = record_errors(records, cases["case_id"], cases["expert_scores"])
     return HeldOut(agreement_from_records(records, label=label), errors, records)
 
 

@@ -1,0 +1,50 @@
+"""The demo's held-out summary: paired difference after - before, and vision reliance (true vs mismatched)."""
+
+import numpy as np
+import pytest
+
+from dermtrl.data.controls import blanked, derangement, mismatched
+from dermtrl.data.synthetic import IMAGE_DEPENDENT, generate_cases
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.held_out import HeldOut, record_errors, summary_lines
+
+
+def _held(errors):
+    return HeldOut(report=None, errors=np.asarray(errors, dtype=float), records=[])
+
+
+def test_record_errors_follow_case_order_and_keep_missing_scores_missing():
+    experts = [dict.fromkeys(DIMENSIONS, 3.0), dict.fromkeys(DIMENSIONS, 1.0)]
+    records = [{"case_id": "b", "scores": dict.fromkeys(DIMENSIONS, 2.0)},
+               {"case_id": "a", "scores": {"Accuracy": 4.6}}]
+    err = record_errors(records, ["a", "b"], experts)
+    assert err[0, 0] == pytest.approx(2.0) and np.isnan(err[0, 1:]).all()  # 4.6 rounds to 5; the rest missing
+    assert err[1].tolist() == [1.0] * 6
+    assert np.isnan(record_errors([], ["c"], experts[:1])).all()  # a case without a record is missing, never 0
+
+
+def test_summary_says_better_worse_or_no_difference_and_the_vision_ratio():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0, 2, size=(200, 6))
+    better = summary_lines(_held(before), _held(before - 0.3))[0]
+    assert better.startswith("Macro MAE after - before: -0.300") and better.endswith("Stage 2 is better")
+    assert summary_lines(_held(before), _held(before + 0.3))[0].endswith("Stage 2 is worse")
+    same = summary_lines(_held(before), _held(before + rng.normal(0, 0.05, before.shape)))[0]
+    assert same.endswith("no difference shown")
+    mis = before.copy()
+    cols = [DIMENSIONS.index(d) for d in IMAGE_DEPENDENT]
+    mis[:, cols] *= 3  # three times the error on the image-dependent dimensions only
+    line = summary_lines(_held(before), _held(before), _held(mis), IMAGE_DEPENDENT)[1]
+    assert line.startswith("Vision reliance (image-dependent dimensions)") and "(3.00x [3.00, 3.00])" in line
+
+
+def test_image_controls_keep_narratives_and_scores_and_change_only_the_picture():
+    cases = generate_cases(6, start=900_000)
+    perm = derangement(6)
+    assert sorted(perm) == list(range(6)) and all(i != j for i, j in enumerate(perm))
+    swapped, blank = mismatched(cases), blanked(cases)
+    assert swapped["narrative"] == cases["narrative"] and swapped["expert_scores"] == cases["expert_scores"]
+    assert [a.tobytes() for a in swapped["image"]] == [cases["image"][j].tobytes() for j in perm]
+    assert len({img.tobytes() for img in blank["image"]}) == 1
+    with pytest.raises(ValueError, match="at least two"):
+        derangement(1)
