@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,8 +168,9 @@ def to_json(lb: Leaderboard) -> str:
     return json.dumps(lb.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
-def plot(lb: Leaderboard, path: str | Path) -> Path:
-    """Figure 6 style: grouped bars of the mean score per dimension for each model, CIs as error bars."""
+def _grouped_bars(series: Sequence[tuple[str, Mapping[str, float | None], Mapping[str, Any]]], path: str | Path,
+                  ylabel: str, title: str) -> Path:
+    """Grouped bars, one group per dimension and one bar per (label, means, CIs) series; CIs as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,26 +178,31 @@ def plot(lb: Leaderboard, path: str | Path) -> Path:
     import numpy as np
 
     path = Path(path)
-    models = lb.models
     x = np.arange(len(DIMENSIONS))
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(DIMENSIONS) + 0.4 * len(models)), 4.8))
-    for i, m in enumerate(models):
-        means = np.array([m.mean[d] if m.mean[d] is not None else np.nan for d in DIMENSIONS])
-        err = np.array([[means[j] - m.ci[d][0], m.ci[d][1] - means[j]] if m.ci[d] is not None else [0.0, 0.0]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(DIMENSIONS) + 0.4 * len(series)), 4.8))
+    for i, (label, mean, ci) in enumerate(series):
+        means = np.array([np.nan if mean[d] is None else mean[d] for d in DIMENSIONS])
+        err = np.array([[means[j] - ci[d][0], ci[d][1] - means[j]] if ci[d] is not None else [0.0, 0.0]
                         for j, d in enumerate(DIMENSIONS)]).T
-        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=err, capsize=2, label=m.model)
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=err, capsize=2, label=label)
     ax.set_xticks(x, [ABBREVIATIONS[d] for d in DIMENSIONS])
     ax.set_ylim(0, 5)
-    ax.set_ylabel("mean judge score (0-5)")
-    ax.set_title("DermBench: mean score per dimension (bars: CI)")
-    if models:
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if series:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def plot(lb: Leaderboard, path: str | Path) -> Path:
+    """Figure 6 style: grouped bars of the mean score per dimension for each model, CIs as error bars."""
+    return _grouped_bars([(m.model, m.mean, m.ci) for m in lb.models], path, "mean judge score (0-5)",
+                         "DermBench: mean score per dimension (bars: CI)")
 
 
 def write_report(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
@@ -318,33 +324,9 @@ def comparison_markdown(cmp: EvaluatorComparison) -> str:
 
 def plot_figure6(cmp: EvaluatorComparison, path: str | Path) -> Path:
     """Figure 6 as the paper draws it: per dimension, one bar per model, the average of both evaluators, CIs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    path = Path(path)
-    x = np.arange(len(DIMENSIONS))
-    width = 0.8 / max(len(cmp.models), 1)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(DIMENSIONS) + 0.4 * len(cmp.models)), 4.8))
-    for i, model in enumerate(cmp.models):
-        means = np.array([np.nan if cmp.average[model][d] is None else cmp.average[model][d] for d in DIMENSIONS])
-        ci = [cmp.average_ci[model][d] for d in DIMENSIONS]
-        err = np.array([[means[j] - c[0], c[1] - means[j]] if c is not None else [0.0, 0.0]
-                        for j, c in enumerate(ci)]).T
-        ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=err, capsize=2, label=model)
-    ax.set_xticks(x, [ABBREVIATIONS[d] for d in DIMENSIONS])
-    ax.set_ylim(0, 5)
-    ax.set_ylabel("mean of DermBench and DermEval (0-5)")
-    ax.set_title("Average performance across six clinical metrics (DermBench and DermEval)")
-    if cmp.models:
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return _grouped_bars([(m, cmp.average[m], cmp.average_ci[m]) for m in cmp.models], path,
+                         "mean of DermBench and DermEval (0-5)",
+                         "Average performance across six clinical metrics (DermBench and DermEval)")
 
 
 def write_comparison(cmp: EvaluatorComparison, out_dir: str | Path) -> dict[str, Path]:
