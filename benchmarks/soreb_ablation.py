@@ -141,7 +141,7 @@ def gradient_ratio(trainer, cases) -> dict:
     rl = trainer.args.rl_weight * policy_gradient_loss(
         model(**inputs["rl"]).logits, inputs["rl"]["input_ids"], inputs["generated_mask"], inputs["advantages"],
         normalization=trainer.args.pg_normalization)
-    text = max(trainer.args.text_weight, 1e-12) * model(**inputs["text"]).loss
+    text = trainer.args.text_weight * model(**inputs["text"]).loss
     for name, loss in (("grad_norm_rl", rl), ("grad_norm_text", text)):
         grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=False)
         norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
@@ -360,12 +360,10 @@ def write_outputs(console, results: dict, stage1_err: np.ndarray, out: Path, arg
     fig.tight_layout()
     fig.savefig(out / "soreb_ablation.png", dpi=120)
     console.print(f"Wall time: {seconds / 60:.1f} min; Markdown, CSV and PNG in {out}")
-    if diffs:
-        soreb = next(d for d in diffs if d[0].startswith("(b)")) if any(d[0].startswith("(b)") for d in diffs) else None
-        if soreb:
-            console.print(f"SOREB (paper) beats continued SFT with a CI excluding 0: "
-                          f"{'met' if soreb[2] == 'better' else 'NOT met'} ({soreb[1]})")
-
+    paper = next((d for d in diffs if d[0].startswith("(b)")), None)
+    if paper:
+        console.print(f"SOREB (paper) beats continued SFT with a CI excluding 0: "
+                      f"{'met' if paper[2] == 'better' else 'NOT met'} ({paper[1]})")
 
 if __name__ == "__main__":
     main()

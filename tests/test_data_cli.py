@@ -10,6 +10,7 @@ from pathlib import Path
 
 from datasets import load_from_disk
 
+from dermtrl.data.synthetic import SYNTHETIC_VERSION
 from dermtrl.data.synthetic_pipeline import SyntheticOracle, synthetic_cases
 
 
@@ -150,3 +151,4 @@ def test_build_synthetic_writes_where_out_says(tmp_path: Path) -> None:
     assert code == 0, output
     assert (out / "dermbench" / "README.md").exists() and (out / "dermeval" / "README.md").exists()
     assert not (tmp_path / "run" / "datasets").exists()
+    assert f"synthetic cases {SYNTHETIC_VERSION}" in (out / "dermeval" / "README.md").read_text()

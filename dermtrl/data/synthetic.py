@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -488,11 +488,6 @@ def generate_cases(n: int, seed: int = 0, start: int = 0, config: SyntheticConfi
         raise ValueError(f"n must be >= 0, got {n}")
     rows = [generate_case(i, seed, config=config) for i in range(start, start + n)]
     return Dataset.from_list(rows, features=features())
-
-
-def config_fields() -> dict[str, object]:
-    """The default difficulty settings, for cards and reports."""
-    return {f.name: getattr(DEFAULT_CONFIG, f.name) for f in fields(SyntheticConfig)}
 
 
 #: The dimensions whose synthetic expert scores depend on the picture shown (Safety and Clinical Coverage are
