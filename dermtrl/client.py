@@ -62,6 +62,7 @@ from dermtrl.cache import ResponseCache, cache_key
 from dermtrl.concurrency import AdaptiveLimit
 from dermtrl.data.images import image_to_data_url  # re-exported: user_message encodes images with it
 from dermtrl.errors import DermtrlError
+from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION
 from dermtrl.usage import Usage
 
@@ -461,7 +462,7 @@ class LLMClient:
                 for future in as_completed(futures):
                     result = future.result()
                     results[futures[future]] = result
-                    bar.advance(result)
+                    bar.advance_result(result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # finished answers are already in the cache
             raise
@@ -719,38 +720,17 @@ def _to_completion(chat: Any, model: str) -> Completion:
     )
 
 
-class _BatchProgress:
-    """A rich progress bar for complete_many (description, count, cache hits, failures, ETA), or nothing."""
+class _BatchProgress(JobBar):
+    """complete_many's bar: cache hits and failures counted from each result."""
 
     def __init__(self, progress: bool | str, total: int) -> None:
-        self.enabled = bool(progress)
-        self.hits = self.failed = 0
-        self._progress: Any = None
-        self._task: Any = None
-        if not self.enabled:
-            return
-        from dermtrl.progress import progress_bar
+        super().__init__(progress if isinstance(progress, str) else "LLM calls", total,
+                         counters={"cached": 0, "failed": 0}, enabled=bool(progress))
 
-        self._progress = progress_bar("cached {task.fields[hits]} · failed {task.fields[failed]}")
-        description = progress if isinstance(progress, str) else "LLM calls"
-        self._task = self._progress.add_task(description, total=total, hits=0, failed=0)
-
-    def __enter__(self) -> _BatchProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def advance(self, result: Completion | CallError) -> None:
-        if isinstance(result, CallError):
-            self.failed += 1
-        elif result.cached:
-            self.hits += 1
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, hits=self.hits, failed=self.failed)
+    def advance_result(self, result: Completion | CallError) -> None:
+        failed = isinstance(result, CallError)
+        self.advance(1, failed=self.counters["failed"] + failed,
+                     cached=self.counters["cached"] + (not failed and result.cached))
 
 
 # --- messages and images -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dermtrl.data.images import read_cell
 from dermtrl.evaluator import DermEval
 from dermtrl.jsonl import read_records, repair_tail
 from dermtrl.metrics import AgreementReport, agreement
-from dermtrl.progress import progress_bar, resume_line
+from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION
 
 
@@ -72,13 +72,9 @@ def run_evaluation(
     wanted = set(ids)
     records = [r for r in records if r["case_id"] in wanted]  # this dataset's cases: as the bar counts them
     already = sum(1 for case_id in ids if case_id in done)
-    bar = progress_bar("skipped {task.fields[failed]}", disable=not progress)
-    line = resume_line(already, len(ids))
-    if line is not None and progress:
-        bar.console.print(f"DermEval: {line}")
+    bar = JobBar("DermEval", len(ids), done=already, counters={"skipped": sum(1 for r in records if "error" in r)},
+                 enabled=progress)
     with out_path.open("a", encoding="utf-8") as fh, bar:
-        task = bar.add_task("DermEval", total=len(ids), completed=already,
-                            failed=sum(1 for r in records if "error" in r))
         for batch in _batches(ds, done, evaluator.batch_size):
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
@@ -98,7 +94,7 @@ def run_evaluation(
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             records += new
-            bar.update(task, advance=len(batch), failed=sum(1 for r in records if "error" in r))
+            bar.advance(len(batch), skipped=sum(1 for r in records if "error" in r))
     return records
 
 

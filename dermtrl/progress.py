@@ -36,3 +36,38 @@ def resume_line(done: int, total: int) -> str | None:
     if done:
         return f"resumed: {done} of {total} already done"
     return None
+
+
+class JobBar:
+    """The one progress bar of a long job, as a context manager; with ``enabled=False`` it does nothing.
+
+    ``done`` items come from an earlier run: the bar starts there and, on a rerun, says so first
+    (:func:`resume_line`). ``counters`` name the numbers shown beside the bar (``{"cached": 0, "failed": 0}``);
+    :meth:`advance` moves the bar and sets any of them.
+    """
+
+    def __init__(self, description: str, total: int, *, done: int = 0, counters: dict[str, int] | None = None,
+                 enabled: bool = True) -> None:
+        self.counters = dict(counters or {})
+        self._bar: Any = None
+        if not enabled:
+            return
+        self._bar = progress_bar(" · ".join(f"{k} {{task.fields[{k}]}}" for k in self.counters) or None)
+        line = resume_line(done, total)
+        if line is not None:
+            self._bar.console.print(f"{description}: {line}")
+        self._task = self._bar.add_task(description, total=total, completed=done, **self.counters)
+
+    def advance(self, n: int = 1, **counters: int) -> None:
+        self.counters.update(counters)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, **self.counters)
+
+    def __enter__(self) -> JobBar:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

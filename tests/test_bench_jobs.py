@@ -83,7 +83,19 @@ def test_progress_shows_calls_cache_hits_failures_and_eta(capsys):
     usage = Usage()
     with JobProgress("judge", 4, 1, usage=usage) as bar:
         usage.add(calls=2, cache_hits=1)
-        bar.advance([{"error": None}, {"error": "judge call failed: HTTP 500"}, {"error": None}])
+        bar.advance_records([{"error": None}, {"error": "judge call failed: HTTP 500"}, {"error": None}])
     shown = " ".join(capsys.readouterr().err.split())
     assert "judge" in shown and "4/4" in shown
     assert "calls 2 · cached 1 · failed 1" in shown and "ETA" in shown
+
+
+def test_job_bar_says_what_a_rerun_resumes_and_shows_its_counters(capsys):
+    from dermtrl.progress import JobBar
+
+    with JobBar("caption", 5, done=2, counters={"failed": 0}) as bar:
+        bar.advance(3, failed=1)
+    shown = " ".join(capsys.readouterr().err.split())
+    assert "caption: resumed: 2 of 5 already done" in shown and "5/5" in shown and "failed 1" in shown
+    with JobBar("off", 3, enabled=False) as bar:
+        bar.advance(3, failed=2)  # counted even when nothing is shown
+    assert bar.counters == {"failed": 2} and capsys.readouterr().err == ""

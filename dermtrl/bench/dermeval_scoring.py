@@ -112,7 +112,7 @@ def score_candidates(
                     done += [_record(i, e) for i, e in zip(batch, evaluations, strict=True)]
                 for record in done:
                     results.write(record)
-                bar.advance(done)
+                bar.advance_records(done)
         by_key = {(r["model"], r["case_id"]): r for r in results.records}
     return [by_key[(i["model"], i["case_id"])] for i in items]
 

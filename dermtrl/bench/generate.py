@@ -237,7 +237,7 @@ def generate_candidates(
                         done += [record(case_id, text=text) for (case_id, _), text in zip(good, texts, strict=True)]
                     for r in done:
                         results.write(r)
-                    bar.advance(done)
+                    bar.advance_records(done)
         return [r for r in results.records if r["model"] == name and r["case_id"] in wanted]
 
 

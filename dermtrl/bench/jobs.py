@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dermtrl.jsonl import read_records, repair_tail
-from dermtrl.progress import resume_line
+from dermtrl.progress import JobBar
 
 if TYPE_CHECKING:
     from dermtrl.client import Usage
@@ -137,54 +137,32 @@ class ResultsFile:
         self.close()
 
 
-class JobProgress:
-    """A rich progress bar for a job: done/total, API calls and cache hits of this run, failures, ETA.
+class JobProgress(JobBar):
+    """A job's bar: done/total, API calls and cache hits of this run, failures, ETA.
 
     ``done`` records (``failed`` of them failed) come from an earlier run: the bar starts there, and its failure
-    count is that of all the job's records, as the summary at the end counts them. A rerun says first how much
-    was already done (:func:`resume_line`).
+    count is that of all the job's records, as the summary at the end counts them.
     """
 
     def __init__(self, label: str, total: int, done: int = 0, *, failed: int = 0, usage: Usage | None = None,
                  enabled: bool = True) -> None:
-        self.failed = failed
+        super().__init__(label, total, done=done, counters={"calls": 0, "cached": 0, "failed": failed},
+                         enabled=enabled)
         self._usage = usage
         self._start = usage.as_dict() if usage is not None else {}
-        self._progress: Any = None
-        if not enabled:
-            return
-        from dermtrl.progress import progress_bar
 
-        self._progress = progress_bar(
-            "calls {task.fields[calls]} · cached {task.fields[hits]} · failed {task.fields[failed]}")
-        line = resume_line(done, total)
-        if line is not None:
-            self._progress.console.print(f"{label}: {line}")
-        self._task = self._progress.add_task(label, total=total, completed=done, calls=0, hits=0, failed=failed)
+    @property
+    def failed(self) -> int:
+        return self.counters["failed"]
 
-    def _counts(self) -> tuple[int, int]:
-        if self._usage is None:
-            return 0, 0
-        now = self._usage.as_dict()
-        return now["calls"] - self._start["calls"], now["cache_hits"] - self._start["cache_hits"]
-
-    def advance(self, records: Iterable[Mapping[str, Any]]) -> None:
-        n = 0
-        for record in records:
-            n += 1
-            self.failed += record.get("error") is not None
-        if self._progress is not None:
-            calls, hits = self._counts()
-            self._progress.update(self._task, advance=n, calls=calls, hits=hits, failed=self.failed)
-
-    def __enter__(self) -> JobProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    def advance_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        records = list(records)
+        failed = self.failed + sum(record.get("error") is not None for record in records)
+        calls = hits = 0
+        if self._usage is not None:
+            now = self._usage.as_dict()
+            calls, hits = now["calls"] - self._start["calls"], now["cache_hits"] - self._start["cache_hits"]
+        self.advance(len(records), calls=calls, cached=hits, failed=failed)
 
 
 def run_concurrently(
@@ -219,7 +197,7 @@ def run_concurrently(
             for future in as_completed(futures):
                 record = future.result()
                 results.write(record)
-                progress.advance([record])
+                progress.advance_records([record])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

@@ -13,9 +13,10 @@ import os
 from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.run import RunDir
-from dermtrl.data.summary import StepSummary, progress_bar
+from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
+from dermtrl.progress import JobBar
 from dermtrl.prompts import CAPTION_PROMPT, CAPTION_RETRY_INSTRUCTION, PROMPT_VERSION
 
 __all__ = ["CAPTION_PREFIX", "caption_items", "caption_problems"]
@@ -53,7 +54,7 @@ def caption_items(
         summary.reused = len(items) - len(todo)
         for item_id in done & set(items):
             _report(summary, log.get(item_id) or {})
-        with progress_bar(progress, "caption", len(todo)) as advance:
+        with JobBar("caption", len(todo), enabled=progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 conversations = []
@@ -86,7 +87,7 @@ def caption_items(
                     })
                     summary.done += 1
                     _report(summary, record)
-                advance(len(batch))
+                bar.advance(len(batch))
     return summary
 
 

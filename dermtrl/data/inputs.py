@@ -28,9 +28,10 @@ from typing import Any
 
 from dermtrl.data.images import MAX_PIXELS, ImageError, Oversize, image_value, read_image
 from dermtrl.data.run import RunDir
-from dermtrl.data.summary import StepSummary, progress_bar
+from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary, canonical_category
 from dermtrl.jsonl import RecordLog
+from dermtrl.progress import JobBar
 
 __all__ = ["IMAGE_SUFFIXES", "RawItem", "ingest", "read_source"]
 
@@ -237,11 +238,11 @@ def ingest(
         run.save_vocabulary(vocabulary)  # the records agree with it (RecordLog refused any other)
         seen: dict[str, str] = {r["content_hash"]: r["source"] for r in log.records.values() if not r.get("error")}
         done = log.done()
-        with progress_bar(progress, "ingest", len(raw_items)) as advance:
+        with JobBar("ingest", len(raw_items), enabled=progress) as bar:
             for raw in raw_items:
                 if raw.source in done:
                     summary.reused += 1
-                    advance()
+                    bar.advance()
                     continue
                 record = _ingest_one(raw, run, vocabulary, seen, max_pixels, oversize)
                 log.write(record)
@@ -252,7 +253,7 @@ def ingest(
                     summary.done += 1
                     if record["notes"]:
                         summary.flag(raw.source, "converted", "; ".join(record["notes"]))
-                advance()
+                bar.advance()
     return summary
 
 

@@ -23,11 +23,12 @@ from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.reviews import review_status
 from dermtrl.data.run import RunDir
-from dermtrl.data.summary import StepSummary, progress_bar
+from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import RecordLog
 from dermtrl.parsing import parse_scores
+from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, RATIONALE_RETRY_INSTRUCTION, format_evaluation, rationale_prompt
 
 __all__ = ["SCORE_TOLERANCE", "rationale_items", "score_mismatches"]
@@ -85,7 +86,7 @@ def rationale_items(
                 _report(summary, record)
                 continue
             todo.append((tid, st, items[texts[tid]["item_id"]]))
-        with progress_bar(progress, "rationale", len(todo)) as advance:
+        with JobBar("rationale", len(todo), enabled=progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 given = [st.scores for _, st, _ in batch]
@@ -124,7 +125,7 @@ def rationale_items(
                     })
                     summary.done += 1
                     _report(summary, record)
-                advance(len(batch))
+                bar.advance(len(batch))
     return summary
 
 

@@ -24,9 +24,10 @@ from typing import Any
 from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.run import STREAMS, RunDir, text_id
-from dermtrl.data.summary import StepSummary, progress_bar
+from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
+from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, REASONING_RETRY_INSTRUCTION, reasoning_prompt
 
 __all__ = ["Normalized", "normalize_reasoning", "reason_items"]
@@ -183,7 +184,7 @@ def reason_items(
                 summary.skip(tid, "no-caption", f"{item_id}: no caption yet (run `dermtrl data caption` first)")
             else:
                 todo.append(item)
-        with progress_bar(progress, f"reason ({stream})", len(todo)) as advance:
+        with JobBar(f"reason ({stream})", len(todo), enabled=progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 conversations = []
@@ -226,7 +227,7 @@ def reason_items(
                     })
                     summary.done += 1
                     _report(summary, record)
-                advance(len(batch))
+                bar.advance(len(batch))
     return summary
 
 

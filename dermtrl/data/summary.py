@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +9,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-__all__ = ["Skip", "StepSummary", "progress_bar"]
+__all__ = ["Skip", "StepSummary"]
 
 
 @dataclass(frozen=True)
@@ -80,25 +79,3 @@ class StepSummary:
         return {"step": self.step, "total": self.total, "done": self.done, "reused": self.reused,
                 "skipped": [s.to_dict() for s in self.skipped], "flagged": [s.to_dict() for s in self.flagged],
                 **self.extra}
-
-
-class progress_bar:
-    """A rich progress bar on stderr for a long step, or nothing."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n=1: None
-        from dermtrl.progress import progress_bar
-
-        self._bar = progress_bar()
-        self._bar.start()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda n=1: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
