@@ -7,7 +7,6 @@ are recorded with the error and counted as skipped in the report, never silently
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from datasets import Image as ImageFeature
 
 from dermtrl.data.images import read_cell
 from dermtrl.evaluator import DermEval
-from dermtrl.jsonl import read_records, repair_tail
+from dermtrl.jsonl import RecordLog
 from dermtrl.metrics import AgreementReport, agreement
 from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION
@@ -49,39 +48,25 @@ def run_evaluation(
     """Evaluate every case not yet in ``out_path`` (JSONL), appending records as each batch finishes.
 
     Records from other weights or another prompt version are never mixed in: resuming such a file is refused
-    (``overwrite=True`` starts it afresh).
+    (:class:`~dermtrl.jsonl.SettingsMismatch`; ``overwrite=True`` starts it afresh).
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        out_path.unlink(missing_ok=True)
-    repair_tail(out_path)  # a killed run may have left half a line: appending after it would lose a record
-    records = read_records(out_path)
-    for r in records:
-        if (r.get("model_fingerprint"), r.get("prompt_version")) != (evaluator.model_fingerprint, PROMPT_VERSION):
-            raise ValueError(
-                f"{out_path}: holds results of other weights or prompts (case {r['case_id']}: model "
-                f"{r.get('model')!r}, fingerprint {r.get('model_fingerprint')}, {r.get('prompt_version')}); "
-                "use another output folder, or overwrite it"
-            )
-    done = {r["case_id"] for r in records}
+    log = RecordLog(out_path, {"prompt_version": PROMPT_VERSION, "model_fingerprint": evaluator.model_fingerprint},
+                    key="case_id", overwrite=overwrite)
+    done = set(log.records)  # a case whose image failed is done too: rerunning cannot mend the file
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
     ids = ([str(c or i) for i, c in enumerate(ds["case_id"])] if "case_id" in ds.column_names
            else [str(i) for i in range(len(ds))])  # as _batches keys them
     wanted = set(ids)
-    records = [r for r in records if r["case_id"] in wanted]  # this dataset's cases: as the bar counts them
+    skipped = sum(1 for case_id, r in log.records.items() if case_id in wanted and "error" in r)
     already = sum(1 for case_id in ids if case_id in done)
-    bar = JobBar("DermEval", len(ids), done=already, counters={"skipped": sum(1 for r in records if "error" in r)},
-                 enabled=progress)
-    with out_path.open("a", encoding="utf-8") as fh, bar:
+    bar = JobBar("DermEval", len(ids), done=already, counters={"skipped": skipped}, enabled=progress)
+    with log, bar:
         for batch in _batches(ds, done, evaluator.batch_size):
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
             for case_id, row in batch:
-                new.append({"case_id": case_id, "prompt_version": PROMPT_VERSION, "model": evaluator.model_id,
-                            "model_fingerprint": evaluator.model_fingerprint,
-                            "expert_scores": row.get("expert_scores")})
+                new.append({"case_id": case_id, "model": evaluator.model_id, "expert_scores": row.get("expert_scores")})
                 try:
                     good.append((len(new) - 1, _decode(row["image"], case_id), row["narrative"]))
                 except ValueError as exc:
@@ -90,12 +75,10 @@ def run_evaluation(
                 evals = evaluator.evaluate_batch([g[1] for g in good], [g[2] for g in good])
                 for (slot, _, _), ev in zip(good, evals, strict=True):
                     new[slot].update(ev.to_dict())
-            for record in new:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            records += new
-            bar.advance(len(batch), skipped=sum(1 for r in records if "error" in r))
-    return records
+            log.write_many(new)  # flushed before the next batch starts
+            skipped += sum(1 for r in new if "error" in r)
+            bar.advance(len(batch), skipped=skipped)
+    return [r for case_id, r in log.records.items() if case_id in wanted]
 
 
 def agreement_from_records(records: list[dict[str, Any]], *, label: str = "DermEval", **kwargs: Any

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from dermtrl.bench.jobs import JobProgress, ResultsFile, run_concurrently
+from dermtrl.bench.jobs import JobProgress, results_file, run_concurrently
+from dermtrl.jsonl import RecordLog
 
 SETTINGS = {"model": "judge", "temperature": 0.0}
 
 
-def open_file(path, **kw) -> ResultsFile:
-    kw.setdefault("settings", SETTINGS)
-    return ResultsFile(path, key=("model", "case_id"), settings_field="judge", **kw)
+def open_file(path, settings=SETTINGS, **kw) -> RecordLog:
+    return results_file(path, "judge", settings, **kw)
 
 
 def test_each_record_is_on_disk_as_soon_as_it_is_written(tmp_path):
@@ -54,7 +54,7 @@ def test_redo_removes_records_atomically_and_a_repeated_key_in_a_file_is_refused
         for i, error in enumerate([None, "judge call failed: 500", None]):
             results.write({"model": "m", "case_id": str(i), "error": error})
     with open_file(path, redo=lambda r: r["error"] is not None) as results:
-        assert sorted(k[1] for k in results._records) == ["0", "2"]
+        assert sorted(k[1] for k in results.records) == ["0", "2"]
     assert len(path.read_text().splitlines()) == 2
     path.write_text(path.read_text() * 2)
     with pytest.raises(ValueError, match="line 3 repeats the record for model='m', case_id='0'"):
@@ -74,7 +74,7 @@ def test_run_concurrently_records_every_item_even_when_work_raises(tmp_path):
         bar = JobProgress("test", 10, enabled=False)
         run_concurrently(list(range(10)), work, results, bar, workers=4, on_error=on_error)
         assert len(results) == 10 and bar.failed == 4
-        assert {r["case_id"]: r["error"] for r in results.records}["3"] == "boom 3"
+        assert {r["case_id"]: r["error"] for r in results.records.values()}["3"] == "boom 3"
 
 
 def test_progress_shows_calls_cache_hits_failures_and_eta(capsys):

@@ -60,7 +60,8 @@ def test_record_log_resumes_skips_torn_lines_and_refuses_other_settings(tmp_path
     assert [r["id"] for r in read_records(path)] == ["a", "b", "a"]
     log = RecordLog(path, {"model": "m1"})
     assert log.done() == {"a"} and log.get("a")["x"] == 2 and "b" in log  # errors are retried, last wins
-    with pytest.raises(SettingsMismatch, match="model='m1'"):
+    with pytest.raises(SettingsMismatch, match=r"record id='a' was made with other settings \(model: file has 'm1', "
+                                               r"this run 'm2'\)"):
         RecordLog(path, {"model": "m2"})
     assert len(RecordLog(path, {"model": "m2"}, overwrite=True)) == 0
 

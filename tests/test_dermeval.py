@@ -122,7 +122,7 @@ def test_eval_job_resumes_and_reports_skipped_images(sft_adapter, tmp_path):
     report = agreement_from_records(records, label="tiny")
     assert report.skipped == 1 and report.n_cases == 5
     evaluator.model_fingerprint = "other-weights"
-    with pytest.raises(ValueError, match="other weights or prompts"):
+    with pytest.raises(ValueError, match="model_fingerprint: file has"):
         run_evaluation(evaluator, broken, out, progress=False)  # never mixes answers of other weights
     assert len(run_evaluation(evaluator, broken, out, progress=False, overwrite=True)) == 6
 

@@ -2,7 +2,7 @@
 
 The paper benchmarks the nine models "using both DermBench and DermEval". This scores the same candidate sets
 that the judge scores, with a DermEval model (a local adapter folder or Hub id), batched, one record per
-(model, case) in a resumable JSONL (:class:`~dermtrl.bench.jobs.ResultsFile`), in the judge records' schema, so
+(model, case) in a resumable JSONL (:class:`~dermtrl.jsonl.RecordLog`), in the judge records' schema, so
 :func:`~dermtrl.bench.leaderboard.build_leaderboard` builds DermEval's half of Table 2 unchanged and
 :func:`~dermtrl.bench.leaderboard.compare_evaluators` sets the two halves side by side (Figure 6, agreement).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dermtrl.bench.cases import case_rows, image_reader, load_case_image
-from dermtrl.bench.jobs import JobProgress, ResultsFile
+from dermtrl.bench.jobs import JobProgress, results_file
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import PROMPT_VERSION
 
@@ -90,7 +90,7 @@ def score_candidates(
     """
     items = _items(cases, candidates)
     read = image_reader(cases)
-    with ResultsFile(out, key=("model", "case_id"), settings_field="judge", settings=dermeval_settings(evaluator),
+    with results_file(out, "judge", dermeval_settings(evaluator),
                      overwrite=overwrite) as results:
         todo = [i for i in items if (i["model"], i["case_id"]) not in results]
         bar = JobProgress("DermEval", len(items), len(items) - len(todo), enabled=progress)
@@ -113,7 +113,7 @@ def score_candidates(
                 for record in done:
                     results.write(record)
                 bar.advance_records(done)
-        by_key = {(r["model"], r["case_id"]): r for r in results.records}
+        by_key = {(r["model"], r["case_id"]): r for r in results.records.values()}
     return [by_key[(i["model"], i["case_id"])] for i in items]
 
 

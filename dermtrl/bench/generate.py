@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dermtrl.bench.cases import case_rows, image_name, image_reader, image_source, load_case_image
-from dermtrl.bench.jobs import JobProgress, ResultsFile, run_concurrently
+from dermtrl.bench.jobs import JobProgress, results_file, run_concurrently
 from dermtrl.client import ClientConfig, LLMClient, user_message
 from dermtrl.prompts import CANDIDATE_INSTRUCTION, PROMPT_VERSION
 
@@ -187,13 +187,14 @@ def generate_candidates(
                 **generator.settings()}
     ids = [row["case_id"] for row in case_rows(cases, (), required=("image",))]
     image_of = image_reader(cases)
-    with ResultsFile(out, key=("model", "case_id"), settings_field="generation", settings=settings,
+    with results_file(out, "generation", settings,
                      overwrite=overwrite, redo=(lambda r: r.get("error") is not None) if retry_failed else None
                      ) as results:
         todo = [(index, case_id) for index, case_id in enumerate(ids) if (name, case_id) not in results]
         usage = generator.client.usage if isinstance(generator, OpenAIGenerator) else None
         wanted = set(ids)
-        failed = sum(1 for r in results.records if r["model"] == name and r["case_id"] in wanted and r.get("error"))
+        failed = sum(1 for r in results.records.values()
+                     if r["model"] == name and r["case_id"] in wanted and r.get("error"))
         bar = JobProgress(f"generate · {name}", len(ids), len(ids) - len(todo), failed=failed, usage=usage,
                           enabled=progress)
 
@@ -238,7 +239,7 @@ def generate_candidates(
                     for r in done:
                         results.write(r)
                     bar.advance_records(done)
-        return [r for r in results.records if r["model"] == name and r["case_id"] in wanted]
+        return [r for r in results.records.values() if r["model"] == name and r["case_id"] in wanted]
 
 
 def read_candidates(path: str | os.PathLike[str]) -> tuple[str, list[dict[str, Any]]]:

@@ -16,7 +16,7 @@ from steering its own score:
   that the item is recorded as failed with the raw answer. Nothing is dropped and nothing becomes a 0.
 
 Concurrency, HTTP retries and the response cache come from the shared :class:`~dermtrl.client.LLMClient`;
-records go to a resumable JSONL (:class:`~dermtrl.bench.jobs.ResultsFile`), one per (model, case).
+records go to a resumable JSONL (:class:`~dermtrl.jsonl.RecordLog`), one per (model, case).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dermtrl.bench.cases import case_rows
-from dermtrl.bench.jobs import JobProgress, ResultsFile, run_concurrently
+from dermtrl.bench.jobs import JobProgress, results_file, run_concurrently
 from dermtrl.client import LLMClient, LLMError
 from dermtrl.delimiters import neutralise
 from dermtrl.dimensions import DIMENSIONS
@@ -287,14 +287,14 @@ class Judge:
         def redo(record: dict[str, Any]) -> bool:  # a failed call, or a candidate that may exist by now
             return retry_failed and str(record.get("error") or "").startswith(("judge call failed", "no candidate"))
 
-        with ResultsFile(out, key=("model", "case_id"), settings_field="judge", settings=self.settings(variant),
+        with results_file(out, "judge", self.settings(variant),
                          overwrite=overwrite, redo=redo) as results:
             keys = [(i.model, i.case_id) for i in items]
             if len(set(keys)) != len(keys):
                 raise ValueError("items repeat a (model, case_id) pair")
             todo = [i for i in items if (i.model, i.case_id) not in results]
             wanted = set(keys)
-            failed = sum(1 for r in results.records if (r["model"], r["case_id"]) in wanted and r.get("error"))
+            failed = sum(1 for r in results.records.values() if (r["model"], r["case_id"]) in wanted and r.get("error"))
             bar = JobProgress(label, len(items), len(items) - len(todo), failed=failed, usage=self.client.usage,
                               enabled=progress)
             run_concurrently(
@@ -303,4 +303,4 @@ class Judge:
                     replace(item, error=self.client.redact(f"{type(exc).__name__}: {exc}"))
                 ),
             )
-            return [r for r in results.records if (r["model"], r["case_id"]) in wanted]
+            return [r for r in results.records.values() if (r["model"], r["case_id"]) in wanted]
