@@ -1,4 +1,6 @@
-"""Rendering of agreement reports (Table 1 layout): rich table, Markdown, CSV and JSON.
+"""Rendering of agreement reports (Table 1 layout): rich table, Markdown, CSV and JSON; and the project's one set
+of table helpers (:func:`cell`, :func:`md_table`, :func:`rich_table`) that every other report (DermBench's
+leaderboard, Table 2, the probes) renders with, so all tables read alike.
 
 Data flows one way: :func:`dermtrl.metrics.agreement` computes, this module only formats what an
 :class:`~dermtrl.metrics.AgreementReport` already holds. Nothing here recomputes a metric.
@@ -17,13 +19,41 @@ from rich.table import Table
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, DimensionAgreement
 
-__all__ = ["CSV_FIELDS", "render_table", "to_csv", "to_json", "to_markdown", "write_report"]
+__all__ = ["CSV_FIELDS", "NA", "cell", "md_row", "md_table", "render_table", "rich_table", "to_csv", "to_json",
+           "to_markdown", "write_report"]
 
 DEFAULT_TITLE = "Agreement with expert scores (MAE, lower is better)"
 CSV_FIELDS: tuple[str, ...] = (
     "label", "dimension", "mae", "mae_lo", "mae_hi", "spearman", "kendall", "qwk", "n", "n_missing",
 )
-_NA = "n/a"
+NA = "n/a"
+
+
+def cell(value: float | None, ci: tuple[float, float] | None = None, digits: int = 3) -> str:
+    """'0.117 [0.09, 0.14]'; just the value when there is no interval; 'n/a' when there is no value."""
+    if value is None:
+        return NA
+    return f"{value:.{digits}f}" if ci is None else f"{value:.{digits}f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def md_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> list[str]:
+    """Markdown table lines: the first ``left`` columns left-aligned (labels), the rest right-aligned (numbers)."""
+    return [md_row(header), md_row(["---"] * left + ["---:"] * (len(header) - left)), *map(md_row, rows)]
+
+
+def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None,
+               left: int = 1) -> Table:
+    """The same table for the terminal."""
+    table = Table(title=title, caption=caption)
+    for j, name in enumerate(header):
+        table.add_column(name, justify="left" if j < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _reports(reports: Sequence[AgreementReport] | AgreementReport) -> list[AgreementReport]:
@@ -34,20 +64,9 @@ def _label(report: AgreementReport, i: int) -> str:
     return report.label or f"Evaluator {i + 1}"
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return _NA if value is None else f"{value:.{digits}f}"
-
-
-def _cell(mae: float | None, ci: tuple[float, float] | None) -> str:
-    """'0.117 [0.09, 0.14]'; just the MAE when there is no interval."""
-    if mae is None:
-        return _NA
-    return f"{mae:.3f}" if ci is None else f"{mae:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
-
-
 def _row(report: AgreementReport, i: int) -> list[str]:
-    cells = [_cell(report.per_dimension[d].mae, report.per_dimension[d].mae_ci) for d in DIMENSIONS]
-    return [_label(report, i), *cells, _cell(report.macro_mae, report.macro_mae_ci)]
+    cells = [cell(report.per_dimension[d].mae, report.per_dimension[d].mae_ci) for d in DIMENSIONS]
+    return [_label(report, i), *cells, cell(report.macro_mae, report.macro_mae_ci)]
 
 
 def _header() -> list[str]:
@@ -75,22 +94,14 @@ def render_table(
 ) -> Table:
     """Table 1 layout: one row per evaluator, MAE [CI] per dimension and the macro average."""
     reports = _reports(reports)
-    table = Table(title=title, caption="\n".join(_note(r, i) for i, r in enumerate(reports)))
-    for j, name in enumerate(_header()):
-        table.add_column(name, justify="left" if j == 0 else "right")
-    for i, report in enumerate(reports):
-        table.add_row(*_row(report, i))
-    return table
-
-
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return rich_table(title, _header(), [_row(r, i) for i, r in enumerate(reports)],
+                      caption="\n".join(_note(r, i) for i, r in enumerate(reports)))
 
 
 def _detail_cells(label: str, dim: str, a: DimensionAgreement) -> list[str]:
-    ci = _NA if a.mae_ci is None else f"[{a.mae_ci[0]:.3f}, {a.mae_ci[1]:.3f}]"
+    ci = NA if a.mae_ci is None else f"[{a.mae_ci[0]:.3f}, {a.mae_ci[1]:.3f}]"
     return [
-        label, ABBREVIATIONS[dim], _num(a.mae), ci, _num(a.spearman), _num(a.kendall), _num(a.qwk),
+        label, ABBREVIATIONS[dim], cell(a.mae), ci, cell(a.spearman), cell(a.kendall), cell(a.qwk),
         str(a.n), str(a.n_missing),
     ]
 
@@ -98,14 +109,11 @@ def _detail_cells(label: str, dim: str, a: DimensionAgreement) -> list[str]:
 def to_markdown(reports: Sequence[AgreementReport] | AgreementReport, title: str = DEFAULT_TITLE) -> str:
     """A Table 1 style MAE table, notes per evaluator, then a per-dimension detail table of all metrics."""
     reports = _reports(reports)
-    header = _header()
-    lines = [f"### {title}", "", _md_row(header), _md_row(["---"] + ["---:"] * (len(header) - 1))]
-    lines += [_md_row(_row(r, i)) for i, r in enumerate(reports)]
+    lines = [f"### {title}", "", *md_table(_header(), [_row(r, i) for i, r in enumerate(reports)])]
     lines += [""] + [f"- {_note(r, i)}" for i, r in enumerate(reports)]
     detail = ["Evaluator", "Dimension", "MAE", "MAE CI", "Spearman", "Kendall", "QWK", "n", "missing"]
-    lines += ["", "#### All metrics", "", _md_row(detail), _md_row(["---", "---"] + ["---:"] * 7)]
-    for i, r in enumerate(reports):
-        lines += [_md_row(_detail_cells(_label(r, i), d, a)) for d, a in r.per_dimension.items()]
+    rows = [_detail_cells(_label(r, i), d, a) for i, r in enumerate(reports) for d, a in r.per_dimension.items()]
+    lines += ["", "#### All metrics", "", *md_table(detail, rows, left=2)]
     return "\n".join(lines) + "\n"
 
 

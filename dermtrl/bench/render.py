@@ -19,6 +19,7 @@ from rich.table import Table
 from dermtrl import report as agreement_report
 from dermtrl.bench.leaderboard import EvaluatorComparison, Leaderboard
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
+from dermtrl.report import NA, cell, md_table, rich_table
 
 if TYPE_CHECKING:
     from dermtrl.bench.probes import ProbeReport
@@ -27,18 +28,11 @@ __all__ = ["comparison_markdown", "comparison_tables", "leaderboard_csv", "plot"
            "probe_markdown", "probe_table", "render_tables", "to_json",
            "to_markdown", "write_comparison", "write_probe_report", "write_report"]
 
-_NA = "n/a"
 LOW_N = 5  # a category cell on fewer cases is marked as unreliable
 
 
-def _cell(value: float | None, ci: tuple[float, float] | None = None, digits: int = 3) -> str:
-    if value is None:
-        return _NA
-    return f"{value:.{digits}f}" if ci is None else f"{value:.{digits}f} [{ci[0]:.2f}, {ci[1]:.2f}]"
-
-
 def _pct(value: float | None) -> str:
-    return _NA if value is None else f"{value:.0%}"
+    return NA if value is None else f"{value:.0%}"
 
 
 def _caption(lb: Leaderboard) -> str:
@@ -51,8 +45,8 @@ def _caption(lb: Leaderboard) -> str:
 
 def _leaderboard_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     header = ["Rank", "Model", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Overall", "n", "failed"]
-    rows = [[_NA if m.rank is None else str(m.rank), m.model, *(_cell(m.mean[d], m.ci[d]) for d in DIMENSIONS),
-             _cell(m.overall, m.overall_ci), str(m.n_scored), str(m.n_failed)] for m in lb.models]
+    rows = [[NA if m.rank is None else str(m.rank), m.model, *(cell(m.mean[d], m.ci[d]) for d in DIMENSIONS),
+             cell(m.overall, m.overall_ci), str(m.n_scored), str(m.n_failed)] for m in lb.models]
     return header, rows
 
 
@@ -64,13 +58,13 @@ def _category_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
         row = [category]
         for model in models:
             c = lb.category_result(category, model)
-            row.append(_NA if c is None or c.overall is None else
+            row.append(NA if c is None or c.overall is None else
                        f"{c.overall:.2f} (n={c.n}{', low n' if c.n < LOW_N else ''})")
         rows.append(row)
     spread = ["spread (max - min)"]
     for model in models:
         values = [c.overall for c in lb.categories if c.model == model and c.overall is not None]
-        spread.append(f"{max(values) - min(values):.2f}" if len(values) > 1 else _NA)
+        spread.append(f"{max(values) - min(values):.2f}" if len(values) > 1 else NA)
     rows.append(spread)
     return header, rows
 
@@ -87,51 +81,34 @@ def _failure_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     return ["Model", "Reason", "Cases"], rows
 
 
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None,
-           left: int = 2) -> Table:
-    table = Table(title=title, caption=caption)
-    for j, name in enumerate(header):
-        table.add_column(name, justify="left" if j < left else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
 def render_tables(lb: Leaderboard) -> list[Table]:
     """Leaderboard, per-category, rank stability, failures and (when there are expert scores) agreement."""
     tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
     tables = [
-        _table("DermBench leaderboard (Table 2: mean judge score 0-5 [CI])", *_leaderboard_rows(lb), _caption(lb)),
-        _table("Overall score by Figure 5 category (fairness view)", *_category_rows(lb), left=1),
-        _table("Rank stability under bootstrap resampling of cases", *_stability_rows(lb),
-               f"mean Kendall's tau of resampled vs full ranking: {tau}"),
+        rich_table("DermBench leaderboard (Table 2: mean judge score 0-5 [CI])", *_leaderboard_rows(lb), _caption(lb),
+                   left=2),
+        rich_table("Overall score by Figure 5 category (fairness view)", *_category_rows(lb), left=1),
+        rich_table("Rank stability under bootstrap resampling of cases", *_stability_rows(lb),
+                   f"mean Kendall's tau of resampled vs full ranking: {tau}", left=2),
     ]
     header, rows = _failure_rows(lb)
     if rows:
-        tables.append(_table("Failed cases (excluded from the means)", header, rows))
+        tables.append(rich_table("Failed cases (excluded from the means)", header, rows, left=2))
     if lb.agreement:
         tables.append(agreement_report.render_table(list(lb.agreement.values()),
                                                     title="DermBench judge vs expert scores (MAE)"))
     return tables
 
 
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> list[str]:
-    return [_md_row(header), _md_row(["---"] * left + ["---:"] * (len(header) - left)), *map(_md_row, rows)]
-
-
 def to_markdown(lb: Leaderboard) -> str:
     """The whole report as Markdown: leaderboard, categories, rank stability, failures, agreement."""
-    lines = ["## DermBench leaderboard", "", *_md_table(*_leaderboard_rows(lb)), "", f"_{_caption(lb)}_", ""]
-    lines += ["### Overall score by Figure 5 category", "", *_md_table(*_category_rows(lb), left=1), ""]
+    lines = ["## DermBench leaderboard", "", *md_table(*_leaderboard_rows(lb), left=2), "", f"_{_caption(lb)}_", ""]
+    lines += ["### Overall score by Figure 5 category", "", *md_table(*_category_rows(lb), left=1), ""]
     tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
-    lines += ["### Rank stability", "", *_md_table(*_stability_rows(lb)), "",
+    lines += ["### Rank stability", "", *md_table(*_stability_rows(lb), left=2), "",
               f"Mean Kendall's tau of resampled vs full ranking: {tau}.", ""]
     header, rows = _failure_rows(lb)
-    lines += ["### Failed cases", ""] + (_md_table(header, rows) if rows else ["None."]) + [""]
+    lines += ["### Failed cases", ""] + (md_table(header, rows, left=2) if rows else ["None."]) + [""]
     if lb.agreement:
         lines += [agreement_report.to_markdown(list(lb.agreement.values()),
                                                title="DermBench judge vs expert scores (MAE)")]
@@ -230,8 +207,8 @@ def _probe_rows(report: ProbeReport) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in report.results:
         cells = [f"{r.shift[d]:+.2f} [{r.ci[d][0]:+.2f}, {r.ci[d][1]:+.2f}]" if r.ci.get(d) is not None
-                 else (_NA if r.shift.get(d) is None else f"{r.shift[d]:+.2f}") for d in DIMENSIONS]
-        overall = (_NA if r.overall is None else f"{r.overall:+.2f}" if r.overall_ci is None
+                 else (NA if r.shift.get(d) is None else f"{r.shift[d]:+.2f}") for d in DIMENSIONS]
+        overall = (NA if r.overall is None else f"{r.overall:+.2f}" if r.overall_ci is None
                    else f"{r.overall:+.2f} [{r.overall_ci[0]:+.2f}, {r.overall_ci[1]:+.2f}]")
         flag = "FLAGGED: " + ", ".join(ABBREVIATIONS.get(d, d) for d in r.flagged) if r.flagged else "ok"
         rows.append([r.kind, str(r.n_pairs), *cells, overall, flag])
@@ -244,11 +221,11 @@ def _probe_caption(report: ProbeReport) -> str:
 
 
 def probe_table(report: ProbeReport) -> Table:
-    return _table("DermBench judge robustness probes", *_probe_rows(report), _probe_caption(report))
+    return rich_table("DermBench judge robustness probes", *_probe_rows(report), _probe_caption(report), left=2)
 
 
 def probe_markdown(report: ProbeReport) -> str:
-    lines = ["## DermBench judge robustness probes", "", *_md_table(*_probe_rows(report)), "",
+    lines = ["## DermBench judge robustness probes", "", *md_table(*_probe_rows(report), left=2), "",
              f"_{_probe_caption(report)}_", ""]
     return "\n".join(lines)
 
@@ -273,30 +250,30 @@ def _table2_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
     for model in cmp.models:
         bench = next(m for m in cmp.dermbench.models if m.model == model)
         dermeval = next(m for m in cmp.dermeval.models if m.model == model)
-        rows.append([model, *(_cell(bench.mean[d]) for d in DIMENSIONS),
-                     *(_cell(dermeval.mean[d]) for d in DIMENSIONS)])
+        rows.append([model, *(cell(bench.mean[d]) for d in DIMENSIONS),
+                     *(cell(dermeval.mean[d]) for d in DIMENSIONS)])
     return header, rows
 
 
 def _figure6_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
     header = ["Model", *(ABBREVIATIONS[d] for d in DIMENSIONS), "n"]
-    rows = [[m, *(_cell(cmp.average[m][d], cmp.average_ci[m][d]) for d in DIMENSIONS), str(cmp.n_paired[m])]
+    rows = [[m, *(cell(cmp.average[m][d], cmp.average_ci[m][d]) for d in DIMENSIONS), str(cmp.n_paired[m])]
             for m in cmp.models]
     return header, rows
 
 
 def _evaluator_agreement_rows(cmp: EvaluatorComparison) -> tuple[list[str], list[list[str]]]:
     header = ["Dimension", "pairs", "Pearson", "Spearman", "DermEval - DermBench [CI]", "mean |difference|"]
-    rows = [[ABBREVIATIONS[c.dimension], str(c.n), _cell(c.pearson), _cell(c.spearman),
-             _NA if c.mean_difference is None else
+    rows = [[ABBREVIATIONS[c.dimension], str(c.n), cell(c.pearson), cell(c.spearman),
+             NA if c.mean_difference is None else
              f"{c.mean_difference:+.3f}" + ("" if c.mean_difference_ci is None else
                                             f" [{c.mean_difference_ci[0]:+.2f}, {c.mean_difference_ci[1]:+.2f}]"),
-             _cell(c.mean_absolute_difference)] for c in cmp.dimensions]
+             cell(c.mean_absolute_difference)] for c in cmp.dimensions]
     return header, rows
 
 
 def _comparison_caption(cmp: EvaluatorComparison) -> str:
-    tau = _NA if cmp.model_rank_tau is None else f"{cmp.model_rank_tau:.3f}"
+    tau = NA if cmp.model_rank_tau is None else f"{cmp.model_rank_tau:.3f}"
     return (f"DermBench: {_caption(cmp.dermbench)}. DermEval: reference-free, "
             f"{(cmp.dermeval.judge or {}).get('model', '?')}. Kendall's tau between the two model rankings: {tau}.")
 
@@ -304,21 +281,22 @@ def _comparison_caption(cmp: EvaluatorComparison) -> str:
 def comparison_tables(cmp: EvaluatorComparison) -> list[Table]:
     """Table 2 (both halves), Figure 6 as a table, and the agreement between the two evaluators."""
     return [
-        _table("Table 2: mean score 0-5 under DermBench and DermEval", *_table2_rows(cmp), _comparison_caption(cmp),
-               left=1),
-        _table("Figure 6: average of DermBench and DermEval per model and dimension [CI]", *_figure6_rows(cmp),
-               "per case average over the cases both evaluators scored; percentile bootstrap CI over cases", left=1),
-        _table("Agreement between DermEval and DermBench (all scored model-case pairs)",
-               *_evaluator_agreement_rows(cmp), left=1),
+        rich_table("Table 2: mean score 0-5 under DermBench and DermEval", *_table2_rows(cmp), _comparison_caption(cmp),
+                   left=1),
+        rich_table("Figure 6: average of DermBench and DermEval per model and dimension [CI]", *_figure6_rows(cmp),
+                   "per case average over the cases both evaluators scored; percentile bootstrap CI over cases",
+                   left=1),
+        rich_table("Agreement between DermEval and DermBench (all scored model-case pairs)",
+                   *_evaluator_agreement_rows(cmp), left=1),
     ]
 
 
 def comparison_markdown(cmp: EvaluatorComparison) -> str:
-    lines = ["## Table 2: DermBench and DermEval", "", *_md_table(*_table2_rows(cmp), left=1), "",
+    lines = ["## Table 2: DermBench and DermEval", "", *md_table(*_table2_rows(cmp), left=1), "",
              f"_{_comparison_caption(cmp)}_", "",
-             "## Figure 6: average of DermBench and DermEval", "", *_md_table(*_figure6_rows(cmp), left=1), "",
+             "## Figure 6: average of DermBench and DermEval", "", *md_table(*_figure6_rows(cmp), left=1), "",
              "![Figure 6](figure6.png)", "",
-             "## Agreement between the evaluators", "", *_md_table(*_evaluator_agreement_rows(cmp), left=1), ""]
+             "## Agreement between the evaluators", "", *md_table(*_evaluator_agreement_rows(cmp), left=1), ""]
     return "\n".join(lines)
 
 
