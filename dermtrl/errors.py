@@ -11,7 +11,10 @@ This module imports nothing from ``dermtrl``: any layer may raise these errors.
 
 from __future__ import annotations
 
-__all__ = ["CLIError", "DermtrlError"]
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["CLIError", "DermtrlError", "PublishError", "user_errors"]
 
 
 class DermtrlError(Exception):
@@ -20,3 +23,23 @@ class DermtrlError(Exception):
 
 class CLIError(DermtrlError):
     """A user-facing error raised by a command's argument handling: printed without a traceback, exit status 2."""
+
+
+class PublishError(DermtrlError, ValueError, RuntimeError):
+    """Publishing a dataset or an adapter failed or was refused; the message says where and why (never with the
+    token). One class for both (it was two, with a ``ValueError`` and a ``RuntimeError`` base: it keeps both)."""
+
+
+@contextlib.contextmanager
+def user_errors(what: str = "", hint: str = "", *, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """The one place where bad input met inside a command (``ValueError``, ``FileNotFoundError``, and the
+    exception types in ``also``, e.g. ``TypeError`` from a config) becomes a :class:`CLIError`: one line, no
+    traceback, exit status 2.
+
+    ``what`` prefixes the message (the flags it is about, e.g. ``"--llm-parser-*"``); ``hint`` ends it. Use it as
+    a ``with`` block around the call, or as a decorator on a whole command (``@user_errors()``).
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError, *also) as exc:
+        raise CLIError(f"{what + ': ' if what else ''}{exc}{hint}") from exc

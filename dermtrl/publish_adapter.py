@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from dermtrl.errors import DermtrlError
+from dermtrl.errors import PublishError
 
 __all__ = ["PublishError", "build_model_card", "publish_adapter", "register_publish_adapter", "stage_adapter"]
 
@@ -41,10 +41,6 @@ ADAPTER_FILES: tuple[str, ...] = (
     "chat_template.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
 )
 REPORT_FILES: tuple[str, ...] = ("agreement.md", "agreement.json", "agreement.csv")
-
-
-class PublishError(DermtrlError, ValueError):
-    """A problem with what was asked to be published, explained for the person who asked."""
 
 
 @dataclass
@@ -324,15 +320,15 @@ def cmd_publish_adapter(args: argparse.Namespace) -> int:
         raise CLIError(f"environment variable {args.token_env} is not set")
     stage_kwargs = {"base_model": args.base_model, "datasets": args.dataset, "sft_config": args.sft_config,
                     "soreb_config": args.soreb_config, "report": args.report}
-    try:
+    try:  # a PublishError is a user error already: main prints it
         if args.dry_run:
             out = stage_adapter(args.adapter, args.dry_run, repo_id=args.repo_id, **stage_kwargs)
             console.print(f"Wrote the adapter repo (not pushed) to [bold]{out}[/bold]; review README.md")
             return 0
         url = publish_adapter(args.adapter, args.repo_id, private=args.private, revision=args.revision,
                               commit_message=args.commit_message, token=token, **stage_kwargs)
-    except PublishError as exc:
-        raise CLIError(str(exc)) from exc
+    except PublishError:
+        raise
     except Exception as exc:  # Hub errors (auth, network): one line, without a traceback
         from huggingface_hub.errors import HfHubHTTPError
 

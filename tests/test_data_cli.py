@@ -141,7 +141,7 @@ def test_every_step_through_the_cli(tmp_path: Path, make_openai_server) -> None:
         len(load_from_disk(str(Path(run) / "datasets" / "dermeval"))["test"]) == 12
     # a second caption run with another model is refused, not mixed in
     code, output = run_cli(["data", "caption", "--run", run, "--base-url", server.base_url, "--model", "other"])
-    assert code == 2 and "model='oracle'" in output and "overwrite" in output
+    assert code == 2 and "model: file has 'oracle'" in output and "overwrite" in output
 
 
 def test_build_synthetic_writes_where_out_says(tmp_path: Path) -> None:

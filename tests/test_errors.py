@@ -23,6 +23,7 @@ def _user_facing() -> list[tuple[type, type]]:
 
     return [(CLIError, Exception), (ConfigError, ValueError), (SplitLeak, ValueError), (ImageError, ValueError),
             (DatasetPublishError, RuntimeError), (SettingsMismatch, ValueError), (AdapterPublishError, ValueError),
+            (DatasetPublishError, ValueError),
             (LLMError, Exception)]
 
 

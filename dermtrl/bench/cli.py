@@ -7,9 +7,10 @@ so ``dermtrl --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from dermtrl.errors import user_errors
 
 __all__ = ["register"]
 
@@ -33,21 +34,6 @@ def _consoles() -> tuple[Any, Any]:
     from dermtrl.cli._common import console, err_console
 
     return console, err_console
-
-
-def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input (a config, a dataset, a results file made with other settings) -> CLIError, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        from dermtrl.cli._common import CLIError
-
-        try:
-            return func(args)
-        except (ValueError, FileNotFoundError) as exc:
-            raise CLIError(str(exc)) from exc
-
-    return wrapper
 
 
 # --- shared arguments ----------------------------------------------------------------------------------
@@ -133,7 +119,7 @@ def _print_failures(records: Sequence[dict[str, Any]], limit: int = 10) -> None:
 # --- commands ------------------------------------------------------------------------------------------
 
 
-@_user_errors
+@user_errors()
 def cmd_generate(args: argparse.Namespace) -> int:
     from dermtrl.bench.generate import OpenAIGenerator, TransformersGenerator, generate_candidates
     from dermtrl.cli._common import CLIError
@@ -164,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return finish(errors, len(records), "candidates", allow_failures=args.allow_failures, notes=notes)
 
 
-@_user_errors
+@user_errors()
 def cmd_judge(args: argparse.Namespace) -> int:
     from dermtrl.bench.dermbench import DermBench
 
@@ -201,7 +187,7 @@ def _dermeval_step(args: argparse.Namespace, ds: Any, sets: dict[str, Any], judg
     console.print(f"DermEval records in [bold]{out}[/bold] (`dermtrl bench report ... --dermeval {out}` for CIs)")
 
 
-@_user_errors
+@user_errors()
 def cmd_report(args: argparse.Namespace) -> int:
     from dermtrl.bench.dermbench import read_judgments
     from dermtrl.bench.leaderboard import build_leaderboard
@@ -227,7 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors
+@user_errors()
 def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 in one command: DermBench and DermEval against expert scores on the same rated narratives."""
     from dermtrl.bench.dermeval_scoring import load_dermeval
@@ -249,7 +235,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors
+@user_errors()
 def cmd_probe(args: argparse.Namespace) -> int:
     from dermtrl.bench.dermbench import DermBench
     from dermtrl.bench.render import probe_table
@@ -267,7 +253,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.flagged else 0
 
 
-@_user_errors
+@user_errors()
 def cmd_run(args: argparse.Namespace) -> int:
     from dermtrl.bench.config import load_config
     from dermtrl.bench.dermbench import run_config

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from dermtrl.errors import CLIError, DermtrlError
+from dermtrl.errors import CLIError, DermtrlError, user_errors
 
 __all__ = ["EXIT_FAILURES", "EXIT_USER_ERROR", "CLIError", "DermtrlError", "allow_failures_arg", "console",
-           "err_console", "finish"]
+           "err_console", "finish", "user_errors"]
 
 console = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs
 err_console = Console(stderr=True)

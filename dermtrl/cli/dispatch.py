@@ -20,6 +20,7 @@ from dermtrl.cli._common import (
     console,
     err_console,
     finish,
+    user_errors,
 )
 from dermtrl.dimensions import DIMENSIONS
 
@@ -101,26 +102,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    with user_errors():
         ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
         validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from exc
     llm_parser = None
     if args.llm_parser_model:  # Figure 4's LLM parser: the bench CLI's endpoint flags, prefixed --llm-parser-
         from dermtrl.bench.cli import _client_config
 
-        try:
+        with user_errors("--llm-parser-*", also=(TypeError,)):
             llm_parser = _client_config(args, prefix="llm-parser-")
-        except (TypeError, ValueError) as exc:
-            raise CLIError(f"--llm-parser-*: {exc}") from exc
     evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
                                          max_new_tokens=args.max_new_tokens, llm_parser=llm_parser)
     out = Path(args.out)
     try:
-        records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite)
-    except ValueError as exc:
-        raise CLIError(f"{exc} (--overwrite starts afresh)") from exc
+        with user_errors(hint=" (--overwrite starts afresh)"):
+            records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite)
     finally:
         if evaluator.llm_parser is not None:
             evaluator.llm_parser.close()

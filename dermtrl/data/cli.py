@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dermtrl.cli._common import CLIError
+from dermtrl.cli._common import CLIError, user_errors
 
 __all__ = ["register", "register_publish"]
 
@@ -50,21 +50,17 @@ def _client(args: argparse.Namespace) -> Any:
 
     cache = args.cache or str(Path(args.run) / "llm-cache.sqlite")
     Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with user_errors(also=(TypeError,)):
         config = ClientConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                               max_concurrency=args.max_concurrency, timeout=args.timeout, cache_path=cache)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
     return LLMClient(config)
 
 
 def _vocabulary(path: str | None) -> Any:
     from dermtrl.data.vocabulary import Vocabulary
 
-    try:
+    with user_errors():
         return Vocabulary.from_file(path) if path else None
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
 
 
 def _finish(summary: Any) -> int:
@@ -73,13 +69,10 @@ def _finish(summary: Any) -> int:
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a step; its user-facing errors (bad input, settings mismatch, endpoint errors) become CLIError."""
-    from dermtrl.client import LLMError
-
-    try:
+    """Call a step; its user-facing errors (bad input, settings mismatch) become CLIError (endpoint errors already
+    are user errors: :class:`~dermtrl.client.LLMError` is a DermtrlError)."""
+    with user_errors():
         return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, LLMError) as exc:
-        raise CLIError(str(exc)) from exc
 
 
 # --- data commands ----------------------------------------------------------------------------------------
@@ -168,10 +161,8 @@ def _selection(args: argparse.Namespace) -> dict[str, Any]:
     for stream in STREAMS:
         values = {k: getattr(args, f"{stream}_{k}") for k in ("count", "min_score", "max_score")}
         if any(v is not None for v in values.values()):
-            try:
+            with user_errors(f"--{stream}-*"):
                 out[stream] = StreamSelection(**values)
-            except ValueError as exc:
-                raise CLIError(f"--{stream}-*: {exc}") from exc
     return out
 
 
@@ -214,17 +205,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_publish_dataset(args: argparse.Namespace) -> int:
-    from dermtrl.data.publish import PublishError, publish_dataset
+    from dermtrl.data.publish import publish_dataset
 
     if not args.dry_run and not args.repo_id:
         raise CLIError("give --repo-id NAMESPACE/NAME to push to the Hub, or --dry-run FOLDER")
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise CLIError(f"environment variable {args.token_env} is not set")
-    try:
-        result = publish_dataset(args.path, args.repo_id, dry_run=args.dry_run, private=args.private, token=token)
-    except PublishError as exc:
-        raise CLIError(str(exc)) from exc
+    result = publish_dataset(args.path, args.repo_id, dry_run=args.dry_run, private=args.private, token=token)
     where = "folder" if args.dry_run else "Hub repo"
     out.print(f"Published to {where} [bold]{result.target}[/bold]: "
               + ", ".join(f"{k} {v} rows" for k, v in result.splits.items()))

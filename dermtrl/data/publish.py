@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from dermtrl.client import redact
-from dermtrl.errors import DermtrlError
+from dermtrl.errors import PublishError
 
 __all__ = ["PublishError", "PublishResult", "load_built", "publish_dataset"]
-
-
-class PublishError(DermtrlError, RuntimeError):
-    """Publishing failed; the message says where and why (never with the token)."""
 
 
 @dataclass
