@@ -123,7 +123,7 @@ class ClientConfig:
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 8
     max_retries: int = 5
-    timeout: float = 60.0
+    timeout: float = 120.0  # a long answer from a slow local server takes a minute
     temperature: float = 0.0
     max_tokens: int | None = 1024
     seed: int | None = None
@@ -392,7 +392,7 @@ class LLMClient:
         lines = self.usage.retry_lines()
         if self._gate.lowest < self._gate.limit:
             lines.append(f"the server fell behind (answers slowed by its queue, or timeouts): requests in flight "
-                         f"lowered from {self._gate.limit} to as few as {self._gate.lowest} (see --concurrency)")
+                         f"lowered from {self._gate.limit} to as few as {self._gate.lowest} (see --max-concurrency)")
         return lines
 
     def _resolve(self, overrides: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

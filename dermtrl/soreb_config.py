@@ -94,7 +94,7 @@ class SOREBConfig(_BaseConfig):
     )
     llm_parser_max_concurrency: int = field(default=8, metadata={"help": "LLM parser: requests in flight at once."})
     llm_parser_max_retries: int = field(default=5, metadata={"help": "LLM parser: retries per request."})
-    llm_parser_timeout: float = field(default=60.0, metadata={"help": "LLM parser: seconds per request."})
+    llm_parser_timeout: float = field(default=120.0, metadata={"help": "LLM parser: seconds per request."})
     llm_parser_max_tokens: int | None = field(default=1024, metadata={"help": "LLM parser: answer length cap."})
     llm_parser_cache_path: str | None = field(
         default=None, metadata={"help": "LLM parser: SQLite response cache (None: no cache)."}

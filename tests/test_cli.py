@@ -81,3 +81,26 @@ def test_eval_refuses_a_dataset_without_narratives(tmp_path, capsys):
     assert main(["eval", "--model", "dermtrl:tiny", "--dataset", str(tmp_path / "cases"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing column 'narrative'" in capsys.readouterr().err
+
+
+def test_every_endpoint_has_the_same_flags_with_client_config_defaults():
+    """One spelling for every OpenAI-compatible endpoint: judge, generator, data pipeline, LLM parser."""
+    from dermtrl.cli.dispatch import build_parser
+    from dermtrl.client import ClientConfig
+
+    parser = build_parser()
+    defaults = ClientConfig()
+    bench = ("--dataset", "dermtrl:synthetic", "--out", "o.jsonl")
+    commands = {("bench", "judge", "--model", "j", *bench): "", ("bench", "generate", "--model", "g", *bench): "",
+                ("data", "caption", "--run", "r"): "",
+                ("eval", "--dataset", "dermtrl:synthetic", "--out", "o"): "llm_parser_"}
+    for argv, key in commands.items():
+        args = parser.parse_args(list(argv))
+        assert getattr(args, key + "max_concurrency") == defaults.max_concurrency, argv
+        assert getattr(args, key + "timeout") == defaults.timeout, argv
+        assert getattr(args, key + "api_key_env") == defaults.api_key_env, argv
+    flag = ["--max-concurrency", "3", "--timeout", "7", "--cache-path", "c.sqlite"]
+    args = parser.parse_args(["bench", "judge", "--model", "j", *bench, *flag])
+    assert (args.max_concurrency, args.timeout, args.cache_path) == (3, 7.0, "c.sqlite")
+    old = parser.parse_args(["bench", "judge", "--model", "j", *bench, "--concurrency", "4", "--cache", "o"])
+    assert (old.max_concurrency, old.cache_path) == (4, "o")  # the earlier spellings still work

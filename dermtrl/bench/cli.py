@@ -49,32 +49,16 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def _client_args(p: argparse.ArgumentParser, who: str, *, model_required: bool = True, prefix: str = "") -> None:
-    """The endpoint flags (``prefix`` names a second endpoint beside a command's own, e.g. ``llm-parser-``)."""
-    g = p.add_argument_group(f"{who} endpoint (OpenAI-compatible: OpenAI, Gemini, a vLLM server, ...)")
-    g.add_argument(f"--{prefix}base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)")
-    g.add_argument(f"--{prefix}model", required=model_required, help=f"the {who} model name at that endpoint")
-    g.add_argument(f"--{prefix}api-key-env", default="OPENAI_API_KEY", help="NAME of the env variable holding the key")
-    g.add_argument(f"--{prefix}concurrency", type=int, default=8, help="requests in flight at once")
-    g.add_argument(f"--{prefix}max-retries", type=int, default=5)
-    g.add_argument(f"--{prefix}timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument(f"--{prefix}max-tokens", type=int, default=1024)
-    g.add_argument(f"--{prefix}cache", default=None, help="SQLite response cache (resumes at no cost, reruns free)")
-    if who in ("judge", "LLM parser"):
-        g.add_argument(f"--{prefix}structured-output", action="store_true",
-                       help="ask for the six scores as JSON (response_format json_schema: vLLM, llama.cpp, OpenAI); "
-                            "helps small judges that cannot keep to the free-text format")
+    from dermtrl.cli._common import endpoint_args
+
+    endpoint_args(p, who, prefix=prefix, model_required=model_required,
+                  structured_output=who in ("judge", "LLM parser"))
 
 
 def _client_config(args: argparse.Namespace, prefix: str = "", **extra: Any) -> Any:
-    from dermtrl.client import ClientConfig
+    from dermtrl.cli._common import endpoint_config
 
-    def arg(name: str) -> Any:
-        return getattr(args, prefix.replace("-", "_") + name, None)
-
-    return ClientConfig(base_url=arg("base_url"), model=arg("model"), api_key_env=arg("api_key_env"),
-                        max_concurrency=arg("concurrency"), max_retries=arg("max_retries"), timeout=arg("timeout"),
-                        max_tokens=arg("max_tokens"), cache_path=arg("cache"),
-                        response_format="scores" if arg("structured_output") else None, **extra)
+    return endpoint_config(args, prefix, **extra)
 
 
 def _cases(args: argparse.Namespace) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dermtrl.cli._common import CLIError, user_errors
+from dermtrl.cli._common import CLIError, endpoint_args, endpoint_config, user_errors
 
 __all__ = ["register", "register_publish"]
 
@@ -32,13 +32,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def _add_client(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model endpoint (any OpenAI-compatible server)")
-    g.add_argument("--base-url", default=None, help="e.g. http://localhost:8000/v1 (default: the OpenAI API)")
-    g.add_argument("--model", default="gpt-4o-mini", help="model name sent to the endpoint")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the variable holding the API key")
-    g.add_argument("--max-concurrency", type=int, default=8)
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    g.add_argument("--cache", default=None, help="response cache file (default: RUN/llm-cache.sqlite)")
+    endpoint_args(p, "pipeline", model_required=False)  # --cache-path defaults to RUN/llm-cache.sqlite
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -46,13 +40,13 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from dermtrl.client import ClientConfig, LLMClient
+    from dermtrl.client import LLMClient
 
-    cache = args.cache or str(Path(args.run) / "llm-cache.sqlite")
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    if args.cache_path is None:
+        args.cache_path = str(Path(args.run) / "llm-cache.sqlite")
+    Path(args.cache_path).parent.mkdir(parents=True, exist_ok=True)
     with user_errors(also=(TypeError,)):
-        config = ClientConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                              max_concurrency=args.max_concurrency, timeout=args.timeout, cache_path=cache)
+        config = endpoint_config(args)
     return LLMClient(config)
 
 
