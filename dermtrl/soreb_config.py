@@ -10,58 +10,100 @@ from trl.trainer.base_config import _BaseConfig
 @dataclass
 class SOREBConfig(_BaseConfig):
     r"""
-    Configuration for [`SOREBTrainer`]: one sampled evaluation per example, a score-alignment reward, an EMA
-    baseline and a policy gradient on the generated tokens, plus the cross-entropy on the label evaluation y*.
+    Configuration class for the [`SOREBTrainer`].
 
-    > Choices the paper leaves open, and what SOREB does (each one a field below where it can be changed)
-
-    - **Baseline start.** Eq. 3 does not say what b is before the first reward. `baseline_init=None` starts it at
-      the mean reward of the first batch that has one (so early advantages are centred, not all negative: rewards
-      are <= 0); a number starts it there. `use_baseline=False` is the b = 0 ablation.
-    - **Update, then advantage.** Eq. 3 is applied as written: b <- beta*b + (1-beta)*r first, then adv = r - b
-      with the updated b, so adv = beta * (r - b_previous). Rewards within a batch (gathered from every process
-      under data parallelism) are folded in one at a time, in a fixed order. Evaluation (`prediction_step`) reads
-      the baseline but never moves it.
-    - **Mean over generated tokens.** Eq. 4's mean_{t in T} is taken per sequence over its own generated tokens
-      (its EOS included, padding, prompt and image positions excluded), then averaged over the examples that
-      have a reward (`pg_normalization="sequence"`); `"token"` is the alternative (one mean over all tokens).
-    - **K = 0.** When no score parses, the example has no reward: no RL term, it does not enter the baseline and
-      is counted in `no_reward_fraction`; its text loss still applies. It is never given a reward of 0.
-    - **Sampling.** The paper gives no temperature or top-p for the one sample: `temperature=1.0`, `top_p=1.0`
-      (the model's own distribution, what REINFORCE assumes), no top-k. The `<image>` token is never sampled.
-    - **LoRA dropout while sampling.** The model stays in training mode, so LoRA dropout (0.05 in the paper) is
-      active both while sampling and in the teacher-forced pass, as in TRL's GRPO with `disable_dropout=False`.
-    - **Length.** `max_completion_length` caps the sample; a sample that hits it is counted in `clipped_ratio`
-      and the trainer warns above 5% (the recipes record the label lengths in `label_lengths.json`).
-    - **What trains.** The paper trains LoRA only; the recipes' `train_projector` option also trains the
-      multimodal projector in full, as LLaVA-1.5's own LoRA recipe does (Stage 2 inherits Stage 1's choice).
+    SOREB (Score-Oriented REINFORCE with an EMA Baseline, paper Section 3.3) draws one evaluation per example,
+    rewards it by the negative MSE between its parsed scores and the expert scores, subtracts an EMA baseline, and
+    adds the policy gradient on the generated tokens to the cross-entropy on the label evaluation y* (eq. 5).
+    Only the parameters specific to SOREB are listed here; for the others, see
+    [`~transformers.TrainingArguments`].
 
     Parameters:
-        max_completion_length (`int`, defaults to `256`): maximum tokens of the sampled evaluation.
-        temperature (`float`, defaults to `1.0`): sampling temperature of the single sample per example.
-        top_p (`float`, defaults to `1.0`), top_k (`int`, *optional*): nucleus / top-k sampling.
-        beta (`float`, defaults to `0.9`): EMA momentum of the baseline, eq. 3 (`b <- beta*b + (1-beta)*r`).
-        baseline_init (`float`, *optional*): initial baseline; `None` starts it at the first batch's mean reward.
-        rl_weight (`float`, defaults to `0.5`): lambda_RL of eq. 5.
-        text_weight (`float`, defaults to `1.0`): lambda_TEXT of eq. 5. The paper requires > 0; 0 is accepted
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for `AutoModelForImageTextToText.from_pretrained`, used when the `model` argument of
+            the [`SOREBTrainer`] is a string (a Hub id or a folder).
+
+        > Parameters that control generation
+
+        max_completion_length (`int`, *optional*, defaults to `256`):
+            Maximum number of tokens of the sampled evaluation. A sample that hits it is counted in
+            `clipped_ratio`, and the trainer warns above 5%.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the one sample per example (the paper gives none: 1.0 samples the model's own
+            distribution, as REINFORCE assumes).
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling probability.
+        top_k (`int`, *optional*):
+            Top-k sampling; `None` disables it.
+
+        > Parameters that control the training
+
+        beta (`float`, *optional*, defaults to `0.9`):
+            EMA momentum of the reward baseline, eq. 3: `b <- beta * b + (1 - beta) * r`.
+        baseline_init (`float`, *optional*):
+            Initial baseline. `None` starts it at the mean reward of the first batch that has one.
+        use_baseline (`bool`, *optional*, defaults to `True`):
+            Subtract the baseline. `False` is the ablation b = 0 (adv = r, plain REINFORCE).
+        advantage_scaling (`str`, *optional*, defaults to `"none"`):
+            `"none"` is the paper's adv = r - b. `"running_std"` (not in the paper, an option for diagnosis)
+            divides adv by an EMA (momentum `beta`) of the standard deviation of r - b.
+        pg_normalization (`str`, *optional*, defaults to `"sequence"`):
+            `"sequence"` is eq. 4: the mean over each sample's generated tokens, then the batch mean. `"token"`
+            (not in the paper) is one mean over every generated token of the batch.
+        rl_weight (`float`, *optional*, defaults to `0.5`):
+            lambda_RL of eq. 5, the weight of the policy-gradient loss.
+        text_weight (`float`, *optional*, defaults to `1.0`):
+            lambda_TEXT of eq. 5, the weight of the cross-entropy on y*. The paper requires > 0; 0 is accepted
             only as an ablation (SOREB without the text loss).
-        use_baseline (`bool`, defaults to `True`): `False` is the ablation b = 0 (adv = r, plain REINFORCE).
-        advantage_scaling (`str`, defaults to `"none"`): `"none"` is the paper's adv = r - b; `"running_std"`
-            (not in the paper, an option for diagnosis) divides adv by an EMA (momentum `beta`) of the reward's
-            standard deviation around the baseline, so the policy-gradient scale no longer depends on the reward's.
-        pg_normalization (`str`, defaults to `"sequence"`): `"sequence"` is eq. 4 (per-sequence mean over the
-            generated tokens, then the batch mean); `"token"` sums adv * log p over every generated token of the
-            batch and divides by their total count (long samples weigh more; not in the paper).
-        llm_parser_base_url / llm_parser_model / llm_parser_api_key_env / llm_parser_max_concurrency /
-            llm_parser_max_retries / llm_parser_timeout / llm_parser_max_tokens / llm_parser_cache_path /
-            llm_parser_response_format: when a model is named, the LLM parser of Figure 4 fills the scores the
-            rule-based parser misses, through the project's OpenAI-compatible client with these endpoint settings
-            (the fields of `dermtrl.client.ClientConfig`, same defaults; `llm_parser_response_format: scores` asks
-            for the scores as JSON).
-        num_completions_to_print (`int`, defaults to `2`): sampled completions logged as a table at each log step.
-        log_completions (`bool`, defaults to `True`): whether to log that table.
+
+        > Parameters that control the LLM parser (Figure 4; the fields of `dermtrl.client.ClientConfig`)
+
+        llm_parser_base_url (`str`, *optional*):
+            OpenAI-compatible endpoint of the LLM parser; `None` is the OpenAI API.
+        llm_parser_model (`str`, *optional*):
+            Model of the LLM parser, which fills the scores the rule-based parser misses. `None` uses the
+            rule-based parser only.
+        llm_parser_api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
+            Name of the environment variable that holds the parser's API key (never the key itself).
+        llm_parser_max_concurrency (`int`, *optional*, defaults to `8`):
+            Parser requests in flight at once.
+        llm_parser_max_retries (`int`, *optional*, defaults to `5`):
+            Retries per parser request on transient errors.
+        llm_parser_timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds per parser request.
+        llm_parser_max_tokens (`int`, *optional*, defaults to `1024`):
+            Length cap of the parser's answer.
+        llm_parser_cache_path (`str`, *optional*):
+            SQLite response cache of the parser; `None` caches nothing.
+        llm_parser_response_format (`str`, *optional*):
+            `"scores"` asks the parser for the six scores as JSON (structured output).
+
+        > Parameters that control the logging
+
+        log_completions (`bool`, *optional*, defaults to `True`):
+            Whether to log a table of sampled completions at each logging step.
+        num_completions_to_print (`int`, *optional*, defaults to `2`):
+            Number of completions in that table.
+
+    Choices the paper leaves open, and what SOREB does:
+
+    - **Update, then advantage.** Eq. 3 is applied as written: b is updated first, then adv = r - b with the
+      updated b. Rewards within a batch (gathered from every process under data parallelism) are folded in one at
+      a time, in a fixed order. Evaluation (`prediction_step`) reads the baseline but never moves it.
+    - **K = 0.** When no score parses, the example has no reward: no RL term, it does not enter the baseline and is
+      counted in `no_reward_fraction`; its text loss still applies. It is never given a reward of 0.
+    - **Sampling.** The `<image>` token is never sampled. The model stays in training mode, so LoRA dropout is
+      active both while sampling and in the teacher-forced pass, as in TRL's GRPO with `disable_dropout=False`.
+    - **What trains.** The paper trains LoRA only; the recipes' `train_projector` option also trains the
+      multimodal projector in full, as LLaVA-1.5's own LoRA recipe does (Stage 2 inherits Stage 1's choice).
     """
 
+    model_init_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for from_pretrained when the trainer's model is a string."},
+    )
     max_completion_length: int = field(default=256, metadata={"help": "Maximum new tokens of the sampled evaluation."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the one sample per example."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability."})

@@ -158,6 +158,20 @@ class SOREBTrainer(_BaseTrainer):
     _template_file = os.path.relpath(Path(__file__).parent / "templates" / "soreb_model_card.md",
                                      Path(trl.__file__).parent / "templates")
 
+    @staticmethod
+    def _load(name: str, args: SOREBConfig, processing_class: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from dermtrl.tiny import resolve_model_name
+
+        path = resolve_model_name(name)
+        kwargs = dict(args.model_init_kwargs or {})
+        dtype = kwargs.get("dtype", kwargs.pop("torch_dtype", None))
+        if isinstance(dtype, str) and dtype != "auto":
+            kwargs["dtype"] = getattr(torch, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        return model, processing_class if processing_class is not None else AutoProcessor.from_pretrained(path)
+
     def __init__(
         self,
         model: Any,
@@ -171,6 +185,11 @@ class SOREBTrainer(_BaseTrainer):
         optimizers: tuple = (None, None),
     ):
         args = args or SOREBConfig(output_dir="soreb-output")
+        if isinstance(model, str):  # a Hub id, a folder or dermtrl:tiny, as TRL's trainers accept it
+            model, processing_class = self._load(model, args, processing_class)
+        elif args.model_init_kwargs is not None:
+            raise ValueError("model_init_kwargs applies only when model is a string (a Hub id or a folder); "
+                             "this model is already instantiated")
         if processing_class is None:
             raise ValueError("processing_class is required: pass the model's processor (AutoProcessor)")
         use_training_template(processing_class)

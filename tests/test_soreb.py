@@ -285,8 +285,23 @@ def test_every_config_field_is_documented_with_the_papers_open_choices():
     inherited = {f.name for f in dataclasses.fields(_BaseConfig)}
     doc = SOREBConfig.__doc__
     for f in dataclasses.fields(SOREBConfig):
-        if f.name not in inherited:
-            assert f.metadata.get("help") and f.name in doc, f"SOREBConfig.{f.name} is not documented"
-    for choice in ("Baseline start", "Update, then advantage", "Mean over generated tokens", "K = 0", "Sampling",
-                   "LoRA dropout while sampling", "train_projector"):
+        if f.name not in inherited:  # TRL's format: one entry per field, "name (`type`, ...):"
+            assert f.metadata.get("help") and f"        {f.name} (`" in doc, f"SOREBConfig.{f.name} is not documented"
+    for group in ("the model", "generation", "the training", "the LLM parser", "the logging"):
+        assert f"> Parameters that control {group}" in doc
+    for choice in ("first batch that has one", "Update, then advantage", "eq. 4", "K = 0", "Sampling",
+                   "LoRA dropout", "train_projector"):
         assert choice in doc
+
+
+def test_a_model_name_is_loaded_as_trl_trainers_load_it(tmp_path):
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, use_cpu=True,
+                    report_to="none", save_strategy="no", max_completion_length=8, log_completions=False,
+                    model_init_kwargs={"dtype": "float32"})
+    trainer = SOREBTrainer(model="dermtrl:tiny", args=SOREBConfig(**settings), train_dataset=generate_cases(4),
+                           reward_funcs=[length_reward])
+    assert trainer.model.dtype == torch.float32 and trainer.processing_class.tokenizer is not None
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path())
+    with pytest.raises(ValueError, match="model_init_kwargs applies only when model is a string"):
+        SOREBTrainer(model=model, args=SOREBConfig(**settings), train_dataset=generate_cases(4),
+                     processing_class=AutoProcessor.from_pretrained(tiny_llava_path()), reward_funcs=[length_reward])
