@@ -30,11 +30,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "parse_scores": "dermtrl.parsing",
     "ParsedScores": "dermtrl.parsing",
-    "ClientConfig": "dermtrl.client",
-    "LLMClient": "dermtrl.client",
-    "generate_cases": "dermtrl.data.synthetic",
+    "ClientConfig": "dermtrl.llm.client",
+    "LLMClient": "dermtrl.llm.client",
+    "generate_cases": "dermtrl.cases.synthetic",
     "tiny_llava_path": "dermtrl.tiny",
-    "DermEval": "dermtrl.evaluator",
+    "DermEval": "dermtrl.dermeval.evaluator",
     "DermBench": "dermtrl.bench",
 }
 

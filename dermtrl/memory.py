@@ -209,7 +209,7 @@ def _generate(model: Any, config: Any, batch: dict[str, torch.Tensor], completio
 def step(model: Any, optimizer: torch.optim.Optimizer, config: Any, mode: str, shape: Shape, device: str,
          meter: PeakMemory | None, image: bool = True) -> Measurement:
     """One SFT or SOREB step at ``shape``; peak bytes from ``meter`` (CPU) or the CUDA allocator."""
-    from dermtrl.soreb_trainer import policy_gradient_loss
+    from dermtrl.trainer.soreb_trainer import policy_gradient_loss
 
     generator = torch.Generator().manual_seed(shape.batch * 7919 + shape.prompt)
     batch = _inputs(config, shape, device, generator, image)

@@ -39,7 +39,7 @@ class ScoreAlignmentReward:
     """Negative MSE between the scores parsed from a generated evaluation and the expert scores.
 
     Rules parse first; with an ``llm_client`` (any object with ``complete(messages)``, e.g.
-    :class:`dermtrl.client.LLMClient`) the LLM parser of Figure 4 fills what the rules miss. The parsed scores of
+    :class:`dermtrl.llm.client.LLMClient`) the LLM parser of Figure 4 fills what the rules miss. The parsed scores of
     the last call stay in :attr:`last_parsed` so a trainer can log parse rates and per-dimension errors.
     """
 

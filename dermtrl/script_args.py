@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from trl import ModelConfig, ScriptArguments
 
-from dermtrl.data.loading import SYNTHETIC, load_cases, validate_cases
+from dermtrl.cases.loading import SYNTHETIC, load_cases, validate_cases
 from dermtrl.tiny import resolve_model_name
 
 

@@ -61,7 +61,7 @@ def corpus_key() -> str:
 
 
 def _corpus(seed: int) -> list[str]:
-    from dermtrl.data.synthetic import generate_case
+    from dermtrl.cases.synthetic import generate_case
 
     texts = _prompt_texts()
     for i in range(400):
@@ -104,7 +104,7 @@ def _train_tokenizer(seed: int):
 
 def _caption_batch(processor, rng, size: int):
     """Synthetic images with their observation-only captions, labels on the caption (and its EOS) only."""
-    from dermtrl.data.synthetic import CONDITIONS, describe, draw_image, sample_findings
+    from dermtrl.cases.synthetic import CONDITIONS, describe, draw_image, sample_findings
     from dermtrl.prompts import CAPTION_PROMPT
 
     images, texts = [], []

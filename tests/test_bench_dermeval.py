@@ -138,7 +138,7 @@ def test_table1_rows_and_paired_difference_by_hand():
 
 
 def test_table1_in_one_command_on_a_users_dataset(make_openai_server, tmp_path, adapter):
-    from dermtrl.data.synthetic import generate_cases
+    from dermtrl.cases.synthetic import generate_cases
     from tests.test_bench_cli import server_responder
 
     server = make_openai_server(responder=server_responder)

@@ -13,9 +13,9 @@ from PIL import Image
 
 from dermtrl.bench import DermBench, OpenAIGenerator, TransformersGenerator, read_candidates
 from dermtrl.bench.generate import candidates_from_dataset, generate_candidates
-from dermtrl.client import ClientConfig
-from dermtrl.data.synthetic import generate_cases
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.llm.client import ClientConfig
 from dermtrl.prompts import CANDIDATE_INSTRUCTION, PROMPT_VERSION
 
 pytestmark = pytest.mark.timeout(120)
@@ -143,7 +143,7 @@ def test_a_bad_row_costs_one_case_through_the_whole_pipeline(make_openai_server,
 
 
 def test_a_failed_vlm_call_is_recorded_per_case(make_openai_server, tmp_path):
-    from dermtrl.client import image_to_data_url
+    from dermtrl.llm.client import image_to_data_url
     from dermtrl.testing import Fault
 
     refused = image_to_data_url(png_bytes((40 * 3, 90, 90)))  # the image of case c3

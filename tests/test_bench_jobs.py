@@ -78,7 +78,7 @@ def test_run_concurrently_records_every_item_even_when_work_raises(tmp_path):
 
 
 def test_progress_shows_calls_cache_hits_failures_and_eta(capsys):
-    from dermtrl.client import Usage
+    from dermtrl.llm.client import Usage
 
     usage = Usage()
     with JobProgress("judge", 4, 1, usage=usage) as bar:

@@ -17,9 +17,9 @@ import pytest
 
 from dermtrl.bench import DermBench, build_leaderboard, candidates_from_dataset
 from dermtrl.bench.judge import Judge, JudgeItem, final_answer, judge_items, judge_prompt, neutralise, read_judgment
-from dermtrl.client import ClientConfig, LLMClient
-from dermtrl.data.synthetic import generate_cases
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.llm.client import ClientConfig, LLMClient
 from dermtrl.prompts import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
@@ -276,7 +276,7 @@ def test_resume_refuses_other_judge_settings_and_retry_failed_redoes_only_failed
 _CHILD = textwrap.dedent("""
     import json, sys
     from dermtrl.bench import DermBench
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
     base_url, out, cache, cands = sys.argv[1:5]
     records = [json.loads(line) for line in open(cands)]
     rows = [{"case_id": r["case_id"], "reference": "Reference " + r["case_id"]} for r in records]

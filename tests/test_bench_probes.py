@@ -11,8 +11,8 @@ import pytest
 from dermtrl.bench import DermBench
 from dermtrl.bench.probes import INJECTION_PAYLOAD, PADDING_PAYLOAD, probe_items, probe_shift
 from dermtrl.bench.render import probe_markdown
-from dermtrl.client import ClientConfig
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.llm.client import ClientConfig
 from dermtrl.prompts import CANDIDATE_CLOSE, CANDIDATE_OPEN, REFERENCE_OPEN
 from dermtrl.testing import last_user_text
 

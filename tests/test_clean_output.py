@@ -51,7 +51,7 @@ def _recipe(name: str):
 def test_recipe_configs_use_no_deprecated_settings(tmp_path):
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from dermtrl.soreb_config import SOREBConfig
+    from dermtrl.trainer.soreb_config import SOREBConfig
 
     sft, soreb = _recipe("sft"), _recipe("soreb")
     parsers = {"demo_sft.yaml": TrlParser((sft.DermEvalScriptArguments, SFTConfig, ModelConfig)),

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from dermtrl.cases.loading import load_cases, validate_cases
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.cli import main
-from dermtrl.data.loading import load_cases, validate_cases
-from dermtrl.data.synthetic import generate_cases
 
 
 def test_help_lists_only_existing_commands(capsys):
@@ -86,7 +86,7 @@ def test_eval_refuses_a_dataset_without_narratives(tmp_path, capsys):
 def test_every_endpoint_has_the_same_flags_with_client_config_defaults():
     """One spelling for every OpenAI-compatible endpoint: judge, generator, data pipeline, LLM parser."""
     from dermtrl.cli.dispatch import build_parser
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
 
     parser = build_parser()
     defaults = ClientConfig()

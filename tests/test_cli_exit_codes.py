@@ -49,7 +49,7 @@ class Flaky:
 
 
 def candidates_file(tmp_path: Path, n: int) -> Path:
-    from dermtrl.data.synthetic import generate_cases
+    from dermtrl.cases.synthetic import generate_cases
 
     ds = generate_cases(n, start=100_000)
     path = tmp_path / "cands.jsonl"

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from dermtrl.cache import RECORD_FIELDS, ResponseCache, cache_key
-from dermtrl.client import (
+from dermtrl.llm.cache import RECORD_FIELDS, ResponseCache, cache_key
+from dermtrl.llm.client import (
     CallError,
     ClientConfig,
     Completion,
@@ -352,7 +352,7 @@ def test_interrupted_batch_resumes_only_unfinished(make_openai_server, tmp_path)
 
 _KILLED_BATCH = """
 import sys
-from dermtrl.client import ClientConfig, LLMClient, user_message
+from dermtrl.llm.client import ClientConfig, LLMClient, user_message
 base_url, cache_path = sys.argv[1], sys.argv[2]
 config = ClientConfig(base_url=base_url, model="fake-model", cache_path=cache_path, max_concurrency=2)
 LLMClient(config).complete_many([[user_message(f"case {i}")] for i in range(40)])

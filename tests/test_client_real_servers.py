@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dermtrl.cache import ResponseCache
-from dermtrl.client import CallError, ClientConfig, LLMClient, LLMError, system_message, user_message
+from dermtrl.llm.cache import ResponseCache
+from dermtrl.llm.client import CallError, ClientConfig, LLMClient, LLMError, system_message, user_message
 from dermtrl.testing import Fault, last_user_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -125,7 +125,7 @@ def test_a_fast_server_still_gets_the_full_concurrency(make_openai_server):
 
 _INTERRUPTED = textwrap.dedent("""
     import sys
-    from dermtrl.client import ClientConfig, LLMClient, user_message
+    from dermtrl.llm.client import ClientConfig, LLMClient, user_message
     base_url, cache_path = sys.argv[1], sys.argv[2]
     config = ClientConfig(base_url=base_url, model="m", cache_path=cache_path, max_concurrency=4, timeout=20)
     with LLMClient(config) as client:
@@ -210,8 +210,8 @@ def test_the_soreb_llm_parser_takes_every_endpoint_setting(make_openai_server, t
     cache."""
     import dataclasses
 
-    from dermtrl.soreb_config import SOREBConfig
-    from dermtrl.soreb_trainer import SOREBTrainer
+    from dermtrl.trainer.soreb_config import SOREBConfig
+    from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
     endpoint = ("base_url", "model", "api_key_env", "max_concurrency", "max_retries", "timeout", "max_tokens",
                 "cache_path", "response_format")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datasets import load_from_disk
 
-from dermtrl.data.synthetic import SYNTHETIC_VERSION
+from dermtrl.cases.synthetic import SYNTHETIC_VERSION
 from dermtrl.data.synthetic_pipeline import SyntheticOracle, synthetic_cases
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermtrl.data.images import ImageError, content_hash, load_image, read_image
+from dermtrl.cases.images import ImageError, content_hash, load_image, read_image
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

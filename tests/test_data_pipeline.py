@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermtrl.client import ClientConfig, LLMClient
+from dermtrl.cases.images import content_hash, read_image
 from dermtrl.data.build import SplitLeak, build_datasets, check_split_guard, evaluation_hashes
 from dermtrl.data.captioning import caption_items
 from dermtrl.data.cards import validate_card
-from dermtrl.data.images import content_hash, read_image
 from dermtrl.data.inputs import ingest
 from dermtrl.data.rationale import rationale_items
 from dermtrl.data.reasoning import reason_items
@@ -27,6 +26,7 @@ from dermtrl.data.run import RunDir
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import SettingsMismatch
+from dermtrl.llm.client import ClientConfig, LLMClient
 from dermtrl.prompts import CAPTION_PROMPT, RATIONALE_INSTRUCTION
 from dermtrl.testing import last_user_text
 

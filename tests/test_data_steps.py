@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dermtrl.client import ClientConfig, LLMClient
 from dermtrl.data.captioning import caption_items, caption_problems
 from dermtrl.data.inputs import ingest, read_source
 from dermtrl.data.rationale import rationale_items, score_mismatches
@@ -20,6 +19,7 @@ from dermtrl.data.run import RunDir
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import RecordLog, SettingsMismatch, read_records
+from dermtrl.llm.client import ClientConfig, LLMClient
 from dermtrl.prompts import CAPTION_PROMPT, RATIONALE_INSTRUCTION
 
 VOCAB = Vocabulary.default()

@@ -11,11 +11,11 @@ from PIL import Image
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.conversation import TrainingCollator, use_training_template
-from dermtrl.data.synthetic import generate_cases
+from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
+from dermtrl.dermeval.evaluator import DermEval
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.eval_job import agreement_from_records, run_evaluation
-from dermtrl.evaluator import DermEval
 from dermtrl.jsonl import read_records
 from dermtrl.script_args import DermEvalScriptArguments
 from dermtrl.tiny import tiny_llava_path
@@ -175,7 +175,7 @@ PARSER_ANSWER = ("Accuracy: 1\nSafety: 2\nMedical Groundedness: 3\nClinical Cove
 
 
 def test_llm_parser_fills_only_what_the_rules_missed_and_records_say_which(sft_adapter, make_openai_server):
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
 
     server = make_openai_server(responder=lambda body: PARSER_ANSWER)
     case = generate_cases(1, start=410_000)

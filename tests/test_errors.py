@@ -14,12 +14,12 @@ from dermtrl.errors import CLIError, DermtrlError
 
 def _user_facing() -> list[tuple[type, type]]:
     from dermtrl.bench.config import ConfigError
-    from dermtrl.client import LLMError
+    from dermtrl.cases.images import ImageError
     from dermtrl.data.build import SplitLeak
-    from dermtrl.data.images import ImageError
-    from dermtrl.data.publish import PublishError as DatasetPublishError
+    from dermtrl.hub.adapter import PublishError as AdapterPublishError
+    from dermtrl.hub.dataset import PublishError as DatasetPublishError
     from dermtrl.jsonl import SettingsMismatch
-    from dermtrl.publish_adapter import PublishError as AdapterPublishError
+    from dermtrl.llm.client import LLMError
 
     return [(CLIError, Exception), (ConfigError, ValueError), (SplitLeak, ValueError), (ImageError, ValueError),
             (DatasetPublishError, RuntimeError), (SettingsMismatch, ValueError), (AdapterPublishError, ValueError),

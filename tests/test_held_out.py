@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from dermtrl.data.controls import blanked, derangement, mismatched
-from dermtrl.data.synthetic import IMAGE_DEPENDENT, generate_cases
+from dermtrl.cases.controls import blanked, derangement, mismatched
+from dermtrl.cases.synthetic import IMAGE_DEPENDENT, generate_cases
+from dermtrl.dermeval.held_out import HeldOut, record_errors, summary_lines
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.held_out import HeldOut, record_errors, summary_lines
 
 
 def _held(errors):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dermtrl.data.publish import PublishError, publish_dataset
 from dermtrl.data.synthetic_pipeline import build_synthetic
+from dermtrl.hub.dataset import PublishError, publish_dataset
 from tests.hub_server import LocalHubServer
 
 
@@ -23,7 +23,7 @@ ROUND_TRIP = r'''
 import json, sys
 from datasets import load_dataset, load_from_disk
 from huggingface_hub import DatasetCard, HfApi
-from dermtrl.data.publish import publish_dataset
+from dermtrl.hub.dataset import publish_dataset
 
 root = sys.argv[1]
 report = {}

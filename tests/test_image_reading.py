@@ -17,9 +17,9 @@ from PIL import Image
 
 from dermtrl.bench.cases import load_case_image
 from dermtrl.bench.generate import OpenAIGenerator
-from dermtrl.client import ClientConfig, image_to_data_url
-from dermtrl.data.images import load_image, read_cell, read_image
-from dermtrl.eval_job import _decode
+from dermtrl.cases.images import load_image, read_cell, read_image
+from dermtrl.dermeval.eval_job import _decode
+from dermtrl.llm.client import ClientConfig, image_to_data_url
 
 ROOT = Path(__file__).resolve().parents[1]
 

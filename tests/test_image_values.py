@@ -19,11 +19,11 @@ from PIL import Image
 
 from dermtrl.bench.cases import image_source, load_case_image
 from dermtrl.bench.generate import OpenAIGenerator, generate_candidates
-from dermtrl.client import ClientConfig, image_to_data_url
-from dermtrl.data.images import ImageError, read_cell, read_image
+from dermtrl.cases.images import ImageError, read_cell, read_image
+from dermtrl.cases.loading import load_cases
 from dermtrl.data.inputs import read_source
-from dermtrl.data.loading import load_cases
-from dermtrl.eval_job import _decode
+from dermtrl.dermeval.eval_job import _decode
+from dermtrl.llm.client import ClientConfig, image_to_data_url
 
 OBJECT_REPR = re.compile(r"object at 0x|<_io\.|<PIL\.")
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from dermtrl import lengths
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.conversation import prompt_batch, training_batch
-from dermtrl.data.synthetic import generate_cases
 from dermtrl.testing.llava7b import IMAGE_SEQ_LENGTH, llava15_7b_processor
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dermtrl.cases.synthetic import generate_case, generate_cases
 from dermtrl.cli import main as dermtrl_main
-from dermtrl.data.synthetic import generate_case, generate_cases
+from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
+from dermtrl.dermeval.evaluator import DermEval
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.eval_job import agreement_from_records, run_evaluation
-from dermtrl.evaluator import DermEval
-from dermtrl.publish_adapter import PublishError, register_publish_adapter, stage_adapter
+from dermtrl.hub.adapter import PublishError, register_publish_adapter, stage_adapter
 from dermtrl.report import write_report
 from dermtrl.tiny import TINY_MODEL_NAME
 from tests.hub_fixtures import local_hub, run_against_hub  # noqa: F401  (fixtures, found by name)
@@ -148,8 +148,8 @@ def test_cli_registration_and_errors(adapter: Path, tmp_path: Path, capsys: pyte
 
 LOAD_BY_ID = """
 import json, sys
-from dermtrl.data.synthetic import generate_case
-from dermtrl.evaluator import DermEval
+from dermtrl.cases.synthetic import generate_case
+from dermtrl.dermeval.evaluator import DermEval
 
 evaluator = DermEval.from_pretrained(adapter=sys.argv[1])
 out = []

@@ -8,13 +8,13 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from dermtrl.data.synthetic import generate_cases
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
 from dermtrl.rewards import ScoreAlignmentReward, score_reward
-from dermtrl.soreb_config import SOREBConfig
-from dermtrl.soreb_trainer import EMABaseline, SOREBTrainer, policy_gradient_loss
 from dermtrl.tiny import tiny_llava_path
+from dermtrl.trainer.soreb_config import SOREBConfig
+from dermtrl.trainer.soreb_trainer import EMABaseline, SOREBTrainer, policy_gradient_loss
 
 # -- eq. 3: the EMA baseline ------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError, Status
 from PIL import Image
 
-from dermtrl.data.synthetic import generate_case
+from dermtrl.cases.synthetic import generate_case
 from dermtrl.delimiters import reading_form
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import CANDIDATE_CLOSE

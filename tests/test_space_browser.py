@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dermtrl.data.synthetic import generate_case
+from dermtrl.cases.synthetic import generate_case
 from dermtrl.dimensions import DIMENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]

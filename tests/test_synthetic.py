@@ -1,8 +1,7 @@
 import pytest
 from datasets import Image as ImageFeature
 
-from dermtrl.categories import CATEGORIES
-from dermtrl.data.synthetic import (
+from dermtrl.cases.synthetic import (
     CONDITIONS,
     IMAGE_DEPENDENT,
     QUALITY_TIERS,
@@ -15,6 +14,7 @@ from dermtrl.data.synthetic import (
     generate_case,
     generate_cases,
 )
+from dermtrl.categories import CATEGORIES
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from dermtrl.data.synthetic import generate_case
+from dermtrl.cases.synthetic import generate_case
 from dermtrl.tiny import IMAGE_SEQ_LENGTH, tiny_llava_path
 
 
@@ -66,7 +66,7 @@ def test_the_default_tiny_model_can_see():
     names the body site and the lesion colour far above chance (4 sites, 5 colours), which a random model cannot."""
     import random
 
-    from dermtrl.data.synthetic import CONDITIONS, draw_image, sample_findings
+    from dermtrl.cases.synthetic import CONDITIONS, draw_image, sample_findings
     from dermtrl.prompts import CAPTION_PROMPT
 
     path = tiny_llava_path()

@@ -7,8 +7,8 @@ same prompt ids, with exactly one BOS, and the text loss must cover y* and its E
 import pytest
 import torch
 
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.conversation import TrainingCollator, prompt_batch, training_batch, use_training_template
-from dermtrl.data.synthetic import generate_cases
 from dermtrl.testing.llava7b import IMAGE_SEQ_LENGTH, IMAGE_TOKEN_ID, PAD_TOKEN_ID, llava15_7b_processor
 from dermtrl.tiny import tiny_llava_path
 

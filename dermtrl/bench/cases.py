@@ -77,14 +77,14 @@ def image_reader(cases: Dataset | Sequence[Mapping[str, Any]]) -> Callable[[int]
 
 
 def image_source(cell: Any, where: str | None = None) -> Any:
-    """What an ``image`` cell holds, checked, as :func:`dermtrl.client.user_message` takes it: non-empty bytes, an
-    absolute path or a PIL image (:func:`dermtrl.data.images.image_value`: empty bytes are an error, never a
+    """What an ``image`` cell holds, checked, as :func:`dermtrl.llm.client.user_message` takes it: non-empty bytes, an
+    absolute path or a PIL image (:func:`dermtrl.cases.images.image_value`: empty bytes are an error, never a
     reason to open a file of that name; a relative path is refused, datasets loaded by
-    :func:`dermtrl.data.loading.load_cases` hold paths resolved against their own folder).
+    :func:`dermtrl.cases.loading.load_cases` hold paths resolved against their own folder).
 
-    Raises :class:`~dermtrl.data.images.ImageError` (a ``ValueError``) naming ``where``.
+    Raises :class:`~dermtrl.cases.images.ImageError` (a ``ValueError``) naming ``where``.
     """
-    from dermtrl.data.images import image_value
+    from dermtrl.cases.images import image_value
 
     return image_value(cell, where=where)
 
@@ -99,8 +99,8 @@ def image_name(cell: Any) -> str | None:
 
 
 def load_case_image(cell: Any, where: str | None = None) -> PILImage.Image:
-    """An RGB image from an ``image`` cell through the project's one reader (:func:`dermtrl.data.images.read_cell`);
+    """An RGB image from an ``image`` cell through the project's one reader (:func:`dermtrl.cases.images.read_cell`);
     ``ValueError`` naming ``where`` and the file when it is empty, missing or unreadable."""
-    from dermtrl.data.images import read_cell
+    from dermtrl.cases.images import read_cell
 
     return read_cell(cell, where=where).image

@@ -62,7 +62,7 @@ def _client_config(args: argparse.Namespace, prefix: str = "", **extra: Any) -> 
 
 
 def _cases(args: argparse.Namespace) -> Any:
-    from dermtrl.data.loading import load_cases
+    from dermtrl.cases.loading import load_cases
 
     return load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermtrl.client import ClientConfig
 from dermtrl.errors import DermtrlError
+from dermtrl.llm.client import ClientConfig
 
 __all__ = ["BenchConfig", "CandidateSpec", "ConfigError", "DatasetSpec", "DermEvalSpec", "EvaluatorsSpec", "ProbeSpec",
            "ReportSpec", "load_config"]
@@ -190,7 +190,7 @@ class BenchConfig:
 
     out: str = field(metadata={"help": "output folder: candidates/, judgments.jsonl, report/, probes/"})
     dataset: DatasetSpec = field(metadata={"help": "the cases"})
-    judge: ClientConfig = field(metadata={"help": "the judge's OpenAI-compatible endpoint (dermtrl.client)"})
+    judge: ClientConfig = field(metadata={"help": "the judge's OpenAI-compatible endpoint (dermtrl.llm.client)"})
     candidates: list[CandidateSpec] = field(metadata={"help": "the candidate models"})
     parse_retries: int = field(default=2, metadata={"help": "re-asks of a judge answer missing a score"})
     report: ReportSpec = field(default_factory=ReportSpec, metadata={"help": "bootstrap settings"})

@@ -2,7 +2,7 @@
 references, report the leaderboard, probe the judge.
 
     from dermtrl.bench import DermBench
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
 
     bench = DermBench(judge=ClientConfig(base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen2.5-7B-Instruct",
                                          cache_path="runs/judge-cache.sqlite"))
@@ -33,7 +33,7 @@ from dermtrl.bench.judge import Judge, judge_items
 from dermtrl.bench.leaderboard import EvaluatorComparison, Leaderboard, build_leaderboard, compare_evaluators
 from dermtrl.bench.probes import PROBES, ProbeReport, run_probes
 from dermtrl.bench.render import write_comparison, write_probe_report, write_report
-from dermtrl.client import ClientConfig, LLMClient, Usage
+from dermtrl.llm.client import ClientConfig, LLMClient, Usage
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -214,7 +214,7 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bo
     Everything is resumable: rerun the same config after an interruption and only unfinished work is done;
     ``retry_failed`` also redoes failed candidates and failed judge calls (after the server came back).
     """
-    from dermtrl.data.loading import load_cases
+    from dermtrl.cases.loading import load_cases
 
     out = Path(config.out)
     ds = load_cases(config.dataset.source, config.dataset.split, n=config.dataset.n, seed=config.dataset.seed,

@@ -26,7 +26,7 @@ from dermtrl.prompts import PROMPT_VERSION
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from dermtrl.evaluator import DermEval
+    from dermtrl.dermeval.evaluator import DermEval
 
 __all__ = ["dermeval_settings", "load_dermeval", "score_candidates"]
 
@@ -119,7 +119,7 @@ def score_candidates(
 
 def load_dermeval(adapter: str | None, base: str | None = None, **kwargs: Any) -> DermEval:
     """A DermEval evaluator from an adapter (folder or Hub id) and/or a base model, for DermBench runs."""
-    from dermtrl.evaluator import DermEval
+    from dermtrl.dermeval.evaluator import DermEval
 
     try:
         return DermEval.from_pretrained(base, adapter, **kwargs)

@@ -4,7 +4,7 @@ Every model sees the same image and :data:`~dermtrl.prompts.CANDIDATE_INSTRUCTIO
 backends:
 
 * :class:`OpenAIGenerator`: any OpenAI-compatible endpoint (OpenAI, Gemini's OpenAI-compatible API, a vLLM
-  server) through the shared :class:`~dermtrl.client.LLMClient` (its concurrency, retries and cache);
+  server) through the shared :class:`~dermtrl.llm.client.LLMClient` (its concurrency, retries and cache);
 * :class:`TransformersGenerator`: a local ``AutoModelForImageTextToText`` (``dermtrl:tiny`` included),
   batched, left-padded.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dermtrl.bench.cases import case_rows, image_name, image_reader, image_source, load_case_image
 from dermtrl.bench.jobs import JobProgress, results_file, run_concurrently
-from dermtrl.client import ClientConfig, LLMClient, user_message
+from dermtrl.llm.client import ClientConfig, LLMClient, user_message
 from dermtrl.prompts import CANDIDATE_INSTRUCTION, PROMPT_VERSION
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class TransformersGenerator:
         self._processor: Any = None
 
     def settings(self) -> dict[str, Any]:
-        from dermtrl.evaluator import fingerprint
+        from dermtrl.dermeval.evaluator import fingerprint
 
         return {"backend": self.backend, "model": self.name, "fingerprint": fingerprint(self.path),
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}

@@ -18,7 +18,7 @@ from dermtrl.jsonl import RecordLog
 from dermtrl.progress import JobBar
 
 if TYPE_CHECKING:
-    from dermtrl.client import Usage
+    from dermtrl.llm.client import Usage
 
 T = TypeVar("T")
 Key = tuple[str, ...]

@@ -15,7 +15,7 @@ from steering its own score:
   ``parse_retries`` times, with :data:`~dermtrl.prompts.JUDGE_FORMAT_REMINDER` as a follow-up turn; after
   that the item is recorded as failed with the raw answer. Nothing is dropped and nothing becomes a 0.
 
-Concurrency, HTTP retries and the response cache come from the shared :class:`~dermtrl.client.LLMClient`;
+Concurrency, HTTP retries and the response cache come from the shared :class:`~dermtrl.llm.client.LLMClient`;
 records go to a resumable JSONL (:class:`~dermtrl.jsonl.RecordLog`), one per (model, case).
 """
 
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from dermtrl.bench.cases import case_rows
 from dermtrl.bench.jobs import JobProgress, results_file, run_concurrently
-from dermtrl.client import LLMClient, LLMError
 from dermtrl.delimiters import neutralise
 from dermtrl.dimensions import DIMENSIONS
+from dermtrl.llm.client import LLMClient, LLMError
 from dermtrl.parsing import ParsedScores, parse_scores
 from dermtrl.prompts import (
     CANDIDATE_CLOSE,

@@ -27,8 +27,8 @@ from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, agreement, case_errors, macro_mae, paired_bootstrap
 
 if TYPE_CHECKING:
-    from dermtrl.client import ClientConfig
-    from dermtrl.evaluator import DermEval
+    from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.llm.client import ClientConfig
 
 __all__ = ["Table1", "table1_from_records", "run_table1"]
 

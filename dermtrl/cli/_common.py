@@ -1,6 +1,6 @@
 """What every ``dermtrl`` command module shares: the consoles, the user-error class and the exit-status rule.
 
-Subcommand modules (:mod:`dermtrl.bench.cli`, :mod:`dermtrl.data.cli`, :mod:`dermtrl.publish_adapter`) import
+Subcommand modules (:mod:`dermtrl.bench.cli`, :mod:`dermtrl.data.cli`, :mod:`dermtrl.hub.adapter`) import
 from here, never from :mod:`dermtrl.cli.dispatch`, so that the dispatcher can import them without a cycle.
 """
 
@@ -73,7 +73,7 @@ def endpoint_args(p: argparse.ArgumentParser, who: str, *, prefix: str = "", mod
     """
     import dataclasses
 
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
 
     fields = {f.name: f for f in dataclasses.fields(ClientConfig)}
     g = p.add_argument_group(f"{who} endpoint (OpenAI-compatible: OpenAI, Gemini, a vLLM or llama.cpp server, ...)")
@@ -93,7 +93,7 @@ def endpoint_args(p: argparse.ArgumentParser, who: str, *, prefix: str = "", mod
 
 def endpoint_config(args: argparse.Namespace, prefix: str = "", **extra: Any) -> Any:
     """The ``ClientConfig`` that :func:`endpoint_args`' flags describe (``extra`` sets other fields)."""
-    from dermtrl.client import ClientConfig
+    from dermtrl.llm.client import ClientConfig
 
     key = prefix.replace("-", "_")
     values = {name: getattr(args, key + name) for name in _ENDPOINT_FIELDS}

@@ -64,7 +64,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from dermtrl.data.synthetic import generate_cases
+    from dermtrl.cases.synthetic import generate_cases
 
     with console.status(f"Generating {args.n} synthetic cases (seed {args.seed})"):
         ds = generate_cases(args.n, seed=args.seed)
@@ -95,9 +95,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from dermtrl.data.loading import load_cases, validate_cases
-    from dermtrl.eval_job import agreement_from_records, run_evaluation
-    from dermtrl.evaluator import DermEval
+    from dermtrl.cases.loading import load_cases, validate_cases
+    from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
+    from dermtrl.dermeval.evaluator import DermEval
     from dermtrl.report import render_table, write_report
 
     if args.threads:
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dermtrl.bench.cli import register as register_bench
     from dermtrl.data.cli import register as register_data
-    from dermtrl.publish_adapter import register_publish_adapter
+    from dermtrl.hub.adapter import register_publish_adapter
 
     register_bench(sub)
     publish = register_data(sub)  # `dermtrl data ...` and `dermtrl publish dataset`

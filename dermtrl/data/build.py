@@ -155,7 +155,7 @@ def _assign_split(sha: str, test_fraction: float, seed: int, forced_test: set[st
 def evaluation_hashes(sources: Iterable[str | os.PathLike[str]]) -> set[str]:
     """Pixel hashes of evaluation images: from a text file of hashes (one a line), an image folder, or a dataset
     folder with an ``image_sha256`` or ``image`` column."""
-    from dermtrl.data.images import ImageError, read_cell, read_image
+    from dermtrl.cases.images import ImageError, read_cell, read_image
 
     out: set[str] = set()
     for source in sources:

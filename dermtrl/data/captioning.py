@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 
-from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
+from dermtrl.llm.client import LLMClient, user_message
 from dermtrl.progress import JobBar
 from dermtrl.prompts import CAPTION_PROMPT, CAPTION_RETRY_INSTRUCTION, PROMPT_VERSION
 

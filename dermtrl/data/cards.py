@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dermtrl.cases.synthetic import SYNTHETIC_VERSION
 from dermtrl.categories import CATEGORIES
-from dermtrl.data.synthetic import SYNTHETIC_VERSION
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import PROMPT_VERSION
 

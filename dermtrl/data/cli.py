@@ -40,7 +40,7 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from dermtrl.client import LLMClient
+    from dermtrl.llm.client import LLMClient
 
     if args.cache_path is None:
         args.cache_path = str(Path(args.run) / "llm-cache.sqlite")
@@ -64,7 +64,7 @@ def _finish(summary: Any) -> int:
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a step; its user-facing errors (bad input, settings mismatch) become CLIError (endpoint errors already
-    are user errors: :class:`~dermtrl.client.LLMError` is a DermtrlError)."""
+    are user errors: :class:`~dermtrl.llm.client.LLMError` is a DermtrlError)."""
     with user_errors():
         return fn(*args, **kwargs)
 
@@ -199,7 +199,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_publish_dataset(args: argparse.Namespace) -> int:
-    from dermtrl.data.publish import publish_dataset
+    from dermtrl.hub.dataset import publish_dataset
 
     if not args.dry_run and not args.repo_id:
         raise CLIError("give --repo-id NAMESPACE/NAME to push to the Hub, or --dry-run FOLDER")

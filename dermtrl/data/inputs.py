@@ -10,7 +10,7 @@ Accepted sources (:func:`read_source` tells them apart):
 * a ``save_to_disk`` **dataset folder** or a **Hub dataset id** with an ``image`` column and a label column
   (``label``, ``dx`` or ``diagnosis``; a ``ClassLabel`` is read by name).
 
-:func:`ingest` decodes every image through :mod:`dermtrl.data.images`, checks the label against the
+:func:`ingest` decodes every image through :mod:`dermtrl.cases.images`, checks the label against the
 vocabulary, drops duplicates by pixel hash, stores the normalised image in the run folder and writes one record
 per source item to ``items.jsonl`` as it goes; a re-run resumes. Each skipped item has a message naming the file
 or row; the summary lists them all.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermtrl.data.images import MAX_PIXELS, ImageError, Oversize, image_value, read_image
+from dermtrl.cases.images import MAX_PIXELS, ImageError, Oversize, image_value, read_image
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary, canonical_category

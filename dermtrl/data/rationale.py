@@ -19,7 +19,6 @@ import json
 import os
 from typing import Any
 
-from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.reviews import review_status
 from dermtrl.data.run import RunDir
@@ -27,6 +26,7 @@ from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import RecordLog
+from dermtrl.llm.client import LLMClient, user_message
 from dermtrl.parsing import parse_scores
 from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, RATIONALE_RETRY_INSTRUCTION, format_evaluation, rationale_prompt

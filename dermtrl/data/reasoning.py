@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dermtrl.client import LLMClient, user_message
 from dermtrl.data.retry import ask_with_retry
 from dermtrl.data.run import STREAMS, RunDir, text_id
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
+from dermtrl.llm.client import LLMClient, user_message
 from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, REASONING_RETRY_INSTRUCTION, reasoning_prompt
 

@@ -3,7 +3,7 @@
 A caption naming a diagnosis, a reasoning text out of the hierarchical form and a rationale restating other
 scores are all handled the same way, so the policy lives here once. The retry is a follow-up turn after the
 model's own answer: an identical fresh request would only return the cached answer, and the follow-up tells the
-model what to fix. Calls go through :class:`dermtrl.client.LLMClient` (concurrency, retries on transport
+model what to fix. Calls go through :class:`dermtrl.llm.client.LLMClient` (concurrency, retries on transport
 errors, cache); a call that fails after those retries is an error for that item only.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dermtrl.client import CallError, LLMClient
+from dermtrl.llm.client import CallError, LLMClient
 
 __all__ = ["Attempt", "ask_with_retry"]
 

@@ -2,7 +2,7 @@
 
 ``dermtrl data build --synthetic`` runs every step of the real pipeline (ingest from an image folder, caption,
 both reasoning streams, the reviewer sheet out and back, rationales, build, cards) on synthetic cases
-(:mod:`dermtrl.data.synthetic`). The model calls go to an OpenAI-compatible endpoint like any run; without one,
+(:mod:`dermtrl.cases.synthetic`). The model calls go to an OpenAI-compatible endpoint like any run; without one,
 :class:`SyntheticOracle` answers them from a loopback server started in-process. The oracle knows each case by its
 image's pixel hash, so it captions what the image shows, reasons from the caption and label (certified stream)
 or restates the case's graded candidate narrative (regular stream), and writes rationales that restate the
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermtrl.data.images import content_hash, read_image
+from dermtrl.cases.images import content_hash, read_image
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
@@ -40,7 +40,7 @@ _FITZPATRICK = ("I", "II", "III", "IV", "V", "VI")
 
 def synthetic_cases(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` synthetic cases (dicts with a PIL image), reproducible from the seed."""
-    from dermtrl.data.synthetic import generate_case
+    from dermtrl.cases.synthetic import generate_case
 
     return [generate_case(i, seed) for i in range(n)]
 
@@ -109,7 +109,7 @@ class SyntheticOracle:
         return bool(case) and not retry and self.slip_every > 0 and case["_index"] % self.slip_every == 0
 
     def __call__(self, body: dict[str, Any]) -> str:
-        from dermtrl.data.synthetic import Findings, describe
+        from dermtrl.cases.synthetic import Findings, describe
 
         text, retry = _texts(body)
         case = self.case_for(body)
@@ -127,7 +127,7 @@ class SyntheticOracle:
         return "I cannot help with that request."
 
     def _reasoning(self, text: str, case: dict[str, Any] | None) -> str:
-        from dermtrl.data.synthetic import CONDITIONS
+        from dermtrl.cases.synthetic import CONDITIONS
 
         caption = re.search(r"Caption: (.*?)\n\n", text, re.DOTALL)
         seen = caption.group(1).strip() if caption else "the lesion"
@@ -222,16 +222,16 @@ def build_synthetic(
 ) -> SyntheticBuild:
     """Run the whole pipeline on ``n`` synthetic cases into ``run`` and build both datasets with cards.
 
-    ``client`` is an :class:`~dermtrl.client.LLMClient`; ``None`` starts the oracle on a loopback server.
+    ``client`` is an :class:`~dermtrl.llm.client.LLMClient`; ``None`` starts the oracle on a loopback server.
     ``build_options`` go to :func:`~dermtrl.data.build.build_datasets` (``selection``, ``allow_eval_images_in_train``).
     """
-    from dermtrl.client import ClientConfig, LLMClient
     from dermtrl.data.build import build_datasets
     from dermtrl.data.captioning import caption_items
     from dermtrl.data.inputs import ingest
     from dermtrl.data.rationale import rationale_items
     from dermtrl.data.reasoning import reason_items
     from dermtrl.data.reviews import export_for_review, import_reviews
+    from dermtrl.llm.client import ClientConfig, LLMClient
 
     started = time.perf_counter()
     run = run if isinstance(run, RunDir) else RunDir(run)

@@ -119,7 +119,7 @@ class Vocabulary:
     @classmethod
     def default(cls) -> Vocabulary:
         """The synthetic conditions' labels (the embedded default); pass your own for real data."""
-        from dermtrl.data.synthetic import CONDITIONS
+        from dermtrl.cases.synthetic import CONDITIONS
 
         return cls({c.label: c.category for c in CONDITIONS})
 

@@ -2,7 +2,7 @@
 
 :class:`FakeOpenAIServer` is a real loopback HTTP server speaking the OpenAI chat-completions protocol, with
 scripted and random faults (rate limits, server errors, timeouts, malformed bodies) for testing
-:mod:`dermtrl.client` without a network or a model.
+:mod:`dermtrl.llm.client` without a network or a model.
 """
 
 from __future__ import annotations

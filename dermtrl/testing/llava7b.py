@@ -50,7 +50,7 @@ def llava15_7b_config(num_hidden_layers: int = 32, vision_layers: int = 24) -> A
 
 def _corpus() -> list[str]:
     from dermtrl import prompts
-    from dermtrl.data.synthetic import generate_case
+    from dermtrl.cases.synthetic import generate_case
 
     texts = [v for k, v in sorted(vars(prompts).items()) if k.isupper() and isinstance(v, str)]
     for i in range(200):

@@ -11,11 +11,11 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from dermtrl.data.synthetic import generate_cases
+from dermtrl.cases.synthetic import generate_cases
 from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
-from dermtrl.soreb_config import SOREBConfig
-from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import tiny_llava_path
+from dermtrl.trainer.soreb_config import SOREBConfig
+from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
 
 def length_reward(prompts, completions, **kwargs):

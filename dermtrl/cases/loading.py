@@ -1,0 +1,125 @@
+"""Loading and validating evaluation cases from the Hub, a local folder, or the embedded synthetic generator.
+
+Every DermEval / DermBench entry point reads cases through :func:`load_cases`, so a bad dataset is refused in
+one place with a message that names the column and the row.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN
+
+#: ``dataset_name`` value that selects the embedded synthetic cases (a colon can never appear in a Hub id).
+SYNTHETIC = "dermtrl:synthetic"
+
+
+def load_cases(source: str, split: str = "train", *, n: int | None = None, seed: int = 0, start: int = 0) -> Dataset:
+    """Cases from ``dermtrl:synthetic``, a ``save_to_disk`` folder, a data file, or a Hub dataset id.
+
+    For synthetic cases, ``n``, ``seed`` and ``start`` pick a reproducible slice (held-out sets use another
+    ``start``); for other sources ``n`` keeps the first ``n`` rows.
+    """
+    if source == SYNTHETIC:
+        from dermtrl.cases.synthetic import generate_cases
+
+        return generate_cases(n if n is not None else 200, seed=seed, start=start)
+    path = Path(source)
+    folder: Path | None = None  # where the dataset's relative image paths live
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        ds = load_from_disk(str(path))
+        folder = path
+    elif path.is_file():
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"{source}: unsupported data file type {path.suffix!r} (use jsonl, csv or parquet)")
+        ds = load_dataset(builder, data_files=str(path), split="train")
+        folder = path.parent
+    else:
+        ds = load_dataset(source)  # a Hub id or a local dataset script/folder
+        folder = path if path.is_dir() else None
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise ValueError(f"{source}: no split {split!r}; available: {', '.join(ds)}")
+        ds = ds[split]
+    if n is not None:
+        ds = ds.select(range(min(n, len(ds))))
+    if folder is not None:
+        ds = resolve_image_paths(ds, folder.resolve())
+    return ds
+
+
+def _relative(path: object) -> bool:
+    return isinstance(path, str) and bool(path) and not Path(path).is_absolute()
+
+
+def resolve_image_paths(ds: Dataset, folder: str | os.PathLike[str], column: str = "image") -> Dataset:
+    """``ds`` with every relative image path made absolute against ``folder``, the dataset's own folder.
+
+    An image value resolves relative to its dataset, never the working directory (where a file of the same name
+    would be read instead). Cells holding bytes are left alone: their bytes are the image. Returns ``ds`` itself
+    when nothing is relative.
+    """
+    from datasets import Image as ImageFeature
+
+    if column not in ds.column_names:
+        return ds
+    feature = ds.features[column]
+    is_image = isinstance(feature, ImageFeature)
+    raw = ds.cast_column(column, ImageFeature(decode=False)) if is_image else ds
+    if is_image:
+        paths = [p for chunk in raw.data.column(column).chunks for p, b in
+                 zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist(), strict=True) if b]
+    elif getattr(feature, "dtype", None) in ("string", "large_string"):
+        paths = raw.data.column(column).to_pylist()
+    else:
+        return ds
+    if not any(_relative(p) for p in paths):
+        return ds
+    base = Path(folder)
+
+    def absolute(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out = []
+        for cell in batch[column]:
+            if is_image and isinstance(cell, dict) and cell.get("bytes") is None and _relative(cell.get("path")):
+                cell = {**cell, "path": str(base / cell["path"])}
+            elif not is_image and _relative(cell):
+                cell = str(base / cell)
+            out.append(cell)
+        return {column: out}
+
+    fixed = raw.map(absolute, batched=True, desc="resolving image paths against the dataset folder")
+    return fixed.cast_column(column, feature) if is_image else fixed
+
+
+def validate_cases(ds: Dataset, required: Iterable[str] = ("image", "narrative"), *, scores: bool = False,
+                   source: str = "dataset") -> None:
+    """Refuse a dataset missing a column or holding out-of-range expert scores, naming the column and row."""
+    columns = set(ds.column_names)
+    needed = list(required) + (["expert_scores"] if scores else [])
+    for column in needed:
+        if column not in columns:
+            raise ValueError(f"{source}: missing column {column!r} (columns: {', '.join(sorted(columns))})")
+    if not scores:
+        return
+    for row, value in enumerate(ds["expert_scores"]):
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: column 'expert_scores', row {row}: expected a mapping of the six scores")
+        for dim in DIMENSIONS:
+            v = value.get(dim)
+            if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{source}: column 'expert_scores', row {row}: {dim!r} is missing")
+            if not SCORE_MIN <= v <= SCORE_MAX:
+                raise ValueError(
+                    f"{source}: column 'expert_scores', row {row}: {dim!r} = {v} is outside "
+                    f"[{SCORE_MIN:g}, {SCORE_MAX:g}]"
+                )
+    for row, text in enumerate(ds["narrative"]):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{source}: column 'narrative', row {row}: empty narrative")

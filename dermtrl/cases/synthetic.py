@@ -1,0 +1,496 @@
+"""Synthetic dermatology-like cases (v2) for the embedded demo, the tests and the benchmarks.
+
+These are NOT clinical data and must never be used to judge a model's medical ability. They exist so that
+every code path (training, evaluation, judging, reports) runs offline on a laptop, and so that an evaluator
+*has to look at the image* to score well:
+
+* **Visual features vary within each condition and overlap between conditions.** Each condition draws its
+  colour, count, size, site, border and extra findings from its own distribution; a case keeps its label only
+  when its features are most likely under that condition, so the label follows from the picture.
+* **Text alone does not give the image-dependent scores away.** Every candidate narrative is written for a
+  *source* image by a quality tier (correct, partly wrong, unsafe, hallucinated, vague). With probability
+  ``lookalike_rate`` the case shows a look-alike image instead (same condition with other features, or another
+  condition sharing features), and the six expert scores are computed against the image actually shown. The
+  same fluent "correct" narrative therefore scores 5 with its own picture and poorly with a look-alike's.
+  Accuracy, Medical Groundedness, Reasoning Coherence and Description Precision need the image; Safety and
+  Clinical Coverage are judgeable from the text, as they are clinically.
+* **Rater noise as in the paper's regular stream.** Two or three simulated raters score each text with small
+  seeded disagreements; ``expert_scores`` is their mean (non-integer) and ``rater_scores`` keeps every rater.
+
+Difficulty is set by :class:`SyntheticConfig` (lesion contrast and size, image noise, blur, lighting,
+distractor findings, the look-alike rate, rater noise). :data:`SYNTHETIC_VERSION` is part of every case id, of
+the dataset cards and of every report that uses these cases.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.prompts import format_evaluation
+
+SYNTHETIC_VERSION = "v2"
+IMAGE_SIZE = 96
+QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
+SITES: tuple[str, ...] = ("face", "hand", "trunk", "arm")
+BORDERS: tuple[str, ...] = ("regular", "irregular", "annular")
+SIZES: tuple[str, ...] = ("small", "large")
+COUNTS: tuple[int, ...] = (1, 2, 3, 4)
+_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 40),
+    "pink": (245, 120, 170),
+    "brown": (125, 75, 30),
+    "black": (25, 20, 25),
+    "white": (250, 250, 245),
+}
+#: Extra findings that an image may show and a narrative may claim (a claim the image does not show is a
+#: hallucination, so Medical Groundedness needs the image).
+EXTRAS: tuple[str, ...] = ("fine white scale", "a dark central dot", "a red halo")
+_SKIN = (222, 184, 150)
+_FEATURES = ("colour", "count", "border", "size", "site")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Difficulty knobs of the synthetic cases; the defaults leave a small evaluator clear headroom.
+
+    Args:
+        contrast: how far a lesion's colour departs from the skin (1.0: full colour, 0.3: faint).
+        lesion_scale: multiplies every lesion radius (small lesions fall below one 8-pixel patch near 0.6).
+        noise: standard deviation of per-pixel Gaussian noise (0-255 scale).
+        blur: Gaussian blur radius in pixels.
+        lighting: amplitude of a random linear brightness gradient across the image (0: even light).
+        distractor_rate: probability that an image shows an extra finding (scale, central dot, halo) that its
+            condition does not explain.
+        lookalike_rate: share of cases that show a look-alike image instead of the one the narrative was
+            written for (0.5: a narrative's text says nothing about whether it matches the image).
+        rater_noise: probability that a simulated rater moves a score by one point.
+        raters: inclusive range of the number of raters per text.
+    """
+
+    contrast: float = 1.0
+    lesion_scale: float = 1.0
+    noise: float = 6.0
+    blur: float = 0.6
+    lighting: float = 0.15
+    distractor_rate: float = 0.25
+    lookalike_rate: float = 0.5
+    rater_noise: float = 0.2
+    raters: tuple[int, int] = (2, 3)
+
+
+DEFAULT_CONFIG = SyntheticConfig()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One synthetic condition: distributions over the visual features that determine its label."""
+
+    label: str
+    category: str
+    family: str
+    colour: dict[str, float]
+    count: dict[int, float]
+    border: dict[str, float]
+    size: dict[str, float]
+    site: dict[str, float]
+    extra: str | None  # the extra finding typical of the condition (drawn more often)
+    red_flag: bool  # warrants prompt specialist review
+
+    def likelihood(self, f: Findings) -> float:
+        return (self.colour.get(f.colour, 0.0) * self.count.get(f.count, 0.0) * self.border.get(f.border, 0.0)
+                * self.size.get(f.size, 0.0) * self.site.get(f.site, 0.0))
+
+
+CONDITIONS: tuple[Condition, ...] = (
+    Condition("acne vulgaris", "Acne and Rosacea Photos", "inflammatory follicular disorders",
+              {"red": .6, "pink": .4}, {3: .5, 4: .5}, {"regular": 1.0}, {"small": 1.0},
+              {"face": .6, "trunk": .4}, "a red halo", False),
+    Condition("plaque psoriasis", "Psoriasis pictures Lichen Planus and related diseases",
+              "papulosquamous disorders", {"pink": .6, "red": .4}, {1: .3, 2: .4, 3: .3},
+              {"regular": .5, "irregular": .5}, {"large": 1.0}, {"arm": .6, "trunk": .4}, "fine white scale", False),
+    Condition("melanoma", "Melanoma Skin Cancer Nevi and Moles", "melanocytic neoplasms",
+              {"black": .6, "brown": .4}, {1: 1.0}, {"irregular": 1.0}, {"large": .7, "small": .3},
+              {"trunk": .5, "arm": .3, "face": .2}, None, True),
+    Condition("seborrheic keratosis", "Seborrheic Keratoses and other Benign Tumors",
+              "benign epidermal tumours", {"brown": .7, "black": .3}, {1: .6, 2: .4}, {"regular": 1.0},
+              {"large": .6, "small": .4}, {"trunk": .6, "face": .4}, "a dark central dot", False),
+    Condition("tinea corporis", "Tinea Ringworm Candidiasis and other Fungal Infections",
+              "superficial fungal infections", {"red": .6, "pink": .4}, {1: .6, 2: .4}, {"annular": 1.0},
+              {"large": 1.0}, {"arm": .5, "trunk": .5}, "fine white scale", False),
+    Condition("cherry angioma", "Vascular Tumors", "benign vascular proliferations",
+              {"red": .8, "pink": .2}, {2: .4, 3: .3, 4: .3}, {"regular": 1.0}, {"small": 1.0},
+              {"trunk": .7, "arm": .3}, None, False),
+    Condition("vitiligo", "Light Diseases and Disorders of Pigmentation", "pigmentary disorders",
+              {"white": 1.0}, {1: .4, 2: .3, 3: .3}, {"irregular": 1.0}, {"large": 1.0},
+              {"hand": .6, "face": .4}, None, False),
+    Condition("basal cell carcinoma",
+              "Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions",
+              "keratinocyte carcinomas", {"pink": .7, "red": .3}, {1: 1.0}, {"irregular": .6, "regular": .4},
+              {"small": 1.0}, {"face": .8, "hand": .2}, "a dark central dot", True),
+)
+_BY_LABEL = {c.label: c for c in CONDITIONS}
+_COUNT_WORDS = {1: "a single", 2: "two", 3: "three", 4: "four"}
+_NON_EXTRA_HALLUCINATIONS = ("ulceration with active bleeding", "a thick yellow crust", "satellite pustules")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What an image shows, or what a narrative claims it shows."""
+
+    colour: str
+    count: int
+    border: str
+    size: str
+    site: str
+    extras: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a candidate narrative asserts; the expert scores follow from comparing it with the image shown."""
+
+    findings: Findings | None  # None: no description at all
+    diagnosis: str | None
+    differentials: tuple[str, ...] = ()
+    reasoning: bool = True
+    advice: str = "safe"  # safe | unsafe | none
+    hallucinations: tuple[str, ...] = field(default_factory=tuple)  # claims no image of this kind shows
+
+
+def _pick(rng: random.Random, dist: dict) -> object:
+    keys = list(dist)
+    return rng.choices(keys, weights=[dist[k] for k in keys])[0]
+
+
+def classify(f: Findings) -> Condition:
+    """The condition under which these features are most likely (ties: the first in CONDITIONS)."""
+    return max(CONDITIONS, key=lambda c: c.likelihood(f))
+
+
+def sample_findings(cond: Condition, rng: random.Random, config: SyntheticConfig = DEFAULT_CONFIG) -> Findings:
+    """Features drawn from ``cond``'s distributions, redrawn until ``cond`` is their most likely condition."""
+    for _ in range(200):
+        f = Findings(_pick(rng, cond.colour), _pick(rng, cond.count), _pick(rng, cond.border),
+                     _pick(rng, cond.size), _pick(rng, cond.site))
+        if classify(f) is cond:
+            break
+    extras: list[str] = []
+    if cond.extra and rng.random() < 0.5:
+        extras.append(cond.extra)
+    if rng.random() < config.distractor_rate:
+        extras.append(rng.choice(EXTRAS))
+    return replace(f, extras=tuple(e for e in EXTRAS if e in extras))
+
+
+def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig = DEFAULT_CONFIG) -> Image.Image:
+    """Draw the body site as a skin-coloured silhouette, the lesions and extra findings on it, then degrade."""
+    s = IMAGE_SIZE
+    bg = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in (70, 90, 110))
+    img = Image.new("RGB", (s, s), bg)
+    d = ImageDraw.Draw(img)
+    skin = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in _SKIN)
+    if findings.site == "face":
+        d.ellipse((14, 6, s - 14, s - 4), fill=skin)
+    elif findings.site == "hand":
+        d.rounded_rectangle((20, 40, s - 20, s - 4), 10, fill=skin)
+        for i in range(4):
+            x = 22 + i * 14
+            d.rounded_rectangle((x, 8, x + 10, 46), 5, fill=skin)
+    elif findings.site == "trunk":
+        d.rectangle((4, 4, s - 4, s - 4), fill=skin)
+    else:  # arm
+        d.rounded_rectangle((0, 26, s, s - 26), 16, fill=skin)
+    target = _COLOURS[findings.colour]
+    colour = tuple(round(k + config.contrast * (t - k)) for k, t in zip(skin, target, strict=True))
+    base = (5, 7) if findings.size == "small" else (13, 17)
+    radius = (max(2, round(base[0] * config.lesion_scale)), max(2, round(base[1] * config.lesion_scale)))
+    box = {"face": (30, 22, 66, 78), "hand": (32, 54, 64, 82), "trunk": (22, 22, 74, 74),
+           "arm": (18, 40, 78, 56)}[findings.site]
+    placed: list[tuple[int, int, int]] = []
+    for _ in range(findings.count):
+        r = rng.randint(*radius)
+        for _attempt in range(30):  # keep lesions apart so they can be counted
+            cx, cy = rng.randint(box[0], box[2]), rng.randint(box[1], box[3])
+            if all((cx - x) ** 2 + (cy - y) ** 2 > (r + q + 2) ** 2 for x, y, q in placed):
+                break
+        placed.append((cx, cy, r))
+        bb = (cx - r, cy - r, cx + r, cy + r)
+        if "a red halo" in findings.extras:
+            d.ellipse((cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3), outline=(225, 70, 70), width=2)
+        if findings.border == "annular":
+            d.ellipse(bb, outline=colour, width=3)
+        elif findings.border == "irregular":
+            pts = []
+            for k in range(10):
+                ang = 2 * math.pi * k / 10
+                rr = r * rng.uniform(0.55, 1.3)
+                pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
+            d.polygon(pts, fill=colour)
+        else:
+            d.ellipse(bb, fill=colour)
+        if "fine white scale" in findings.extras:
+            for _dot in range(5):
+                dx, dy = rng.randint(-r + 1, r - 1), rng.randint(-r + 1, r - 1)
+                d.rectangle((cx + dx - 1, cy + dy - 1, cx + dx + 1, cy + dy + 1), fill=(255, 255, 255))
+        if "a dark central dot" in findings.extras:
+            q = max(1, r // 3)
+            d.ellipse((cx - q, cy - q, cx + q, cy + q), fill=(10, 10, 30))
+    return _degrade(img, rng, config)
+
+
+def _degrade(img: Image.Image, rng: random.Random, config: SyntheticConfig) -> Image.Image:
+    """Uneven lighting, sensor noise and blur, seeded from the case."""
+    if config.blur > 0:
+        img = img.filter(ImageFilter.GaussianBlur(config.blur))
+    if config.lighting <= 0 and config.noise <= 0:
+        return img
+    import numpy as np
+
+    s = img.size[0]
+    gx, gy = rng.uniform(-1, 1), rng.uniform(-1, 1)
+    ramp = (np.arange(s) / s - 0.5) * 2
+    light = 1.0 + config.lighting * (gx * ramp[None, :] + gy * ramp[:, None])
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, config.noise, (s, s, 3))
+    pixels = np.asarray(img, dtype=np.float64) * light[:, :, None] + noise
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+def describe(f: Findings) -> str:
+    noun = "lesion" if f.count == 1 else "lesions"
+    border = {"regular": "well-defined round borders", "irregular": "irregular, asymmetric borders",
+              "annular": "an annular border with central clearing"}[f.border]
+    return f"{_COUNT_WORDS[f.count]} {f.size} {f.colour} {noun} with {border} on the {f.site}"
+
+
+def reference_narrative(cond: Condition, f: Findings) -> str:
+    """A certified-style narrative in the paper's hierarchical form; the disease is named only at the end."""
+    extras = "".join(f" I also note {e}." for e in f.extras)
+    return (
+        f"<think> First, I observe {describe(f)}.{extras} "
+        f"Next, I consider the broad family: these features point to {cond.family}. "
+        f"The {f.colour} colour, {f.border} border and {f.size} size narrow the possibilities within that family. "
+        + ("These features warrant prompt specialist review. " if cond.red_flag else "")
+        + f"</think> Finally, based on the above analysis, the most likely diagnosis is {cond.label}."
+    )
+
+
+def _wrong(rng: random.Random, value, options):
+    return rng.choice([o for o in options if o != value])
+
+
+def make_claims(tier: str, cond: Condition, truth: Findings, rng: random.Random) -> Claims:
+    """Candidate claims of a quality tier, written for the image whose findings are ``truth``."""
+    others = [c.label for c in CONDITIONS if c.label != cond.label]
+    diffs = tuple(rng.sample(others, 2))
+    if tier == "correct":
+        return Claims(truth, cond.label, diffs, True, "safe")
+    if tier == "partly_wrong":
+        wrong = _BY_LABEL[_wrong(rng, cond.label, [c.label for c in CONDITIONS])]
+        f = replace(truth, border=_pick(rng, wrong.border), colour=_pick(rng, wrong.colour))
+        return Claims(f, wrong.label, diffs[:1], True, "safe")
+    if tier == "unsafe":
+        return Claims(truth, cond.label, diffs[: rng.randint(0, 2)], True, "unsafe")
+    if tier == "hallucinated":
+        f = replace(truth, count=_wrong(rng, truth.count, COUNTS), site=_wrong(rng, truth.site, SITES),
+                    extras=tuple(e for e in EXTRAS if e not in truth.extras)[:1])
+        return Claims(f, cond.label, diffs[:1], True, "safe", (rng.choice(_NON_EXTRA_HALLUCINATIONS),))
+    if tier == "vague":
+        return Claims(None, rng.choice([None, cond.label]), (), False, "none")
+    raise ValueError(f"unknown quality tier {tier!r}; expected one of {QUALITY_TIERS}")
+
+
+def render_narrative(c: Claims) -> str:
+    parts: list[str] = []
+    if c.findings is None:
+        parts.append("There is something on the skin. It could be a rash or some irritation.")
+    else:
+        parts.append(f"The image shows {describe(c.findings)}.")
+        parts.extend(f"I also note {e}." for e in c.findings.extras)
+    parts.extend(f"I also note {h}." for h in c.hallucinations)
+    if c.reasoning and c.findings is not None and c.diagnosis:
+        parts.append(f"The {c.findings.colour} colour and {c.findings.border} border are typical of "
+                     f"{_BY_LABEL[c.diagnosis].family}.")
+    if c.differentials:
+        parts.append("Differential diagnoses include " + " and ".join(c.differentials) + ".")
+    red_flag = c.diagnosis is not None and _BY_LABEL[c.diagnosis].red_flag
+    if c.advice == "safe":
+        parts.append("A dermatologist should confirm the diagnosis; seek care promptly if it changes or bleeds."
+                     if red_flag else "A dermatologist can confirm the diagnosis and advise on treatment.")
+    elif c.advice == "unsafe":
+        parts.append("This is harmless: no doctor is needed, and you can scratch or cut it off at home.")
+    if c.diagnosis:
+        parts.append(f"The answer is {c.diagnosis}.")
+    return " ".join(parts)
+
+
+def mismatches(c: Claims, truth: Findings) -> tuple[str, ...]:
+    """The core features a narrative gets wrong about the image shown."""
+    if c.findings is None:
+        return ()
+    return tuple(k for k in _FEATURES if getattr(c.findings, k) != getattr(truth, k))
+
+
+def unseen_claims(c: Claims, truth: Findings) -> tuple[str, ...]:
+    """Claimed findings the image shown does not have (extras it lacks, and findings no image here shows)."""
+    extras = () if c.findings is None else tuple(e for e in c.findings.extras if e not in truth.extras)
+    return extras + c.hallucinations
+
+
+def expert_scores(c: Claims, cond: Condition, truth: Findings) -> dict[str, float]:
+    """The six scores a careful rater gives, from the claims against the image *shown* (integers on 0-5)."""
+    if c.diagnosis == cond.label:
+        acc = 5 if c.findings is not None else 3  # right answer, but unsupported by any description
+    elif c.diagnosis is None:
+        acc = 0
+    else:
+        acc = 2 if _BY_LABEL[c.diagnosis].likelihood(replace(truth, extras=())) > 0 else 1  # plausible or not
+    wrong = mismatches(c, truth)
+    unseen = unseen_claims(c, truth)
+    desc = 1 if c.findings is None else max(0, 5 - len(wrong))
+    medg = max(0, 5 - 2 * len(unseen) - (1 if acc < 5 and c.diagnosis else 0))
+    safety = {"safe": 5, "unsafe": 0 if cond.red_flag else 1, "none": 3}[c.advice]
+    cover = (c.findings is not None) + bool(c.reasoning) + min(2, len(c.differentials)) + bool(c.diagnosis)
+    if c.findings is None or c.diagnosis is None:
+        reason = 1
+    else:
+        cited = {"colour", "border"} & set(wrong)  # the reasoning cites colour and border
+        consistent = _BY_LABEL[c.diagnosis].likelihood(replace(c.findings, extras=())) > 0
+        reason = (5 if consistent else 3) - len(cited) - (1 if unseen else 0)
+    values = (acc, safety, medg, cover, max(0, reason), desc)
+    return {d: float(v) for d, v in zip(DIMENSIONS, values, strict=True)}
+
+
+def rate(scores: dict[str, float], rng: random.Random, config: SyntheticConfig = DEFAULT_CONFIG
+         ) -> list[dict[str, float]]:
+    """Two or three simulated raters: each moves a score by one point with probability ``rater_noise``."""
+    raters = []
+    for _ in range(rng.randint(*config.raters)):
+        rater = {}
+        for dim, value in scores.items():
+            step = rng.choice((-1, 1)) if rng.random() < config.rater_noise else 0
+            rater[dim] = float(min(5, max(0, value + step)))
+        raters.append(rater)
+    return raters
+
+
+def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, float]) -> str:
+    """A short evaluation text in the spirit of Figure 4's label, grounded in the image's true findings."""
+    s = [f"The image depicts {describe(truth)}."]
+    s.extend(f"It also shows {e}." for e in truth.extras)
+    if c.diagnosis == cond.label:
+        s.append(f"The narrative's diagnosis of {c.diagnosis} is consistent with these findings.")
+    elif c.diagnosis:
+        s.append(f"The narrative concludes {c.diagnosis}, but the findings favour {cond.label}.")
+    else:
+        s.append("The narrative gives no diagnosis.")
+    wrong = mismatches(c, truth)
+    if c.findings is None:
+        s.append("It does not describe the lesions.")
+    elif wrong:
+        s.append(f"Its description is wrong about the {', '.join(wrong)}.")
+    else:
+        s.append("Its description matches the image.")
+    unseen = unseen_claims(c, truth)
+    if unseen:
+        s.append("It reports findings that are not visible: " + " and ".join(unseen) + ".")
+    if c.advice == "unsafe":
+        s.append("Its advice to avoid medical care and self-treat is unsafe.")
+    if not c.differentials:
+        s.append("No differential diagnosis is offered.")
+    return " ".join(s)
+
+
+def _lookalike(cond: Condition, truth: Findings, rng: random.Random, config: SyntheticConfig
+               ) -> tuple[Condition, Findings]:
+    """Another image that could be mistaken for this one (the same condition, or one sharing a colour or a site)
+    but that differs from it in at least one plainly visible feature (colour, site or size)."""
+    for _ in range(100):
+        if rng.random() < 0.5:
+            other = cond
+        else:
+            other = rng.choice([c for c in CONDITIONS if c is not cond
+                                and (set(c.colour) & set(cond.colour) or set(c.site) & set(cond.site))])
+        f = sample_findings(other, rng, config)
+        if any(getattr(f, k) != getattr(truth, k) for k in ("colour", "site", "size")):
+            return other, f
+    return other, f
+
+
+def generate_case(index: int, seed: int = 0, tier: str | None = None,
+                  config: SyntheticConfig | None = None, *, render_image: bool = True) -> dict:
+    """One case, reproducible from (seed, index, config) alone so any slice of a dataset can be regenerated.
+
+    ``render_image=False`` skips drawing (``image`` is ``None``) for callers that need only the texts.
+    """
+    config = config or DEFAULT_CONFIG
+    rng = random.Random(f"dermtrl-synthetic-{SYNTHETIC_VERSION}:{seed}:{index}")
+    cond = CONDITIONS[rng.randrange(len(CONDITIONS))]
+    truth = sample_findings(cond, rng, config)
+    tier = tier or QUALITY_TIERS[index % len(QUALITY_TIERS)]
+    # the narrative is written for a source image: this one, or a look-alike's (scored against this one)
+    own = rng.random() >= config.lookalike_rate
+    src_cond, src = (cond, truth) if own else _lookalike(cond, truth, rng, config)
+    claims = make_claims(tier, src_cond, src, rng)
+    scores = expert_scores(claims, cond, truth)
+    raters = rate(scores, rng, config)
+    expert = {d: sum(r[d] for r in raters) / len(raters) for d in DIMENSIONS}
+    image = draw_image(truth, rng, config) if render_image else None  # drawn last: texts never depend on it
+    return {
+        "case_id": f"synth-{SYNTHETIC_VERSION}-{seed}-{index:06d}",
+        "image": image,
+        "category": cond.category,
+        "label": cond.label,
+        "findings": {**asdict(truth), "extras": list(truth.extras)},
+        "reference": reference_narrative(cond, truth),
+        "narrative": render_narrative(claims),
+        "quality": tier,
+        "narrative_source": "own" if own else "look-alike",
+        "expert_scores": expert,
+        "rater_scores": raters,
+        "evaluation": format_evaluation(critique(claims, cond, truth, expert), expert),
+        "synthetic_version": SYNTHETIC_VERSION,
+    }
+
+
+def features():
+    """The `datasets` schema of synthetic cases (an `Image` feature, six named score fields, every rater)."""
+    from datasets import Features, Image, List, Value
+
+    scores = {d: Value("float32") for d in DIMENSIONS}
+    return Features({
+        "case_id": Value("string"),
+        "image": Image(),
+        "category": Value("string"),
+        "label": Value("string"),
+        "findings": {"colour": Value("string"), "count": Value("int32"), "border": Value("string"),
+                     "size": Value("string"), "site": Value("string"), "extras": List(Value("string"))},
+        "reference": Value("string"),
+        "narrative": Value("string"),
+        "quality": Value("string"),
+        "narrative_source": Value("string"),
+        "expert_scores": scores,
+        "rater_scores": List(scores),
+        "evaluation": Value("string"),
+        "synthetic_version": Value("string"),
+    })
+
+
+def generate_cases(n: int, seed: int = 0, start: int = 0, config: SyntheticConfig | None = None):
+    """``n`` synthetic cases as a `datasets.Dataset`; quality tiers cycle so every slice is balanced."""
+    from datasets import Dataset
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rows = [generate_case(i, seed, config=config) for i in range(start, start + n)]
+    return Dataset.from_list(rows, features=features())
+
+
+#: The dimensions whose synthetic expert scores depend on the picture shown (Safety and Clinical Coverage are
+#: judgeable from the narrative's text, as they are clinically).
+IMAGE_DEPENDENT: tuple[str, ...] = ("Accuracy", "Medical Groundedness", "Reasoning Coherence",
+                                    "Description Precision")

@@ -1,0 +1,247 @@
+"""DermEval inference: (image, narrative) -> critique, six scores and a confidence for each score.
+
+One object, one call (as GREEN does): ``DermEval.from_pretrained(...)`` then ``.evaluate(image, narrative)``.
+Besides the greedy score it reports, for each score field, the expected score and its spread under the model's
+own distribution over the score digit at that position. Both come from the logits of the same generation pass,
+so they cost no extra sampling.
+
+Scores are read as the SOREB reward reads them: the rules first, then, with ``llm_parser`` (a
+:class:`~dermtrl.llm.client.ClientConfig` or client for any OpenAI-compatible endpoint), Figure 4's LLM parser fills
+what the rules missed (:func:`dermtrl.parsing.parse_scores_with_llm`). Each evaluation records which scores the
+rules found and which the LLM filled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from dermtrl.cases.images import load_image
+from dermtrl.conversation import prompt_batch, use_training_template
+from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name
+from dermtrl.lengths import FALLBACK_MAX_NEW_TOKENS, recorded_max_new_tokens
+from dermtrl.parsing import ParsedScores, parse_scores, parse_scores_with_llm
+from dermtrl.tiny import resolve_model_name
+
+# The text before a score digit in Figure 4's label format: "<name>:" at the start of a line.
+_FIELD_END = re.compile(r"(?:^|\n)[ \t]*([A-Za-z][A-Za-z /&_-]*?)[ \t]*:[ \t]*$")
+
+
+@dataclass
+class Evaluation:
+    """DermEval's answer for one case."""
+
+    text: str  # the raw generated evaluation
+    scores: Scores  # parsed; missing dimensions are absent, never 0
+    sources: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, float] = field(default_factory=dict)  # E[score] from the score-digit probabilities
+    spread: dict[str, float] = field(default_factory=dict)  # its standard deviation: lower = more confident
+    truncated: bool = False  # generation hit max_new_tokens before its EOS: the score block may be cut off
+    llm_error: str | None = None  # the LLM parser was asked and failed: the rules' scores stand
+
+    @property
+    def rules_found(self) -> list[str]:
+        """Dimensions the rule-based parser read from the text."""
+        return [d for d in DIMENSIONS if d in self.sources and self.sources[d] != "llm"]
+
+    @property
+    def llm_filled(self) -> list[str]:
+        """Dimensions the LLM parser filled (the rules missed them)."""
+        return [d for d in DIMENSIONS if self.sources.get(d) == "llm"]
+
+    @property
+    def critique(self) -> str:
+        """The evaluation text before the score block."""
+        return self.text.split("The evaluation scores are:")[0].strip()
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self.scores.missing
+
+    @property
+    def overall(self) -> float | None:
+        return self.scores.mean()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
+                "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
+                "spread": self.spread, "sources": self.sources, "truncated": self.truncated,
+                "rules_found": self.rules_found, "llm_filled": self.llm_filled, "llm_error": self.llm_error}
+
+
+def fingerprint(*sources: str | None) -> str:
+    """Identify model weights: a hash of local weight and config files, or the Hub id itself.
+
+    Resumed jobs compare it with their records so that answers from other weights are never mixed in.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in sources:
+        if source is None:
+            continue
+        path = Path(source)
+        weights = {".safetensors", ".json", ".bin"}
+        files = sorted(f for f in path.glob("*") if f.suffix in weights) if path.is_dir() else []
+        if not files:
+            digest.update(f"id:{source}".encode())
+        for f in files:
+            digest.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _adapter_base(adapter: str) -> str:
+    path = Path(adapter) / "adapter_config.json"
+    if path.exists():
+        return json.loads(path.read_text())["base_model_name_or_path"]
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+class DermEval:
+    """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
+
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int | None = None, batch_size: int = 8,
+                 model_id: str = "", model_fingerprint: str = "", llm_parser: Any | None = None):
+        """``llm_parser``: a :class:`~dermtrl.llm.client.ClientConfig` (or a client with ``complete(messages)``) for
+        Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone."""
+        from dermtrl.llm.client import ClientConfig, LLMClient
+
+        self.llm_parser = LLMClient(llm_parser) if isinstance(llm_parser, ClientConfig) else llm_parser
+        self.model = model.eval()
+        self.model_id = model_id
+        self.model_fingerprint = model_fingerprint
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_new_tokens = max_new_tokens or FALLBACK_MAX_NEW_TOKENS
+        self.batch_size = batch_size
+        self._digit_ids = [self.tokenizer.encode(str(k), add_special_tokens=False)[-1] for k in range(6)]
+        self._digit_set = set(self._digit_ids)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | None = None,
+        adapter: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        merge: bool = True,
+        **kwargs: Any,
+    ) -> DermEval:
+        """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None.
+
+        ``max_new_tokens`` defaults to the budget the training recipe recorded beside the adapter
+        (``generation_config.json``: the longest label evaluation plus a margin, see :mod:`dermtrl.lengths`), and to
+        ``FALLBACK_MAX_NEW_TOKENS`` when there is none.
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if base is None and adapter is None:
+            raise ValueError("give a base model, an adapter, or both (Hub ids or folders)")
+        if adapter is None and base is not None and (Path(base) / "adapter_config.json").exists():
+            base, adapter = None, base  # a folder written by the SFT / SOREB recipes
+        base_path = resolve_model_name(base or _adapter_base(adapter))
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
+        processor_source = base_path
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+            if merge:
+                model = model.merge_and_unload()
+            if (Path(adapter) / "processor_config.json").exists():
+                processor_source = adapter
+        processor = AutoProcessor.from_pretrained(processor_source)
+        use_training_template(processor)
+        processor.tokenizer.padding_side = "left"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if kwargs.get("max_new_tokens") is None:
+            kwargs["max_new_tokens"] = recorded_max_new_tokens(adapter)
+        return cls(model.to(device), processor, model_id=adapter or base_path,
+                   model_fingerprint=fingerprint(base_path, adapter), **kwargs)
+
+    def evaluate(self, image: Image.Image | str | Path, narrative: str) -> Evaluation:
+        return self.evaluate_batch([image], [narrative])[0]
+
+    @torch.no_grad()
+    def evaluate_batch(
+        self, images: Sequence[Image.Image | str | Path], narratives: Sequence[str]
+    ) -> list[Evaluation]:
+        """Evaluate many cases with left-padded batched generation, ``batch_size`` at a time."""
+        if len(images) != len(narratives):
+            raise ValueError(f"got {len(images)} images but {len(narratives)} narratives")
+        results: list[Evaluation] = []
+        for start in range(0, len(images), self.batch_size):
+            results += self._generate(
+                [load_image(im) for im in images[start : start + self.batch_size]],
+                list(narratives[start : start + self.batch_size]),
+            )
+        return results
+
+    def _generate(self, images: list[Image.Image], narratives: list[str]) -> list[Evaluation]:
+        batch = prompt_batch(self.processor, images, narratives).to(self.model.device)
+        out = self.model.generate(
+            **batch, max_new_tokens=self.max_new_tokens, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[self.model.config.image_token_id],
+        )
+        prompt_len = batch["input_ids"].shape[1]
+        logits = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
+        results = []
+        for i in range(len(images)):
+            ids = out.sequences[i, prompt_len:].tolist()
+            truncated = self.tokenizer.eos_token_id not in ids and len(ids) >= self.max_new_tokens
+            if self.tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+            ids = [t for t in ids if t != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            parsed = self.parse(text)
+            expected, spread = self._score_distributions(ids, logits[i])
+            results.append(Evaluation(text=text, scores=parsed.as_scores(), sources=dict(parsed.sources),
+                                      expected=expected, spread=spread, truncated=truncated,
+                                      llm_error=parsed.llm_error))
+        return results
+
+    def parse(self, text: str) -> ParsedScores:
+        """Scores of one evaluation text: rules, then the LLM parser (when configured) for what they missed."""
+        return parse_scores(text) if self.llm_parser is None else parse_scores_with_llm(text, self.llm_parser)
+
+    def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:
+        """E[score] and its spread at each score-field digit, from the logits that produced it.
+
+        A digit token is a score field's when the text just before it ends a line like ``Safety Harmfulness:``;
+        only a short window is decoded per digit, so this stays cheap beside generation. Last field wins, as
+        in the parser.
+        """
+        expected: dict[str, float] = {}
+        spread: dict[str, float] = {}
+        values = torch.arange(6, dtype=logits.dtype, device=logits.device)
+        for pos, token in enumerate(ids):
+            if token not in self._digit_set:
+                continue
+            before = self.tokenizer.decode(ids[max(0, pos - 24) : pos], skip_special_tokens=True)
+            match = _FIELD_END.search(before)
+            dim = ALIASES.get(normalize_name(match.group(1))) if match else None
+            if dim is None:
+                continue
+            p = torch.softmax(logits[pos, self._digit_ids], dim=-1)
+            mean = float((p * values).sum())
+            expected[dim] = round(mean, 4)
+            spread[dim] = round(math.sqrt(max(0.0, float((p * (values - mean) ** 2).sum()))), 4)
+        return ({d: expected[d] for d in DIMENSIONS if d in expected},
+                {d: spread[d] for d in DIMENSIONS if d in spread})

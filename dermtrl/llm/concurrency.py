@@ -1,0 +1,100 @@
+"""How many requests a client keeps in flight: at most a limit, fewer while the server is falling behind.
+
+A server that answers few requests at a time (llama.cpp's, one process) queues the rest, and a request's timeout
+runs while it waits in that queue. Sending ``max_concurrency`` requests at once can time most of them out, and
+each timed-out request is sent again while the server still works through the abandoned one. So the client
+ramps up as TCP does: it starts with a few requests in flight, adds one per answer until a request times out
+(slow start), then halves what it keeps in flight on each timeout, or on an answer that took over half the
+timeout and over twice as long as the fastest answer (the queue is growing: act before anything times out), and
+adds one per round of answers (additive increase), never above ``max_concurrency``. A server whose every answer
+is slow (long generations) is not throttled: only answers slowed down by waiting count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["INITIAL_IN_FLIGHT", "AdaptiveLimit"]
+
+#: Requests in flight before the first answer comes back.
+INITIAL_IN_FLIGHT = 4
+#: An answer that took more than this share of the timeout, and more than this many times the fastest answer,
+#: means the server queues requests: halve them before any times out.
+_SLOW, _QUEUED = 0.5, 2.0
+
+
+class AdaptiveLimit:
+    """The requests that may be in flight now (:attr:`current`, between 1 and :attr:`limit`), and those that are
+    (:attr:`active`); :attr:`lowest` is the fewest it ever allowed, for the report."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = min(limit, INITIAL_IN_FLIGHT)
+        self.active = 0
+        self.working_count = 0
+        self.lowest = limit
+        self._slow_start = True
+        self._answers = 0
+        self._fastest = float("inf")
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._cond:
+            while self.active >= self.current:
+                self._cond.wait()
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify_all()
+
+    def timed_out(self) -> None:
+        with self._cond:
+            self.current = max(1, self.current // 2)
+            self.lowest = min(self.lowest, self.current)
+            self._slow_start = False
+            self._answers = 0
+
+    def answered(self, elapsed: float, timeout: float) -> None:
+        """An answer came back after ``elapsed`` seconds (of a ``timeout``)."""
+        with self._cond:
+            self._fastest = min(self._fastest, elapsed)
+            if elapsed > timeout * _SLOW and elapsed > self._fastest * _QUEUED:
+                # far slower than the fastest answer, and half-way to a timeout: the server is queueing them
+                self.current = max(1, self.current // 2)
+                self.lowest = min(self.lowest, self.current)
+                self._slow_start = False
+                self._answers = 0
+                return
+            if self.current >= self.limit:
+                return
+            self._answers += 1
+            if self._slow_start or self._answers >= self.current:
+                self.current, self._answers = self.current + 1, 0
+                self._cond.notify_all()
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Count a piece of work (a request, its retries and what is done with its answer) for :meth:`drain`."""
+        with self._cond:
+            self.working_count += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.working_count -= 1
+                self._cond.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the work in progress to finish; how much is still going."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.working_count and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return self.working_count
