@@ -1,5 +1,5 @@
 """What the DermEval benchmarks share: launching recipes as users do, and per-case Table-1 error matrices
-(paired intervals come from ``dermtrl.metrics.paired_bootstrap``, image controls from ``dermtrl.data.controls``).
+(paired intervals come from ``dermtrl.metrics.paired_bootstrap``, image controls from ``dermtrl.cases.controls``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.dermeval.held_out import record_errors
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.held_out import record_errors
 from dermtrl.metrics import case_errors
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dermtrl.data.loading import load_cases
-from dermtrl.evaluator import DermEval
+from dermtrl.cases.loading import load_cases
+from dermtrl.dermeval.evaluator import DermEval
 
 
 def measure(evaluator: DermEval, images, narratives, batch_size: int, repeats: int) -> tuple[float, float]:

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dermtrl.bench import DermBench
-from dermtrl.client import ClientConfig
-from dermtrl.data.synthetic import generate_case
+from dermtrl.cases.synthetic import generate_case
+from dermtrl.llm.client import ClientConfig
 
 _SERVER = """
 import sys, time

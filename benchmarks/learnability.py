@@ -23,10 +23,10 @@ import torch
 import yaml
 from rich.console import Console
 
-from dermtrl.data.loading import load_cases
+from dermtrl.cases.loading import load_cases
+from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
+from dermtrl.dermeval.evaluator import DermEval
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.eval_job import agreement_from_records, run_evaluation
-from dermtrl.evaluator import DermEval
 from dermtrl.metrics import agreement
 from dermtrl.report import render_table, write_report
 

@@ -60,7 +60,7 @@ def recorded_lengths(source: str | None) -> tuple[int, int, str]:
             return int(data["prompt_tokens"]["max"]), int(data["label_tokens"]["max"]), str(source)
         except (KeyError, TypeError) as err:
             raise SystemExit(f"--lengths {source}: no prompt_tokens.max / label_tokens.max ({err})") from None
-    from dermtrl.data.synthetic import generate_cases
+    from dermtrl.cases.synthetic import generate_cases
     from dermtrl.testing.llava7b import llava15_7b_processor
 
     measured = lengths.measure_cases(llava15_7b_processor(), generate_cases(500))

@@ -60,8 +60,8 @@ def train_arm(arm: str, adapter: str, out: str, seed: int, steps: int, lr: float
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-    from dermtrl.data.loading import load_cases
-    from dermtrl.evaluator import _adapter_base
+    from dermtrl.cases.loading import load_cases
+    from dermtrl.dermeval.evaluator import _adapter_base
 
     torch.set_num_threads(1)
     model = AutoModelForImageTextToText.from_pretrained(_adapter_base(adapter))
@@ -99,8 +99,8 @@ def train_arm(arm: str, adapter: str, out: str, seed: int, steps: int, lr: float
         trainer = RLOOTrainer(model=model, reward_funcs=[ScoreAlignmentReward()], args=args, train_dataset=data,
                               processing_class=processor)
     else:
-        from dermtrl.soreb_config import SOREBConfig
-        from dermtrl.soreb_trainer import SOREBTrainer
+        from dermtrl.trainer.soreb_config import SOREBConfig
+        from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
         args = SOREBConfig(**common, max_completion_length=max_new_tokens, temperature=temperature,
                            log_completions=False, **SOREB_OPTIONS[arm])
@@ -136,7 +136,7 @@ def gradient_ratio(trainer, cases) -> dict:
     inputs = trainer._prepare_inputs([cases[i] for i in range(8)])
     params = [p for p in model.parameters() if p.requires_grad]
     norms = {}
-    from dermtrl.soreb_trainer import policy_gradient_loss
+    from dermtrl.trainer.soreb_trainer import policy_gradient_loss
 
     rl = trainer.args.rl_weight * policy_gradient_loss(
         model(**inputs["rl"]).logits, inputs["rl"]["input_ids"], inputs["generated_mask"], inputs["advantages"],
@@ -168,8 +168,8 @@ def run_worker(spec: dict, log: Path) -> dict:
 
 
 def score(adapter: str, cases, out: Path) -> tuple[np.ndarray, list[dict]]:
-    from dermtrl.eval_job import run_evaluation
-    from dermtrl.evaluator import DermEval
+    from dermtrl.dermeval.eval_job import run_evaluation
+    from dermtrl.dermeval.evaluator import DermEval
 
     evaluator = DermEval.from_pretrained(adapter=adapter)
     records = run_evaluation(evaluator, cases, out, overwrite=True, progress=False)
@@ -218,7 +218,7 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from dermtrl.data.loading import load_cases
+    from dermtrl.cases.loading import load_cases
 
     torch.set_num_threads(1)
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -276,7 +276,7 @@ def write_outputs(console, results: dict, stage1_err: np.ndarray, out: Path, arg
     import matplotlib.pyplot as plt
     from rich.table import Table
 
-    from dermtrl.data.synthetic import SYNTHETIC_VERSION
+    from dermtrl.cases.synthetic import SYNTHETIC_VERSION
     from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 
     dims = [ABBREVIATIONS[d] for d in DIMENSIONS]

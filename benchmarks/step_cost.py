@@ -25,13 +25,13 @@ def worker(name: str, steps: int, max_new_tokens: int) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    from dermtrl.cases.synthetic import generate_cases
     from dermtrl.conversation import evaluator_messages, use_training_template
-    from dermtrl.data.synthetic import generate_cases
     from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.rewards import ScoreAlignmentReward
-    from dermtrl.soreb_config import SOREBConfig
-    from dermtrl.soreb_trainer import SOREBTrainer
     from dermtrl.tiny import tiny_llava_path
+    from dermtrl.trainer.soreb_config import SOREBConfig
+    from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
     torch.set_num_threads(1)
     reward = ScoreAlignmentReward()

@@ -32,12 +32,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import HELD_OUT_START, ROOT, constant_errors, errors, fmt_ci, launch  # noqa: E402
 
-from dermtrl.data.controls import blanked, mismatched  # noqa: E402
-from dermtrl.data.loading import load_cases  # noqa: E402
-from dermtrl.data.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION  # noqa: E402
+from dermtrl.cases.controls import blanked, mismatched  # noqa: E402
+from dermtrl.cases.loading import load_cases  # noqa: E402
+from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION  # noqa: E402
+from dermtrl.dermeval.eval_job import run_evaluation  # noqa: E402
+from dermtrl.dermeval.evaluator import DermEval  # noqa: E402
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS  # noqa: E402
-from dermtrl.eval_job import run_evaluation  # noqa: E402
-from dermtrl.evaluator import DermEval  # noqa: E402
 from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
 
 

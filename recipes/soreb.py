@@ -31,7 +31,7 @@ from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from dermtrl import lengths
-from dermtrl.data.loading import load_cases
+from dermtrl.cases.loading import load_cases
 from dermtrl.script_args import (
     DermEvalScriptArguments,
     check_continued_adapter,
@@ -40,9 +40,9 @@ from dermtrl.script_args import (
     lora_config,
     setup_threads,
 )
-from dermtrl.soreb_config import SOREBConfig
-from dermtrl.soreb_trainer import SOREBTrainer
 from dermtrl.tiny import resolve_model_name
+from dermtrl.trainer.soreb_config import SOREBConfig
+from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
 HERE = Path(__file__).resolve().parent
 #: Synthetic training cases use indices 0..n-1 and development probes used 100,000-100,099: the report starts apart
@@ -78,9 +78,9 @@ def run_stage1(config: str, output_dir: str) -> None:
 
 
 def held_out_report(trainer: SOREBTrainer, processor, cases, label: str, out: Path, tag: str):
-    """Agreement of the model being trained on synthetic cases never used for training (see dermtrl.held_out)."""
-    from dermtrl.evaluator import DermEval
-    from dermtrl.held_out import evaluate_held_out
+    """Agreement of the model being trained on synthetic cases never used for training (dermtrl.dermeval.held_out)."""
+    from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.dermeval.held_out import evaluate_held_out
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     evaluator = DermEval(model, processor, model_id=label, model_fingerprint=f"{label}-{trainer.state.global_step}")
@@ -136,9 +136,9 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     if reporting:
         from rich.console import Console
 
-        from dermtrl.data.controls import mismatched
-        from dermtrl.data.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
-        from dermtrl.held_out import summary_lines
+        from dermtrl.cases.controls import mismatched
+        from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+        from dermtrl.dermeval.held_out import summary_lines
         from dermtrl.report import render_table, write_report
 
         after = held_out_report(trainer, processor, held_out, "After SOREB (Stage 2)", report_dir, "after")

@@ -170,7 +170,7 @@ class Settings:
 class LoadedModel:
     """The evaluator the app serves and what the banner says about it."""
 
-    evaluator: Any  # dermtrl.evaluator.DermEval
+    evaluator: Any  # dermtrl.dermeval.evaluator.DermEval
     description: str
     demo: bool
     banner: str
@@ -274,7 +274,7 @@ def _code(text: str) -> str:
 
 def load_model(settings: Settings) -> LoadedModel:
     """The configured DermEval model, or the embedded demo model with the reason in the banner."""
-    from dermtrl.evaluator import DermEval
+    from dermtrl.dermeval.evaluator import DermEval
 
     reason = "`DERMEVAL_DEMO=1` is set"
     if not settings.demo:
@@ -388,12 +388,12 @@ def _data_url_to_file(url: str, cache_dir: str, max_bytes: int) -> str:
 def open_image(path: str | os.PathLike[str] | None, *, max_megapixels: float) -> tuple[Image.Image, list[str]]:
     """Read an uploaded file with the project's one image reader, within a pixel budget; notes for the person.
 
-    :func:`dermtrl.data.images.read_image` checks the header before decoding (a JPEG above the budget is decoded
+    :func:`dermtrl.cases.images.read_image` checks the header before decoding (a JPEG above the budget is decoded
     at a reduced scale, anything else above it refused), converts every mode to 8-bit RGB (16-bit and float
     scaled, not clipped; transparency flattened onto white) and applies the EXIF orientation: the Space sees an
     image exactly as ``dermtrl eval``, DermBench and the data pipeline do. Messages name only the file's base name.
     """
-    from dermtrl.data.images import ImageError, read_image
+    from dermtrl.cases.images import ImageError, read_image
 
     if path is None or str(path) == "":
         raise InputError("No image: upload a photo of the skin (PNG, JPEG or WebP) before pressing Evaluate.")
@@ -608,7 +608,7 @@ class SpaceApp:
         if self._judge is None and self._judge_error is None:
             try:
                 from dermtrl.bench.judge import Judge
-                from dermtrl.client import ClientConfig, LLMClient
+                from dermtrl.llm.client import ClientConfig, LLMClient
 
                 client = LLMClient(ClientConfig(
                     base_url=self.settings.judge_base_url, model=self.settings.judge_model,
@@ -824,7 +824,7 @@ def judge_intro(settings: Settings) -> str:
 
 def example_cases(cache_dir: Path) -> list[dict[str, str]]:
     """Held-out synthetic cases as files the page can offer: image path, narrative and reference."""
-    from dermtrl.data.synthetic import generate_case
+    from dermtrl.cases.synthetic import generate_case
 
     folder = cache_dir / "space-examples"
     folder.mkdir(parents=True, exist_ok=True)
