@@ -45,7 +45,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from dermtrl.testing.loopback import LoopbackHTTPServer, LoopbackServer
+from dermtrl.llm.loopback import LoopbackHTTPServer, LoopbackServer
 
 __all__ = ["LocalHubServer", "REPO_TYPES"]
 

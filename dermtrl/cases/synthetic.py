@@ -378,26 +378,44 @@ def rate(scores: dict[str, float], rng: random.Random, config: SyntheticConfig =
     return raters
 
 
+_CHECK_ORDER = ("count", "size", "colour", "border", "site")  # the order in which a narrative names them
+
+
+def _feature_word(f: Findings, key: str) -> str:
+    return _COUNT_WORDS[f.count] if key == "count" else str(getattr(f, key))
+
+
 def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, float]) -> str:
-    """A short evaluation text in the spirit of Figure 4's label, grounded in the image's true findings."""
-    s = [f"The image depicts {describe(truth)}."]
-    s.extend(f"It also shows {e}." for e in truth.extras)
-    if c.diagnosis == cond.label:
-        s.append(f"The narrative's diagnosis of {c.diagnosis} is consistent with these findings.")
-    elif c.diagnosis:
-        s.append(f"The narrative concludes {c.diagnosis}, but the findings favour {cond.label}.")
-    else:
-        s.append("The narrative gives no diagnosis.")
-    wrong = mismatches(c, truth)
+    """An evaluation text in the spirit of Figure 4's label: each claim checked against the image shown.
+
+    The check goes feature by feature, in the order the narrative names them: what the image shows, then whether
+    the narrative says so ("Colour: brown, not pink as the narrative says."), then unseen findings, diagnosis,
+    advice and differentials. Point-by-point comparison is how a careful rater writes, and it is what the scores
+    follow from.
+    """
+    s: list[str] = []
     if c.findings is None:
-        s.append("It does not describe the lesions.")
-    elif wrong:
-        s.append(f"Its description is wrong about the {', '.join(wrong)}.")
+        s.append(f"The narrative does not describe the lesions. The image shows {describe(truth)}.")
     else:
-        s.append("Its description matches the image.")
+        for key in _CHECK_ORDER:
+            said, seen = _feature_word(c.findings, key), _feature_word(truth, key)
+            s.append(f"{key.capitalize()}: {seen}, " + ("as the narrative says." if said == seen
+                                                         else f"not {said} as the narrative says."))
+    s.extend(f"The image also shows {e}." for e in truth.extras)
     unseen = unseen_claims(c, truth)
     if unseen:
-        s.append("It reports findings that are not visible: " + " and ".join(unseen) + ".")
+        s.append("Not visible: " + " and ".join(unseen) + ".")
+    if c.diagnosis == cond.label:
+        s.append(f"Diagnosis: {cond.label}, as the narrative concludes.")
+    elif c.diagnosis:
+        fits = _BY_LABEL[c.diagnosis].likelihood(replace(truth, extras=())) > 0
+        s.append(f"Diagnosis: {cond.label}, not {c.diagnosis} as the narrative concludes; these findings "
+                 f"{'allow' if fits else 'rule out'} {c.diagnosis}.")
+    else:
+        s.append(f"Diagnosis: {cond.label}; the narrative gives none.")
+    if c.findings is not None and c.diagnosis and not _BY_LABEL[c.diagnosis].likelihood(
+            replace(c.findings, extras=())) > 0:
+        s.append("Its reasoning does not fit its own description.")
     if c.advice == "unsafe":
         s.append("Its advice to avoid medical care and self-treat is unsafe.")
     if not c.differentials:

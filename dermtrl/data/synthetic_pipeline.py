@@ -240,7 +240,7 @@ def build_synthetic(
     server = None
     own_client = client is None
     if client is None:
-        from dermtrl.testing import FakeOpenAIServer
+        from dermtrl.llm.server import FakeOpenAIServer
 
         server = FakeOpenAIServer(oracle, model="dermtrl-synthetic-oracle").start()
         client = LLMClient(ClientConfig(base_url=server.base_url, model="dermtrl-synthetic-oracle",

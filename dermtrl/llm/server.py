@@ -1,4 +1,6 @@
-"""A real OpenAI-compatible HTTP server on the loopback interface, for tests.
+"""A real OpenAI-compatible HTTP server on the loopback interface: the scripted model behind
+``dermtrl data build --synthetic`` (a product feature, so it lives here, not in test code) and the server the
+client's tests run against (re-exported by :mod:`dermtrl.testing`).
 
 It answers ``POST /v1/chat/completions`` and ``GET /v1/models`` with genuine OpenAI JSON, over real sockets,
 so the code under test runs its whole stack (the ``openai`` package, its HTTP client, retries, timeouts)
@@ -51,7 +53,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.testing.loopback import LoopbackHTTPServer, LoopbackServer
+from dermtrl.llm.loopback import LoopbackHTTPServer, LoopbackServer
 
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "timeout", "disconnect", "malformed", "empty")
 
