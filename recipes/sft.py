@@ -17,61 +17,7 @@ accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml --num_tr
 ```
 """
 
-from __future__ import annotations
-
-from transformers import AutoProcessor
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
-
-from dermtrl import lengths
-from dermtrl.conversation import TrainingCollator, use_training_template
-from dermtrl.script_args import (
-    DermEvalScriptArguments,
-    load_model,
-    load_training_cases,
-    lora_config,
-    setup_threads,
-)
-from dermtrl.tiny import resolve_model_name
-
-
-def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    setup_threads(script_args)
-
-    # Model and processor (a Hub id, a folder, or 'dermtrl:tiny' for the locally built tiny LLaVA)
-    processor = AutoProcessor.from_pretrained(resolve_model_name(model_args.model_name_or_path),
-                                              revision=model_args.model_revision)
-    use_training_template(processor)
-    model = load_model(model_args)
-    peft_config = lora_config(script_args, model_args)  # LoRA on the language model (+ projector if asked)
-
-    # Dataset: (image, narrative, y*), tokenized by the collator exactly as Stage 2 and inference tokenize
-    train = load_training_cases(script_args)
-    label_lengths = lengths.measure_cases(processor, train)  # y* and prompt token lengths, for the record
-    training_args.remove_unused_columns = False  # the collator reads image, narrative and evaluation
-    # The collator puts labels on y* and its EOS only (eq. 1) whatever `assistant_only_loss` says; TRL's own check
-    # of that flag expects a conversational dataset, so it is switched off here.
-    training_args.assistant_only_loss = False
-
-    # Training
-    trainer = SFTTrainer(
-        model=model, args=training_args, train_dataset=train, processing_class=processor, peft_config=peft_config,
-        data_collator=TrainingCollator(processor, max_length=training_args.max_length),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-        # generation_config.json: DermEval's default budget, the longest y* plus a margin
-        lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
-    label = label_lengths.label
-    trainer.accelerator.print(
-        f"Saved the DermEval adapter to {training_args.output_dir} (label evaluations: longest {label.max} tokens, "
-        f"p95 {label.p95}; max_new_tokens {label_lengths.max_new_tokens})")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    return trainer
-
+from dermtrl.scripts.sft import main, make_parser
 
 if __name__ == "__main__":
-    parser = TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig))
-    main(*parser.parse_args_and_config()).end()  # finish trackers, destroy the process group (as TRL's scripts)
+    main(*make_parser().parse_args_and_config()).end()  # finish trackers, destroy the process group (as TRL's)

@@ -177,8 +177,9 @@ class LoadedModel:
 
 
 def _find_recipe() -> Path | None:
+    """The folder of the demo's Stage-1 config (recipes/configs/demo_sft.yaml), beside the app or one level up."""
     for root in (HERE.parent, HERE):
-        if (root / "recipes" / "sft.py").exists() and (root / "recipes" / "configs" / "demo_sft.yaml").exists():
+        if (root / "recipes" / "configs" / "demo_sft.yaml").exists():
             return root / "recipes"
     return None
 
@@ -186,27 +187,20 @@ def _find_recipe() -> Path | None:
 def train_demo_adapter(output_dir: Path) -> Path:
     """Stage 1 of the demo recipe, shortened, in this process: the tiny model learns the output format.
 
-    Uses recipes/sft.py and its demo config unchanged (plus the overrides above), so the Space trains exactly
-    what ``accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml`` would, only shorter.
+    Runs :mod:`dermtrl.scripts.sft` (what ``recipes/sft.py`` launches) with the demo config unchanged plus the
+    overrides above, so the Space trains exactly what ``accelerate launch recipes/sft.py --config
+    recipes/configs/demo_sft.yaml`` would, only shorter.
     """
-    import importlib.util
-
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from dermtrl.scripts import sft
 
     recipes = _find_recipe()
     if recipes is None:
-        raise FileNotFoundError("recipes/sft.py is not beside the app: cannot train the demo adapter")
-    spec = importlib.util.spec_from_file_location("dermeval_space_sft_recipe", recipes / "sft.py")
-    assert spec is not None and spec.loader is not None
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(recipe)
-    parser = TrlParser((recipe.DermEvalScriptArguments, SFTConfig, ModelConfig))
-    args = parser.parse_args_and_config(args=[
+        raise FileNotFoundError("recipes/configs/demo_sft.yaml is not beside the app: cannot train the demo adapter")
+    args = sft.make_parser().parse_args_and_config(args=[
         "--config", str(recipes / "configs" / "demo_sft.yaml"), "--output_dir", str(output_dir),
         *DEMO_TRAIN_OVERRIDES, "--disable_tqdm", "true",
     ])
-    recipe.main(*args)
+    sft.main(*args)
     return output_dir
 
 
@@ -226,7 +220,7 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
         log.info("Demo adapter: %s", path)
         return path, "a Stage-1 adapter trained on synthetic cases"
     if _find_recipe() is None:
-        return None, "no demo adapter (recipes/sft.py is not beside the app), so the model is untrained"
+        return None, "no demo adapter (recipes/configs/demo_sft.yaml is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
     log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (300 steps: a few "

@@ -4,7 +4,6 @@ only."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -39,23 +38,10 @@ def test_the_demo_launcher_prints_no_warnings(tmp_path):
     assert "were not passed" not in done.stderr and "Warning" not in done.stderr, done.stderr
 
 
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"clean_output_{name}", ROOT / "recipes" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recipe_configs_use_no_deprecated_settings(tmp_path):
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from dermtrl.scripts import sft, soreb
 
-    from dermtrl.trainer.soreb_config import SOREBConfig
-
-    sft, soreb = _recipe("sft"), _recipe("soreb")
-    parsers = {"demo_sft.yaml": TrlParser((sft.DermEvalScriptArguments, SFTConfig, ModelConfig)),
-               "demo_soreb.yaml": TrlParser((soreb.SOREBScriptArguments, SOREBConfig, ModelConfig))}
+    parsers = {"demo_sft.yaml": sft.make_parser(), "demo_soreb.yaml": soreb.make_parser()}
     for name, parser in parsers.items():
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)

@@ -1,15 +1,12 @@
 """DermEval Stage 1 (recipes/sft.py through TRL's SFTTrainer) and inference on the tiny model."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor
-from trl import ModelConfig, SFTConfig, TrlParser
 
 from dermtrl.cases.synthetic import generate_cases
 from dermtrl.conversation import TrainingCollator, use_training_template
@@ -17,7 +14,6 @@ from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
 from dermtrl.dermeval.evaluator import DermEval
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import read_records
-from dermtrl.script_args import DermEvalScriptArguments
 from dermtrl.tiny import tiny_llava_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,19 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def _sft_args(output_dir, *overrides):
-    recipe = _load_recipe("sft")
-    parser = TrlParser((DermEvalScriptArguments, SFTConfig, ModelConfig))
+    from dermtrl.scripts import sft
+
     argv = ["--config", str(ROOT / "recipes/configs/demo_sft.yaml"), "--output_dir", str(output_dir), *overrides]
-    return recipe, parser.parse_args_and_config(args=argv)
+    return sft, sft.make_parser().parse_args_and_config(args=argv)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,156 @@
+"""DermEval Stage 2: SOREB (Score-Oriented REINFORCE with EMA Baseline, paper Section 3.3, eqs. 2-5).
+
+Continues the Stage-1 LoRA adapter: one sampled evaluation per example, reward = negative MSE between its parsed
+scores and the expert scores, an EMA baseline, a policy gradient on the generated tokens only, plus the text loss.
+
+Usage:
+
+```bash
+# the paper's settings (GPU): llava-1.5-7b + the Stage-1 adapter, LoRA r=64 / alpha=16, lr 2e-5 cosine, 5 epochs
+accelerate launch recipes/soreb.py --config recipes/configs/dermeval_soreb.yaml
+
+# the embedded default: tiny local model, synthetic cases, CPU; runs Stage 1 first when its output is absent and
+# prints the Table-1 report on held-out cases before and after Stage 2
+accelerate launch recipes/soreb.py --config recipes/configs/demo_soreb.yaml
+
+# data parallel on CPU (both processes end with the same baseline and weights)
+accelerate launch --cpu --num_processes 2 recipes/soreb.py --config recipes/configs/demo_soreb.yaml
+```
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import AutoProcessor
+from trl import ModelConfig, TrlParser
+
+from dermtrl import lengths
+from dermtrl.cases.loading import load_cases
+from dermtrl.script_args import (
+    DermEvalScriptArguments,
+    check_continued_adapter,
+    load_model,
+    load_training_cases,
+    lora_config,
+    setup_threads,
+)
+from dermtrl.scripts import sft
+from dermtrl.tiny import resolve_model_name
+from dermtrl.trainer.soreb_config import SOREBConfig
+from dermtrl.trainer.soreb_trainer import SOREBTrainer
+
+#: Synthetic training cases use indices 0..n-1 and development probes used 100,000-100,099: the report starts apart
+HELD_OUT_START = 200_000
+
+
+@dataclass
+class SOREBScriptArguments(DermEvalScriptArguments):
+    sft_adapter: str | None = field(
+        default=None, metadata={"help": "The Stage-1 adapter (Hub id or folder) that Stage 2 continues."}
+    )
+    sft_config: str | None = field(
+        default=None, metadata={"help": "A recipes/sft.py config: run Stage 1 first when sft_adapter is absent."}
+    )
+    report_cases: int = field(
+        default=0, metadata={"help": "Held-out synthetic cases for a Table-1 report before and after (0: none)."}
+    )
+
+
+def run_stage1(config: str, output_dir: str) -> None:
+    """Stage 1 with its own recipe and config, so Stage 2 can start from a fresh machine."""
+    sft.main(*sft.make_parser().parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
+
+
+def held_out_report(trainer: SOREBTrainer, processor, cases, label: str, out: Path, tag: str):
+    """Agreement of the model being trained on synthetic cases never used for training (dermtrl.dermeval.held_out)."""
+    from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.dermeval.held_out import evaluate_held_out
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    evaluator = DermEval(model, processor, model_id=label, model_fingerprint=f"{label}-{trainer.state.global_step}")
+    result = evaluate_held_out(evaluator, cases, out / f"{tag}.jsonl", label)
+    model.train()
+    return result
+
+
+def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
+    setup_threads(script_args)
+    adapter = script_args.sft_adapter
+    if adapter and script_args.sft_config and not Path(adapter).exists():
+        print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
+        run_stage1(script_args.sft_config, adapter)
+
+    # Model: the base plus the Stage-1 adapter (trainable), or the base with a new LoRA
+    model = load_model(model_args)
+    peft_config = None
+    if adapter:
+        check_continued_adapter(script_args, adapter)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        peft_config = lora_config(script_args, model_args)
+    base = resolve_model_name(model_args.model_name_or_path)
+    processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
+    processor = AutoProcessor.from_pretrained(processor_source)
+
+    # Dataset: cases with image, narrative, y* and expert scores
+    train = load_training_cases(script_args, scores=True)
+    label_lengths = lengths.measure_cases(processor, train)
+    if label_lengths.label.max > training_args.max_completion_length:
+        warnings.warn(f"max_completion_length {training_args.max_completion_length} is below the longest label "
+                      f"evaluation ({label_lengths.label.max} tokens, p95 {label_lengths.label.p95}): samples that "
+                      f"need more are cut before their scores; {label_lengths.max_new_tokens} covers them",
+                      stacklevel=1)
+
+    # Training
+    trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
+                           peft_config=peft_config)
+    report_dir = Path(training_args.output_dir) / "report"
+    reporting = bool(script_args.report_cases) and trainer.accelerator.is_main_process
+    if reporting:
+        held_out = load_cases("dermtrl:synthetic", n=script_args.report_cases, start=HELD_OUT_START)
+        before = held_out_report(trainer, processor, held_out, "Before SOREB (Stage 1)", report_dir, "before")
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+        lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
+        synthetic = script_args.dataset_name.startswith("dermtrl:")
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name,
+                                  dataset_name=None if synthetic else script_args.dataset_name)
+    if reporting:
+        from rich.console import Console
+
+        from dermtrl.cases.controls import mismatched
+        from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+        from dermtrl.dermeval.held_out import summary_lines
+        from dermtrl.report import render_table, write_report
+
+        after = held_out_report(trainer, processor, held_out, "After SOREB (Stage 2)", report_dir, "after")
+        swapped = held_out_report(trainer, processor, mismatched(held_out), "After SOREB, mismatched images",
+                                  report_dir, "mismatched")
+        write_report([before.report, after.report], report_dir)
+        console = Console(width=140)
+        console.print(render_table(
+            [before.report, after.report],
+            title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
+        lines = summary_lines(before, after, swapped, IMAGE_DEPENDENT)
+        (report_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            console.print(line)
+    trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+def make_parser() -> TrlParser:
+    """The script's parser (its three argument groups, ``--config`` YAML), as TRL's scripts build theirs."""
+    return TrlParser((SOREBScriptArguments, SOREBConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config()).end()  # finish trackers, destroy the process group (as TRL's)
