@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 
-from dermtrl.data.retry import ask_with_retry
+from dermtrl.data.retry import Attempt, LLMStep, Unusable, run_step
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
 from dermtrl.llm.client import LLMClient, user_message
-from dermtrl.progress import JobBar
 from dermtrl.prompts import CAPTION_PROMPT, CAPTION_RETRY_INSTRUCTION, PROMPT_VERSION
 
 __all__ = ["CAPTION_PREFIX", "caption_items", "caption_problems"]
@@ -54,40 +53,26 @@ def caption_items(
         summary.reused = len(items) - len(todo)
         for item_id in done & set(items):
             _report(summary, log.get(item_id) or {})
-        with JobBar("caption", len(todo), enabled=progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                conversations = []
-                for item in batch:
-                    conversations.append([user_message(CAPTION_PROMPT, [str(run.image_path(item))])])
-                attempts = ask_with_retry(
-                    client, conversations,
-                    check=lambda i, text: caption_problems(text, vocabulary),
-                    retry_text=lambda i, text, problems: CAPTION_RETRY_INSTRUCTION.format(
-                        names=", ".join(vocabulary.named_in(text, key_terms=True)) or "; ".join(problems)),
-                )
-                for item, attempt in zip(batch, attempts, strict=True):
-                    if attempt.error is not None:
-                        log.write({"id": item["id"], "error": attempt.error})
-                        summary.skip(item["id"], "llm-error", attempt.error)
-                        continue
-                    text = (attempt.text or "").strip()
-                    if not text:
-                        message = f"empty caption after {attempt.attempts} attempt(s)"
-                        log.write({"id": item["id"], "error": message})
-                        summary.skip(item["id"], "empty-caption", message)
-                        continue
-                    flags = list(attempt.problems)
-                    if not text.startswith(CAPTION_PREFIX):
-                        flags.append(f"does not start with {CAPTION_PREFIX!r}")
-                    record = log.write({
-                        "id": item["id"], "caption": text, "flags": flags, "attempts": attempt.attempts,
-                        "first_caption": attempt.first_text if attempt.retried else None,
-                        "served_by": attempt.model,
-                    })
-                    summary.done += 1
-                    _report(summary, record)
-                bar.advance(len(batch))
+
+        def record(item: dict, attempt: Attempt) -> dict | Unusable:
+            text = (attempt.text or "").strip()
+            if not text:
+                return Unusable("empty-caption", f"empty caption after {attempt.attempts} attempt(s)")
+            flags = list(attempt.problems)
+            if not text.startswith(CAPTION_PREFIX):
+                flags.append(f"does not start with {CAPTION_PREFIX!r}")
+            return {"caption": text, "flags": flags, "attempts": attempt.attempts,
+                    "first_caption": attempt.first_text if attempt.retried else None, "served_by": attempt.model}
+
+        step = LLMStep(
+            "caption",
+            conversation=lambda item: [user_message(CAPTION_PROMPT, [str(run.image_path(item))])],
+            check=lambda item, text: caption_problems(text, vocabulary),
+            retry_text=lambda item, text, problems: CAPTION_RETRY_INSTRUCTION.format(
+                names=", ".join(vocabulary.named_in(text, key_terms=True)) or "; ".join(problems)),
+            record=record, ids=lambda item: {"id": item["id"]}, report=_report,
+        )
+        run_step(step, todo, client, log, summary, batch_size=batch_size, progress=progress)
     return summary
 
 

@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from dermtrl.data.retry import ask_with_retry
+from dermtrl.data.retry import Attempt, LLMStep, Unusable, run_step
 from dermtrl.data.reviews import review_status
 from dermtrl.data.run import RunDir
 from dermtrl.data.summary import StepSummary
@@ -28,7 +28,6 @@ from dermtrl.dimensions import DIMENSIONS
 from dermtrl.jsonl import RecordLog
 from dermtrl.llm.client import LLMClient, user_message
 from dermtrl.parsing import parse_scores
-from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, RATIONALE_RETRY_INSTRUCTION, format_evaluation, rationale_prompt
 
 __all__ = ["SCORE_TOLERANCE", "rationale_items", "score_mismatches"]
@@ -86,46 +85,34 @@ def rationale_items(
                 _report(summary, record)
                 continue
             todo.append((tid, st, items[texts[tid]["item_id"]]))
-        with JobBar("rationale", len(todo), enabled=progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                given = [st.scores for _, st, _ in batch]
-                conversations = [
-                    [user_message(rationale_prompt(st.narrative, st.scores), [str(run.image_path(item))])]
-                    for _, st, item in batch
-                ]
 
-                def retry_text(i: int, text: str, problems: list[str], given: list[Any] = given) -> str:
-                    scores = "\n".join(f"{d}: {given[i][d]:g}" for d in DIMENSIONS)
-                    return RATIONALE_RETRY_INSTRUCTION.format(problems="; ".join(problems), scores=scores)
+        def retry_text(entry: tuple[str, Any, dict[str, Any]], text: str, problems: list[str]) -> str:
+            scores = "\n".join(f"{d}: {entry[1].scores[d]:g}" for d in DIMENSIONS)
+            return RATIONALE_RETRY_INSTRUCTION.format(problems="; ".join(problems), scores=scores)
 
-                attempts = ask_with_retry(
-                    client, conversations,
-                    check=lambda i, text, given=given: score_mismatches(text, given[i]),
-                    retry_text=retry_text,
-                )
-                for (tid, st, _item), attempt in zip(batch, attempts, strict=True):
-                    if attempt.error is not None or not (attempt.text or "").strip():
-                        message = attempt.error or f"empty rationale after {attempt.attempts} attempt(s)"
-                        log.write({"id": tid, "error": message})
-                        summary.skip(tid, "llm-error" if attempt.error else "empty-rationale", message)
-                        continue
-                    rationale = (attempt.text or "").strip()
-                    flags = [f"score mismatch: {p}" for p in attempt.problems]
-                    new = [d for d in vocabulary.named_in(rationale) if d not in vocabulary.named_in(st.narrative)]
-                    if new:
-                        flags.append(f"proposes a diagnosis the narrative does not name: {', '.join(new)}")
-                    record = log.write({
-                        "id": tid, "stream": st.stream, "status": st.status, "narrative": st.narrative,
-                        "scores": st.scores, "rationale": rationale,
-                        "evaluation": format_evaluation(rationale, st.scores),
-                        "parsed_scores": parse_scores(rationale).scores, "flags": flags,
-                        "score_mismatch": bool(attempt.problems), "attempts": attempt.attempts,
-                        "input_hash": _input_hash(st.narrative, st.scores), "served_by": attempt.model,
-                    })
-                    summary.done += 1
-                    _report(summary, record)
-                bar.advance(len(batch))
+        def record(entry: tuple[str, Any, dict[str, Any]], attempt: Attempt) -> dict[str, Any] | Unusable:
+            _, st, _ = entry
+            rationale = (attempt.text or "").strip()
+            if not rationale:
+                return Unusable("empty-rationale", f"empty rationale after {attempt.attempts} attempt(s)")
+            flags = [f"score mismatch: {p}" for p in attempt.problems]
+            new = [d for d in vocabulary.named_in(rationale) if d not in vocabulary.named_in(st.narrative)]
+            if new:
+                flags.append(f"proposes a diagnosis the narrative does not name: {', '.join(new)}")
+            return {"stream": st.stream, "status": st.status, "narrative": st.narrative, "scores": st.scores,
+                    "rationale": rationale, "evaluation": format_evaluation(rationale, st.scores),
+                    "parsed_scores": parse_scores(rationale).scores, "flags": flags,
+                    "score_mismatch": bool(attempt.problems), "attempts": attempt.attempts,
+                    "input_hash": _input_hash(st.narrative, st.scores), "served_by": attempt.model}
+
+        step = LLMStep(
+            "rationale",
+            conversation=lambda entry: [user_message(rationale_prompt(entry[1].narrative, entry[1].scores),
+                                                     [str(run.image_path(entry[2]))])],
+            check=lambda entry, text: score_mismatches(text, entry[1].scores),
+            retry_text=retry_text, record=record, ids=lambda entry: {"id": entry[0]}, report=_report,
+        )
+        run_step(step, todo, client, log, summary, batch_size=batch_size, progress=progress)
     return summary
 
 

@@ -21,13 +21,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dermtrl.data.retry import ask_with_retry
+from dermtrl.data.retry import Attempt, LLMStep, Unusable, run_step
 from dermtrl.data.run import STREAMS, RunDir, text_id
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary
 from dermtrl.jsonl import RecordLog
 from dermtrl.llm.client import LLMClient, user_message
-from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION, REASONING_RETRY_INSTRUCTION, reasoning_prompt
 
 __all__ = ["Normalized", "normalize_reasoning", "reason_items"]
@@ -184,50 +183,32 @@ def reason_items(
                 summary.skip(tid, "no-caption", f"{item_id}: no caption yet (run `dermtrl data caption` first)")
             else:
                 todo.append(item)
-        with JobBar(f"reason ({stream})", len(todo), enabled=progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                conversations = []
-                for item in batch:
-                    caption = captions[item["id"]]["caption"]
-                    if stream == "certified":  # caption + ground truth, text only (Section 3.1)
-                        conversations.append([user_message(reasoning_prompt(caption, item["label"]))])
-                    else:  # caption + image, no label
-                        conversations.append([user_message(reasoning_prompt(caption, None),
-                                                           [str(run.image_path(item))])])
+        certified = stream == "certified"
 
-                def check(i: int, text: str, batch: list[dict[str, Any]] = batch) -> list[str]:
-                    label = batch[i]["label"] if stream == "certified" else None
-                    return normalize_reasoning(text, vocabulary, label=label).violations
+        def conversation(item: dict[str, Any]) -> list[dict[str, Any]]:
+            caption = captions[item["id"]]["caption"]
+            if certified:  # caption + ground truth, text only (Section 3.1)
+                return [user_message(reasoning_prompt(caption, item["label"]))]
+            return [user_message(reasoning_prompt(caption, None), [str(run.image_path(item))])]  # + image, no label
 
-                attempts = ask_with_retry(
-                    client, conversations, check,
-                    retry_text=lambda i, text, problems: REASONING_RETRY_INSTRUCTION.format(
-                        problems="; ".join(problems)),
-                )
-                for item, attempt in zip(batch, attempts, strict=True):
-                    tid = text_id(item["id"], stream)
-                    if attempt.error is not None:
-                        log.write({"id": tid, "item_id": item["id"], "error": attempt.error})
-                        summary.skip(tid, "llm-error", attempt.error)
-                        continue
-                    norm = normalize_reasoning(attempt.text or "", vocabulary,
-                                               label=item["label"] if stream == "certified" else None)
-                    if not norm.text:
-                        message = f"empty reasoning after {attempt.attempts} attempt(s)"
-                        log.write({"id": tid, "item_id": item["id"], "error": message})
-                        summary.skip(tid, "empty-reasoning", message)
-                        continue
-                    extra = [p for p in attempt.problems if p.startswith("retry failed")]
-                    record = log.write({
-                        "id": tid, "item_id": item["id"], "label": item["label"],
-                        "caption": captions[item["id"]]["caption"], "narrative": norm.text,
-                        "diagnosis": norm.diagnosis, "violations": norm.violations + extra, "notes": norm.notes,
-                        "raw": attempt.text, "attempts": attempt.attempts, "served_by": attempt.model,
-                    })
-                    summary.done += 1
-                    _report(summary, record)
-                bar.advance(len(batch))
+        def record(item: dict[str, Any], attempt: Attempt) -> dict[str, Any] | Unusable:
+            norm = normalize_reasoning(attempt.text or "", vocabulary, label=item["label"] if certified else None)
+            if not norm.text:
+                return Unusable("empty-reasoning", f"empty reasoning after {attempt.attempts} attempt(s)")
+            extra = [p for p in attempt.problems if p.startswith("retry failed")]
+            return {"label": item["label"], "caption": captions[item["id"]]["caption"], "narrative": norm.text,
+                    "diagnosis": norm.diagnosis, "violations": norm.violations + extra, "notes": norm.notes,
+                    "raw": attempt.text, "attempts": attempt.attempts, "served_by": attempt.model}
+
+        step = LLMStep(
+            f"reason ({stream})", conversation=conversation,
+            check=lambda item, text: normalize_reasoning(
+                text, vocabulary, label=item["label"] if certified else None).violations,
+            retry_text=lambda item, text, problems: REASONING_RETRY_INSTRUCTION.format(problems="; ".join(problems)),
+            record=record, ids=lambda item: {"id": text_id(item["id"], stream), "item_id": item["id"]},
+            report=_report,
+        )
+        run_step(step, todo, client, log, summary, batch_size=batch_size, progress=progress)
     return summary
 
 

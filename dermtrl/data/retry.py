@@ -15,7 +15,7 @@ from typing import Any
 
 from dermtrl.llm.client import CallError, LLMClient
 
-__all__ = ["Attempt", "ask_with_retry"]
+__all__ = ["Attempt", "LLMStep", "Unusable", "ask_with_retry", "run_step"]
 
 Check = Callable[[int, str], list[str]]
 RetryText = Callable[[int, str, list[str]], str]
@@ -80,3 +80,59 @@ def ask_with_retry(
             if len(problems) < len(attempt.first_problems):
                 attempt.text, attempt.problems, attempt.model = result.text, problems, result.model
     return out
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """An answer a step cannot keep (empty, unparseable): the skip reason and a message a person can act on."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class LLMStep:
+    """What one Section 3.1 step asks about each item and what it records; :func:`run_step` does the rest.
+
+    ``conversation(item)`` is the request; ``check(item, text)`` the answer's problems (one follow-up turn when
+    there are any); ``retry_text(item, text, problems)`` that turn; ``record(item, attempt)`` the fields to record,
+    or :class:`Unusable`; ``ids(item)`` the id fields written with every record, errors included; ``report``
+    adds a written record's flags to the summary.
+    """
+
+    label: str
+    conversation: Callable[[Any], list[dict[str, Any]]]
+    check: Callable[[Any, str], list[str]]
+    retry_text: Callable[[Any, str, list[str]], str]
+    record: Callable[[Any, Attempt], dict[str, Any] | Unusable]
+    ids: Callable[[Any], dict[str, Any]]
+    report: Callable[[Any, dict[str, Any]], None]
+
+
+def run_step(step: LLMStep, todo: Sequence[Any], client: LLMClient, log: Any, summary: Any, *, batch_size: int,
+             progress: bool) -> None:
+    """Ask about ``todo`` in batches (with the retry rule above), writing each item's record to ``log`` (a
+    :class:`dermtrl.jsonl.RecordLog`) as its batch finishes: a failed call or an unusable answer is recorded as
+    an error and skipped in ``summary``, so a rerun retries it."""
+    from dermtrl.progress import JobBar
+
+    with JobBar(step.label, len(todo), enabled=progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = list(todo[start:start + batch_size])
+            attempts = ask_with_retry(
+                client, [step.conversation(item) for item in batch],
+                check=lambda i, text, batch=batch: step.check(batch[i], text),
+                retry_text=lambda i, text, problems, batch=batch: step.retry_text(batch[i], text, problems),
+            )
+            for item, attempt in zip(batch, attempts, strict=True):
+                ids = step.ids(item)
+                result = (Unusable("llm-error", attempt.error) if attempt.error is not None
+                          else step.record(item, attempt))
+                if isinstance(result, Unusable):
+                    log.write({**ids, "error": result.message})
+                    summary.skip(ids["id"], result.reason, result.message)
+                    continue
+                record = log.write({**ids, **result})
+                summary.done += 1
+                step.report(summary, record)
+            bar.advance(len(batch))
