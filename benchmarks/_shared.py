@@ -23,17 +23,37 @@ HELD_OUT_START = 200_000
 VALIDATION_START = 50_000  # validation cases: where the benchmarks choose settings
 
 
+def _command(recipe: str, args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(ROOT / "recipes" / recipe), *args]
+
+
 def launch(console: Any, stage: str, recipe: str, *args: str) -> None:
     """Run a recipe exactly as users do: `accelerate launch recipes/<recipe> ...` (quietly; log on failure)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "recipes" / recipe), *args]
-    console.print(f"[bold]{stage}:[/bold] accelerate launch recipes/{recipe} " + " ".join(args))
+    launch_together(console, {stage: (recipe, args)})
+
+
+def launch_together(console: Any, runs: dict[str, tuple[str, Sequence[str]]]) -> None:
+    """Several recipe runs at once, one process each (a one-thread CPU run leaves the other cores idle): the arms of
+    a comparison then get the same machine at the same time. Logs are printed for any run that fails."""
+    import tempfile
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        console.print(done.stdout[-4000:], done.stderr[-4000:], markup=False)
-        raise SystemExit(f"{stage} failed (exit {done.returncode})")
+    procs = {}
+    for stage, (recipe, args) in runs.items():
+        console.print(f"[bold]{stage}:[/bold] accelerate launch recipes/{recipe} " + " ".join(args))
+        log = tempfile.TemporaryFile(mode="w+")
+        procs[stage] = (subprocess.Popen(_command(recipe, args), env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    failed = []
+    for stage, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            log.seek(0)
+            console.print(log.read()[-6000:], markup=False)
+            failed.append(f"{stage} (exit {proc.returncode})")
+        log.close()
+    if failed:
+        raise SystemExit("failed: " + ", ".join(failed))
 
 
 def errors(records: Sequence[dict], experts: Sequence[tuple[str, dict]]) -> np.ndarray:
