@@ -385,34 +385,41 @@ def _feature_word(f: Findings, key: str) -> str:
     return _COUNT_WORDS[f.count] if key == "count" else str(getattr(f, key))
 
 
+def compare_findings(said: Findings, seen: Findings, said_by: str, seen_by: str) -> list[str]:
+    """One sentence per feature, in the order a narrative names them: both values side by side, then the verdict
+    ("Colour: the narrative says pink, the image shows brown, wrong.")."""
+    out = []
+    for key in _CHECK_ORDER:
+        a, b = _feature_word(said, key), _feature_word(seen, key)
+        out.append(f"{key.capitalize()}: {said_by} {a}, {seen_by} {b}, {'right' if a == b else 'wrong'}.")
+    return out
+
+
 def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, float]) -> str:
     """An evaluation text in the spirit of Figure 4's label: each claim checked against the image shown.
 
-    The check goes feature by feature, in the order the narrative names them: what the image shows, then whether
-    the narrative says so ("Colour: brown, not pink as the narrative says."), then unseen findings, diagnosis,
-    advice and differentials. Point-by-point comparison is how a careful rater writes, and it is what the scores
-    follow from.
+    The check goes feature by feature, in the order the narrative names them ("Colour: the narrative says pink,
+    the image shows brown, wrong."), then unseen findings, diagnosis, advice and differentials. Point-by-point
+    comparison is how a careful rater writes, and it is what the scores follow from: the narrative's claim and the
+    picture's finding stand side by side before each verdict.
     """
     s: list[str] = []
     if c.findings is None:
         s.append(f"The narrative does not describe the lesions. The image shows {describe(truth)}.")
     else:
-        for key in _CHECK_ORDER:
-            said, seen = _feature_word(c.findings, key), _feature_word(truth, key)
-            s.append(f"{key.capitalize()}: {seen}, " + ("as the narrative says." if said == seen
-                                                         else f"not {said} as the narrative says."))
+        s.extend(compare_findings(c.findings, truth, "the narrative says", "the image shows"))
     s.extend(f"The image also shows {e}." for e in truth.extras)
     unseen = unseen_claims(c, truth)
     if unseen:
         s.append("Not visible: " + " and ".join(unseen) + ".")
     if c.diagnosis == cond.label:
-        s.append(f"Diagnosis: {cond.label}, as the narrative concludes.")
+        s.append(f"Diagnosis: the narrative concludes {c.diagnosis}, consistent with these findings.")
     elif c.diagnosis:
         fits = _BY_LABEL[c.diagnosis].likelihood(replace(truth, extras=())) > 0
-        s.append(f"Diagnosis: {cond.label}, not {c.diagnosis} as the narrative concludes; these findings "
-                 f"{'allow' if fits else 'rule out'} {c.diagnosis}.")
+        s.append(f"Diagnosis: the narrative concludes {c.diagnosis}, which these findings "
+                 f"{'allow' if fits else 'rule out'}; they favour {cond.label}.")
     else:
-        s.append(f"Diagnosis: {cond.label}; the narrative gives none.")
+        s.append("Diagnosis: the narrative gives none.")
     if c.findings is not None and c.diagnosis and not _BY_LABEL[c.diagnosis].likelihood(
             replace(c.findings, extras=())) > 0:
         s.append("Its reasoning does not fit its own description.")
