@@ -33,7 +33,7 @@ from dermtrl.errors import PublishError
 __all__ = ["PublishError", "build_model_card", "publish_adapter", "register_publish_adapter", "stage_adapter"]
 
 SYNTHETIC_PREFIX = "dermtrl:"
-TEMPLATE = Path(__file__).parent / "templates" / "dermeval_adapter_card.md"
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "dermeval_adapter_card.md"
 #: Files of a trained adapter folder that belong on the Hub (the processor/tokenizer files the recipes save).
 ADAPTER_FILES: tuple[str, ...] = (
     "adapter_model.safetensors", "adapter_config.json", "processor_config.json", "preprocessor_config.json",

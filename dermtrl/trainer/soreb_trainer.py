@@ -155,7 +155,7 @@ class SOREBTrainer(_BaseTrainer):
     }
 
     # TRL renders cards from its own templates folder; point it at ours (a DermEval quick start, not a chat one)
-    _template_file = os.path.relpath(Path(__file__).parent / "templates" / "soreb_model_card.md",
+    _template_file = os.path.relpath(Path(__file__).resolve().parents[1] / "templates" / "soreb_model_card.md",
                                      Path(trl.__file__).parent / "templates")
 
     @staticmethod
