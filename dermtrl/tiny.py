@@ -25,16 +25,13 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v3"
+TINY_VERSION = "tiny-llava-v2"
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 PRETRAIN_STEPS = 1000  # captioning steps of batch 16 (about 1-2 minutes on 2 CPU cores, once per cache)
-COMPARE_STEPS = 1500  # text-only comparison steps of batch 16, interleaved with the captioning (about 2 minutes)
-#: The text-only comparison task of the build (not a DermEval prompt: it never mentions a narrative or a score).
-COMPARE_PROMPT = "Compare the second description with the first, feature by feature."
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
@@ -50,13 +47,13 @@ def _prompt_texts() -> list[str]:
 def corpus_key() -> str:
     """Identify what the tokenizer is trained on (the prompts and the synthetic cases' texts).
 
-    The cache folder is named after it, so a new prompt, a change in the synthetic texts or another amount of
-    comparison pretraining builds a new tiny model instead of silently reusing one made otherwise; an edit to the
-    generator that leaves its texts unchanged keeps the model (and every adapter trained on it).
+    The cache folder is named after it, so a new prompt or a change in the synthetic texts builds a new tiny model
+    instead of silently reusing one whose tokenizer was trained on other text; an edit to the generator that
+    leaves its texts unchanged keeps the model (and every adapter trained on it).
     """
     import hashlib
 
-    digest = hashlib.sha256(f"{TINY_VERSION}:{COMPARE_STEPS}".encode())  # the default build's pretraining too
+    digest = hashlib.sha256(TINY_VERSION.encode())
     for text in _corpus(0):
         digest.update(text.encode())
         digest.update(b"\0")
@@ -66,7 +63,7 @@ def corpus_key() -> str:
 def _corpus(seed: int) -> list[str]:
     from dermtrl.cases.synthetic import generate_case
 
-    texts = [*_prompt_texts(), COMPARE_PROMPT, "First: Second: the first says, the second says, right. wrong."]
+    texts = _prompt_texts()
     for i in range(400):
         case = generate_case(i, seed, render_image=False)
         texts += [case["reference"], case["narrative"], case["evaluation"]]
@@ -126,54 +123,22 @@ def _caption_batch(processor, rng, size: int):
     return batch
 
 
-def _comparison_batch(processor, rng, size: int):
-    """Two random lesion descriptions and their feature-by-feature comparison (text only, labels on the answer)."""
-    from dataclasses import replace
-
-    from dermtrl.cases.synthetic import CONDITIONS, compare_findings, describe, sample_findings
-
-    tokenizer = processor.tokenizer
-    prompts, texts = [], []
-    for _ in range(size):
-        first = sample_findings(rng.choice(CONDITIONS), rng)
-        other = sample_findings(rng.choice(CONDITIONS), rng)
-        second = replace(first, **{k: getattr(other, k) for k in ("count", "size", "colour", "border", "site")
-                                   if rng.random() < 0.5})
-        prompt = f"USER: {COMPARE_PROMPT}\nFirst: {describe(first)}.\nSecond: {describe(second)}. ASSISTANT:"
-        answer = " ".join(compare_findings(first, second, "the first says", "the second says"))
-        prompts.append(prompt)
-        texts.append(f"{prompt} {answer}{tokenizer.eos_token}")
-    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
-    labels = batch["input_ids"].clone()
-    for i, prompt in enumerate(prompts):
-        labels[i, : len(tokenizer(prompt)["input_ids"])] = -100
-    labels[batch["attention_mask"] == 0] = -100
-    batch["labels"] = labels
-    return batch
-
-
-def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3,
-                      compare_steps: int = 0) -> None:
-    """LLaVA-style feature alignment on synthetic captions (all weights: the tiny model starts random), with
-    ``compare_steps`` text-only comparison steps interleaved: the language ability a 7B LLM brings and a random
-    tiny one lacks (setting two descriptions side by side), taught on plain descriptions, never on a narrative."""
+def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3) -> None:
+    """LLaVA-style feature alignment on synthetic captions (all weights: the tiny model starts random)."""
     import random
 
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    total = steps + compare_steps
-    if total <= 0:
+    if steps <= 0:
         return
     rng = random.Random(f"dermtrl-tiny-pretrain:{seed}")
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 30), total)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 30), steps)
     model.train()
-    for i in range(total):
-        compare = (i + 1) * compare_steps // total > i * compare_steps // total  # spread evenly
-        batch = (_comparison_batch if compare else _caption_batch)(processor, rng, batch_size)
-        loss = model(**batch).loss
+    for _ in range(steps):
+        loss = model(**_caption_batch(processor, rng, batch_size)).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -183,7 +148,7 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
 
 
 def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, *,
-                     compare_steps: int = COMPARE_STEPS, text_layers: int = 2, text_hidden: int = 64) -> Path:
+                     text_layers: int = 2, text_hidden: int = 64) -> Path:
     """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``.
 
     ``pretrain_steps`` of caption pretraining give it eyes (see the module docstring); 0 leaves it random.
@@ -233,13 +198,12 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    pretrain_captions(model, processor, pretrain_steps, seed, compare_steps=compare_steps if pretrain_steps else 0)
+    pretrain_captions(model, processor, pretrain_steps, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "dermtrl_tiny.json").write_text(
-        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed, "pretrain_steps": pretrain_steps,
-                    "compare_steps": compare_steps if pretrain_steps else 0}))
+        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed, "pretrain_steps": pretrain_steps}))
     return output_dir
 
 
