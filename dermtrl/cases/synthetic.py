@@ -33,7 +33,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import format_evaluation
 
-SYNTHETIC_VERSION = "v2"
+#: v2.1: the v2 cases (the same images, narratives and expert scores) with the point-by-point critique in y*.
+SYNTHETIC_VERSION = "v2.1"
+_STREAM = "v2"  # the seeded stream the cases are drawn from: unchanged since v2
 IMAGE_SIZE = 96
 QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
 SITES: tuple[str, ...] = ("face", "hand", "trunk", "arm")
@@ -453,7 +455,7 @@ def generate_case(index: int, seed: int = 0, tier: str | None = None,
     ``render_image=False`` skips drawing (``image`` is ``None``) for callers that need only the texts.
     """
     config = config or DEFAULT_CONFIG
-    rng = random.Random(f"dermtrl-synthetic-{SYNTHETIC_VERSION}:{seed}:{index}")
+    rng = random.Random(f"dermtrl-synthetic-{_STREAM}:{seed}:{index}")
     cond = CONDITIONS[rng.randrange(len(CONDITIONS))]
     truth = sample_findings(cond, rng, config)
     tier = tier or QUALITY_TIERS[index % len(QUALITY_TIERS)]
