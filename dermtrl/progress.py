@@ -11,7 +11,6 @@ def progress_bar(counters: str | None = None, *, disable: bool = False) -> Any:
     ``counters`` is a rich format string over the task's fields, e.g.
     ``"cached {task.fields[hits]} · failed {task.fields[failed]}"``; pass those fields to ``add_task``.
     """
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -25,7 +24,9 @@ def progress_bar(counters: str | None = None, *, disable: bool = False) -> Any:
     if counters:
         columns.append(TextColumn(counters))
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, console=Console(stderr=True), disable=disable)
+    from dermtrl.console import err_console
+
+    return Progress(*columns, console=err_console, disable=disable)
 
 
 def resume_line(done: int, total: int) -> str | None:

@@ -7,19 +7,15 @@ from here, never from :mod:`dermtrl.cli.dispatch`, so that the dispatcher can im
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-
+from dermtrl.console import console, err_console
 from dermtrl.errors import CLIError, DermtrlError, user_errors
 
 __all__ = ["EXIT_FAILURES", "EXIT_USER_ERROR", "CLIError", "DermtrlError", "allow_failures_arg", "console",
            "endpoint_args", "endpoint_config", "err_console", "finish", "user_errors"]
 
-console = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs
-err_console = Console(stderr=True)
 
 #: Exit status of a command whose records include failures (without ``--allow-failures``).
 EXIT_FAILURES = 1

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from dermtrl.cli._common import CLIError, endpoint_args, endpoint_config, user_errors
+from dermtrl.console import console, err_console
 
 __all__ = ["register", "register_publish"]
 
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+out, err = console, err_console
 
 
 # --- shared options ---------------------------------------------------------------------------------------

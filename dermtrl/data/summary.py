@@ -68,9 +68,9 @@ class StepSummary:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        from rich.console import Console
 
-        console = console or Console(stderr=True)
+        if console is None:
+            from dermtrl.console import err_console as console
         console.print(self.headline())
         if self.skipped or self.flagged:
             console.print(self.table())

@@ -470,9 +470,10 @@ class LLMClient:
         return cast("list[Completion | CallError]", results)
 
     def print_usage(self, console: Console | None = None) -> None:
-        from rich.console import Console
 
-        (console or Console()).print(self.usage.table())
+        if console is None:
+            from dermtrl.console import console
+        console.print(self.usage.table())
 
     def close(self) -> None:
         """Wait (up to ``timeout``) for requests in flight, so their answers reach the cache, then release all.

@@ -122,10 +122,9 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
         trainer.create_model_card(model_name=Path(training_args.output_dir).name,
                                   dataset_name=None if synthetic else script_args.dataset_name)
     if reporting:
-        from rich.console import Console
-
         from dermtrl.cases.controls import mismatched
         from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+        from dermtrl.console import console
         from dermtrl.dermeval.held_out import summary_lines
         from dermtrl.report import render_table, write_report
 
@@ -133,7 +132,6 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
         swapped = held_out_report(trainer, processor, mismatched(held_out), "After SOREB, mismatched images",
                                   report_dir, "mismatched")
         write_report([before.report, after.report], report_dir)
-        console = Console(width=140)
         console.print(render_table(
             [before.report, after.report],
             title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
