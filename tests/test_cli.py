@@ -104,3 +104,14 @@ def test_every_endpoint_has_the_same_flags_with_client_config_defaults():
     assert (args.max_concurrency, args.timeout, args.cache_path) == (3, 7.0, "c.sqlite")
     old = parser.parse_args(["bench", "judge", "--model", "j", *bench, "--concurrency", "4", "--cache", "o"])
     assert (old.max_concurrency, old.cache_path) == (4, "o")  # the earlier spellings still work
+
+
+def test_dermtrl_sft_runs_the_training_script_with_its_own_flags(tmp_path):
+    """`dermtrl sft --config ...` is the script (as `trl sft`): its own flags, the adapter and its budget written."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo_sft.yaml"
+    out = tmp_path / "adapter"
+    assert main(["sft", "--config", str(config), "--output_dir", str(out), "--synthetic_train_cases", "8",
+                 "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true"]) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "generation_config.json").is_file()

@@ -141,6 +141,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``dermtrl sft|soreb ...``: the training script with its own parser (as ``trl sft``), in this process."""
+    import importlib
+
+    script = importlib.import_module(f"dermtrl.scripts.{args.script}")
+    script.main(*script.make_parser().parse_args_and_config(args=args.script_args)).end()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dermtrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -160,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
+
+    for name, what in (("sft", "DermEval Stage 1 (SFT)"), ("soreb", "DermEval Stage 2 (SOREB)")):
+        p = sub.add_parser(name, add_help=False, help=f"train {what} in this process: the script's own flags "
+                           f"(--config YAML, ...; --help lists them); for several processes use accelerate launch "
+                           f"recipes/{name}.py")
+        p.add_argument("script_args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_train, script=name)
 
     p = sub.add_parser("eval", help="run DermEval over a dataset; agreement with experts when it has scores")
     p.add_argument("--model", help="base model: Hub id, folder, or dermtrl:tiny (default: the adapter's base)")
@@ -195,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sft", "soreb"):  # every flag after it belongs to the script's own parser
+        args = argparse.Namespace(func=cmd_train, script=argv[0], script_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except DermtrlError as exc:  # CLIError and every other user-facing error of the package
