@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 # Set before anything imports huggingface_hub / datasets / transformers / gradio: tests never touch the net.
@@ -13,7 +12,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import pytest  # noqa: E402
 
