@@ -48,3 +48,32 @@ def test_image_controls_keep_narratives_and_scores_and_change_only_the_picture()
     assert len({img.tobytes() for img in blank["image"]}) == 1
     with pytest.raises(ValueError, match="at least two"):
         derangement(1)
+
+
+@pytest.mark.timeout(900)  # may train the shared demo adapter first
+def test_held_out_report_callback_reports_before_after_and_mismatched(demo_adapter, tmp_path):
+    """The SOREB script's report is a TrainerCallback any trainer can take: Table 1 before and after training, the
+    paired difference and the mismatched-image control, written and printed on the main process."""
+    from types import SimpleNamespace
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dermtrl.tiny import tiny_llava_path
+    from dermtrl.trainer.callbacks import HeldOutReportCallback
+
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_llava_path()), demo_adapter)
+    cases = generate_cases(4, start=200_000)
+    callback = HeldOutReportCallback(cases, tmp_path, AutoProcessor.from_pretrained(demo_adapter),
+                                     image_dims=IMAGE_DEPENDENT)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    callback.on_train_begin(None, state, None, model=model)
+    state.global_step = 3
+    callback.on_train_end(None, state, None, model=model)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"before.jsonl", "after.jsonl", "mismatched.jsonl", "summary.txt", "agreement.md"} <= written, written
+    assert callback.lines[0].startswith("Macro MAE after - before") and "Vision reliance" in callback.lines[1]
+    assert model.training  # handed back to the trainer in training mode
+    other = HeldOutReportCallback(cases, tmp_path / "other", None)
+    other.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, global_step=0), None, model=model)
+    assert other.before is None and not (tmp_path / "other").exists()  # only the main process evaluates

@@ -30,6 +30,7 @@ from trl import ModelConfig, TrlParser
 
 from dermtrl import lengths
 from dermtrl.cases.loading import load_cases
+from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
 from dermtrl.script_args import (
     DermEvalScriptArguments,
     check_continued_adapter,
@@ -40,6 +41,7 @@ from dermtrl.script_args import (
 )
 from dermtrl.scripts import sft
 from dermtrl.tiny import resolve_model_name
+from dermtrl.trainer.callbacks import HeldOutReportCallback
 from dermtrl.trainer.soreb_config import SOREBConfig
 from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
@@ -63,18 +65,6 @@ class SOREBScriptArguments(DermEvalScriptArguments):
 def run_stage1(config: str, output_dir: str) -> None:
     """Stage 1 with its own recipe and config, so Stage 2 can start from a fresh machine."""
     sft.main(*sft.make_parser().parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
-
-
-def held_out_report(trainer: SOREBTrainer, processor, cases, label: str, out: Path, tag: str):
-    """Agreement of the model being trained on synthetic cases never used for training (dermtrl.dermeval.held_out)."""
-    from dermtrl.dermeval.evaluator import DermEval
-    from dermtrl.dermeval.held_out import evaluate_held_out
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    evaluator = DermEval(model, processor, model_id=label, model_fingerprint=f"{label}-{trainer.state.global_step}")
-    result = evaluate_held_out(evaluator, cases, out / f"{tag}.jsonl", label)
-    model.train()
-    return result
 
 
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
@@ -108,11 +98,12 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
                            peft_config=peft_config)
-    report_dir = Path(training_args.output_dir) / "report"
-    reporting = bool(script_args.report_cases) and trainer.accelerator.is_main_process
-    if reporting:
+    if script_args.report_cases:  # Table 1 before and after on held-out cases, and with mismatched images
         held_out = load_cases("dermtrl:synthetic", n=script_args.report_cases, start=HELD_OUT_START)
-        before = held_out_report(trainer, processor, held_out, "Before SOREB (Stage 1)", report_dir, "before")
+        trainer.add_callback(HeldOutReportCallback(
+            held_out, Path(training_args.output_dir) / "report", processor, image_dims=IMAGE_DEPENDENT,
+            labels=("Before SOREB (Stage 1)", "After SOREB (Stage 2)"),
+            title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -121,24 +112,6 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
         synthetic = script_args.dataset_name.startswith("dermtrl:")
         trainer.create_model_card(model_name=Path(training_args.output_dir).name,
                                   dataset_name=None if synthetic else script_args.dataset_name)
-    if reporting:
-        from dermtrl.cases.controls import mismatched
-        from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
-        from dermtrl.console import console
-        from dermtrl.dermeval.held_out import summary_lines
-        from dermtrl.report import render_table, write_report
-
-        after = held_out_report(trainer, processor, held_out, "After SOREB (Stage 2)", report_dir, "after")
-        swapped = held_out_report(trainer, processor, mismatched(held_out), "After SOREB, mismatched images",
-                                  report_dir, "mismatched")
-        write_report([before.report, after.report], report_dir)
-        console.print(render_table(
-            [before.report, after.report],
-            title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
-        lines = summary_lines(before, after, swapped, IMAGE_DEPENDENT)
-        (report_dir / "summary.txt").write_text("\n".join(lines) + "\n")
-        for line in lines:
-            console.print(line)
     trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
