@@ -97,7 +97,7 @@ def test_publish_dry_run_writes_a_loadable_folder(built: Path, tmp_path: Path) -
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
         "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
     local = load_from_disk(str(built / "dermeval"))
-    loaded = load_dataset(str(target))
+    loaded = load_dataset(str(target), cache_dir=str(tmp_path / "hf-cache"))  # never a cached earlier build
     assert {k: len(v) for k, v in loaded.items()} == {k: len(v) for k, v in local.items()}
     a, b = local["train"][0], loaded["train"][0]
     assert a.pop("image").tobytes() == b.pop("image").tobytes() and a == b
