@@ -14,8 +14,6 @@ Rows, side by side in one run on the same held-out cases:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,16 +28,8 @@ from dermtrl.dimensions import DIMENSIONS
 from dermtrl.metrics import agreement
 from dermtrl.report import render_table, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT_START = 100_000  # training cases use indices 0..n-1; evaluation cases never overlap them
-
-
-def launch(console: Console, stage: str, recipe: str, *args: str) -> None:
-    """Run a recipe exactly as users do: `accelerate launch recipes/<recipe> ...`."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-           str(ROOT / "recipes" / recipe), *args]
-    console.print(f"[bold]{stage}:[/bold] accelerate launch " + " ".join(cmd[5:]))
-    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import HELD_OUT_START, ROOT, launch  # noqa: E402  (test cases from 200,000, as every benchmark)
 
 
 def main() -> None:
