@@ -80,7 +80,7 @@ def main() -> None:
             *budget])
     if runs:
         launch_together(console, runs)  # side by side: the same machine for both arms
-    epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs")
+    epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
 
     held_out = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START, seed=seed)
     experts = list(zip(held_out["case_id"], held_out["expert_scores"], strict=True))

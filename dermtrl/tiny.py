@@ -147,12 +147,10 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
     model.eval()
 
 
-def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS, *,
-                     text_layers: int = 2, text_hidden: int = 64) -> Path:
+def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
     """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``.
 
     ``pretrain_steps`` of caption pretraining give it eyes (see the module docstring); 0 leaves it random.
-    ``text_layers`` and ``text_hidden`` size its language model (capacity experiments; the cached default is 2 x 64).
     """
     import torch
     from transformers import (
@@ -182,8 +180,7 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int 
         image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-        num_hidden_layers=text_layers,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,

@@ -109,3 +109,14 @@ def test_label_text_in_figure4_format():
     assert "\n\nThe evaluation scores are:\n" in y
     for dim in DIMENSIONS:
         assert f"\n{LABEL_NAMES[dim]}: " in y
+
+
+def test_draw_case_is_the_draw_behind_generate_case():
+    """Bounds computed from draw_case (benchmarks/task_bounds.py) are about exactly the cases the benchmarks score."""
+    from dermtrl.cases.synthetic import draw_case, expert_scores, render_narrative
+
+    for index in (0, 7, 200_003):
+        case, draw = generate_case(index, render_image=False), draw_case(index)
+        assert render_narrative(draw.claims) == case["narrative"] and draw.cond.label == case["label"]
+        perfect = expert_scores(draw.claims, draw.cond, draw.truth)
+        assert all(abs(perfect[d] - case["expert_scores"][d]) <= 1.0 for d in perfect)  # raters move a point at most

@@ -387,13 +387,14 @@ def _feature_word(f: Findings, key: str) -> str:
     return _COUNT_WORDS[f.count] if key == "count" else str(getattr(f, key))
 
 
-def compare_findings(said: Findings, seen: Findings, said_by: str, seen_by: str) -> list[str]:
-    """One sentence per feature, in the order a narrative names them: both values side by side, then the verdict
-    ("Colour: the narrative says pink, the image shows brown, wrong.")."""
+def compare_findings(said: Findings, seen: Findings) -> list[str]:
+    """One sentence per feature, in the order a narrative names them: the narrative's claim and the picture's
+    finding side by side, then the verdict ("Colour: the narrative says pink, the image shows brown, wrong.")."""
     out = []
     for key in _CHECK_ORDER:
         a, b = _feature_word(said, key), _feature_word(seen, key)
-        out.append(f"{key.capitalize()}: {said_by} {a}, {seen_by} {b}, {'right' if a == b else 'wrong'}.")
+        verdict = "right" if a == b else "wrong"
+        out.append(f"{key.capitalize()}: the narrative says {a}, the image shows {b}, {verdict}.")
     return out
 
 
@@ -409,7 +410,7 @@ def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, floa
     if c.findings is None:
         s.append(f"The narrative does not describe the lesions. The image shows {describe(truth)}.")
     else:
-        s.extend(compare_findings(c.findings, truth, "the narrative says", "the image shows"))
+        s.extend(compare_findings(c.findings, truth))
     s.extend(f"The image also shows {e}." for e in truth.extras)
     unseen = unseen_claims(c, truth)
     if unseen:
@@ -448,12 +449,22 @@ def _lookalike(cond: Condition, truth: Findings, rng: random.Random, config: Syn
     return other, f
 
 
-def generate_case(index: int, seed: int = 0, tier: str | None = None,
-                  config: SyntheticConfig | None = None, *, render_image: bool = True) -> dict:
-    """One case, reproducible from (seed, index, config) alone so any slice of a dataset can be regenerated.
+@dataclass(frozen=True)
+class Draw:
+    """What a case is made of before it is rendered: the condition and findings of the image shown, the narrative's
+    claims, and the generator's state (rater noise and the image are drawn from it next)."""
 
-    ``render_image=False`` skips drawing (``image`` is ``None``) for callers that need only the texts.
-    """
+    cond: Condition
+    truth: Findings
+    claims: Claims
+    tier: str
+    own: bool
+    rng: random.Random
+
+
+def draw_case(index: int, seed: int = 0, tier: str | None = None, config: SyntheticConfig | None = None) -> Draw:
+    """The seeded draw behind :func:`generate_case`: the same stream, so a bound computed from it (an evaluator that
+    compares every claim with the picture) is about exactly the cases the benchmarks score."""
     config = config or DEFAULT_CONFIG
     rng = random.Random(f"dermtrl-synthetic-{_STREAM}:{seed}:{index}")
     cond = CONDITIONS[rng.randrange(len(CONDITIONS))]
@@ -462,10 +473,21 @@ def generate_case(index: int, seed: int = 0, tier: str | None = None,
     # the narrative is written for a source image: this one, or a look-alike's (scored against this one)
     own = rng.random() >= config.lookalike_rate
     src_cond, src = (cond, truth) if own else _lookalike(cond, truth, rng, config)
-    claims = make_claims(tier, src_cond, src, rng)
+    return Draw(cond, truth, make_claims(tier, src_cond, src, rng), tier, own, rng)
+
+
+def generate_case(index: int, seed: int = 0, tier: str | None = None,
+                  config: SyntheticConfig | None = None, *, render_image: bool = True) -> dict:
+    """One case, reproducible from (seed, index, config) alone so any slice of a dataset can be regenerated.
+
+    ``render_image=False`` skips drawing (``image`` is ``None``) for callers that need only the texts.
+    """
+    config = config or DEFAULT_CONFIG
+    d = draw_case(index, seed, tier, config)
+    cond, truth, claims, rng = d.cond, d.truth, d.claims, d.rng
     scores = expert_scores(claims, cond, truth)
     raters = rate(scores, rng, config)
-    expert = {d: sum(r[d] for r in raters) / len(raters) for d in DIMENSIONS}
+    expert = {dim: sum(r[dim] for r in raters) / len(raters) for dim in DIMENSIONS}
     image = draw_image(truth, rng, config) if render_image else None  # drawn last: texts never depend on it
     return {
         "case_id": f"synth-{SYNTHETIC_VERSION}-{seed}-{index:06d}",
@@ -475,8 +497,8 @@ def generate_case(index: int, seed: int = 0, tier: str | None = None,
         "findings": {**asdict(truth), "extras": list(truth.extras)},
         "reference": reference_narrative(cond, truth),
         "narrative": render_narrative(claims),
-        "quality": tier,
-        "narrative_source": "own" if own else "look-alike",
+        "quality": d.tier,
+        "narrative_source": "own" if d.own else "look-alike",
         "expert_scores": expert,
         "rater_scores": raters,
         "evaluation": format_evaluation(critique(claims, cond, truth, expert), expert),

@@ -18,6 +18,8 @@ from dermtrl.cli._common import (
     DermtrlError,
     allow_failures_arg,
     console,
+    endpoint_args,
+    endpoint_config,
     err_console,
     finish,
     user_errors,
@@ -107,10 +109,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
     llm_parser = None
     if args.llm_parser_model:  # Figure 4's LLM parser: the bench CLI's endpoint flags, prefixed --llm-parser-
-        from dermtrl.bench.cli import _client_config
-
         with user_errors("--llm-parser-*", also=(TypeError,)):
-            llm_parser = _client_config(args, prefix="llm-parser-")
+            llm_parser = endpoint_config(args, prefix="llm-parser-")
     evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
                                          max_new_tokens=args.max_new_tokens, llm_parser=llm_parser)
     out = Path(args.out)
@@ -194,10 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="DermEval", help="row label in the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     allow_failures_arg(p)
-    from dermtrl.bench.cli import _client_args
-
     # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on
-    _client_args(p, "LLM parser", model_required=False, prefix="llm-parser-")
+    endpoint_args(p, "LLM parser", model_required=False, prefix="llm-parser-", structured_output=True)
     p.set_defaults(func=cmd_eval)
 
     from dermtrl.bench.cli import register as register_bench
