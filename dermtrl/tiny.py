@@ -10,8 +10,15 @@ LLaVA-1.5 reaches DermEval training already able to see: CLIP was pretrained, an
 the projector on image captions. A random tiny model cannot see at all, and a DermEval run on top of it would
 learn to judge from the narrative's text alone. So the build ends with the same kind of feature alignment:
 ``PRETRAIN_STEPS`` steps of captioning synthetic images ("This image shows ..."), drawn from their own seeded
-stream (never the cases that DermEval trains or is tested on). It never sees a narrative, a score or an
-evaluation: what DermEval learns about judging, it learns in Stage 1 and Stage 2.
+stream (never the cases that DermEval trains or is tested on).
+
+LLaVA-1.5's language model also arrives able to set two words side by side and say whether they agree; a tiny
+model trained on captions alone cannot, and in development Stage 1 did not teach it in its budget (colour verdicts
+at chance while both colours were written right). So the build ends with ``COMPARE_STEPS`` text-only batches of
+checked claims with *random* words ("Colour: narrative red, image black, wrong.", half of them agreeing), interleaved
+with as many caption batches so the eyes are kept. The base never sees a narrative, a case's picture, a diagnosis
+reasoned from a picture, or a score: what DermEval learns about judging (reading the claim from the narrative, the
+finding from the picture, the scores from the checks), it learns in Stage 1 and Stage 2.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v2"
+TINY_VERSION = "tiny-llava-v3"
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 PRETRAIN_STEPS = 1000  # captioning steps of batch 16 (about 1-2 minutes on 2 CPU cores, once per cache)
+COMPARE_STEPS = 1500  # text-only comparison batches of 16, each after a caption batch (about 3 minutes)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
@@ -147,10 +155,56 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
     model.eval()
 
 
-def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
+def _comparison_batch(tokenizer, rng, size: int):
+    """Random descriptions, each followed by its claims checked against random words (half agreeing); labels on
+    every token but padding. There is no picture: the words the claims are checked against are drawn at random."""
+    from dermtrl.cases.synthetic import CONDITIONS, claim_words, describe, finding_words, random_findings, verdict_line
+
+    words = claim_words()
+    texts = []
+    for _ in range(size):
+        findings, diagnosis = random_findings(rng), rng.choice(CONDITIONS).label
+        claims = {**finding_words(findings), "Diagnosis": diagnosis}
+        lines = [f"The image shows {describe(findings)}. The answer is {diagnosis}."]
+        for key, claim in claims.items():
+            lines.append(verdict_line(key, claim, claim if rng.random() < 0.5 else rng.choice(words[key])))
+        texts.append(" ".join(lines) + tokenizer.eos_token)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    return {**batch, "labels": labels}
+
+
+def pretrain_comparisons(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3) -> None:
+    """Text-only comparison batches, each after a caption batch (so reading the picture is not forgotten)."""
+    import random
+
+    import torch
+
+    if steps <= 0:
+        return
+    caption_rng = random.Random(f"dermtrl-tiny-compare-captions:{seed}")
+    claim_rng = random.Random(f"dermtrl-tiny-compare:{seed}")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        for batch in (_caption_batch(processor, caption_rng, batch_size),
+                      _comparison_batch(processor.tokenizer, claim_rng, batch_size)):
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    model.eval()
+
+
+def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS,
+                     compare_steps: int = COMPARE_STEPS) -> Path:
     """Write a tiny LLaVA (model, processor, tokenizer, chat template) to ``output_dir``.
 
-    ``pretrain_steps`` of caption pretraining give it eyes (see the module docstring); 0 leaves it random.
+    ``pretrain_steps`` of caption pretraining give it eyes, ``compare_steps`` the habit of comparing two words (see the
+    module docstring); 0 and 0 leave it random.
     """
     import torch
     from transformers import (
@@ -196,26 +250,29 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     pretrain_captions(model, processor, pretrain_steps, seed)
+    pretrain_comparisons(model, processor, compare_steps, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "dermtrl_tiny.json").write_text(
-        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed, "pretrain_steps": pretrain_steps}))
+        json.dumps({"version": TINY_VERSION, "corpus": corpus_key(), "seed": seed, "pretrain_steps": pretrain_steps,
+                    "compare_steps": compare_steps}))
     return output_dir
 
 
-def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain_steps: int = PRETRAIN_STEPS
-                    ) -> Path:
+def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain_steps: int = PRETRAIN_STEPS,
+                    compare_steps: int = COMPARE_STEPS) -> Path:
     """The cached tiny model folder, built on first use (atomically, so concurrent builds cannot clash)."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     steps = "" if pretrain_steps == PRETRAIN_STEPS else f"-pre{pretrain_steps}"
+    steps += "" if compare_steps == COMPARE_STEPS else f"-cmp{compare_steps}"
     path = root / f"{TINY_VERSION}-{corpus_key()}-seed{seed}{steps}"
     if (path / "dermtrl_tiny.json").exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
-        build_tiny_llava(tmp, seed, pretrain_steps)
+        build_tiny_llava(tmp, seed, pretrain_steps, compare_steps)
         try:
             tmp.rename(path)
         except OSError:  # another process won the race; its copy is identical

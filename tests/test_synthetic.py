@@ -120,3 +120,27 @@ def test_draw_case_is_the_draw_behind_generate_case():
         assert render_narrative(draw.claims) == case["narrative"] and draw.cond.label == case["label"]
         perfect = expert_scores(draw.claims, draw.cond, draw.truth)
         assert all(abs(perfect[d] - case["expert_scores"][d]) <= 1.0 for d in perfect)  # raters move a point at most
+
+
+def test_critique_checks_each_claim_against_the_picture_shown():
+    """Each feature line and the diagnosis line set the narrative's word beside the picture's; "wrong" exactly where
+    the generator's scores count a mismatch (so the scores follow from the critique)."""
+    from dermtrl.cases.synthetic import draw_case, finding_words, mismatches, verdict_line
+
+    seen_wrong = seen_right = 0
+    for index in range(60):
+        draw, case = draw_case(index), generate_case(index, render_image=False)
+        text = case["evaluation"]
+        if draw.claims.findings is not None:
+            wrong = set(mismatches(draw.claims, draw.truth))
+            said, shown = finding_words(draw.claims.findings), finding_words(draw.truth)
+            for key in said:
+                line = verdict_line(key, said[key], shown[key])
+                assert line in text
+                assert line.endswith("wrong.") == (key.lower() in wrong)
+            seen_wrong += bool(wrong)
+            seen_right += not wrong
+        if draw.claims.diagnosis:
+            assert verdict_line("Diagnosis", draw.claims.diagnosis, case["label"]) in text
+    assert seen_wrong and seen_right
+    assert verdict_line("Colour", "red", "black") == "Colour: narrative red, image black, wrong."

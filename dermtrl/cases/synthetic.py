@@ -33,8 +33,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import format_evaluation
 
-#: v2.1: the v2 cases (the same images, narratives and expert scores) with the point-by-point critique in y*.
-SYNTHETIC_VERSION = "v2.1"
+#: v2.2: the v2 cases (the same images, narratives and expert scores) with the point-by-point critique in y*, each
+#: claim and the picture's finding a few tokens apart ("Colour: narrative pink, image brown, wrong.").
+SYNTHETIC_VERSION = "v2.2"
 _STREAM = "v2"  # the seeded stream the cases are drawn from: unchanged since v2
 IMAGE_SIZE = 96
 QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
@@ -387,24 +388,43 @@ def _feature_word(f: Findings, key: str) -> str:
     return _COUNT_WORDS[f.count] if key == "count" else str(getattr(f, key))
 
 
+def claim_words() -> dict[str, tuple[str, ...]]:
+    """Every word a checked claim can take, by key (the critique's line keys, in order)."""
+    words = {"count": tuple(_COUNT_WORDS[c] for c in COUNTS), "size": SIZES, "colour": tuple(_COLOURS),
+             "border": BORDERS, "site": SITES}
+    return {**{key.capitalize(): words[key] for key in _CHECK_ORDER}, "Diagnosis": tuple(c.label for c in CONDITIONS)}
+
+
+def finding_words(f: Findings) -> dict[str, str]:
+    """The words a description uses for each feature, keyed as the critique's lines."""
+    return {key.capitalize(): _feature_word(f, key) for key in _CHECK_ORDER}
+
+
+def random_findings(rng: random.Random) -> Findings:
+    """Features drawn uniformly, with no condition behind them (for text-only pretraining of the tiny model)."""
+    return Findings(rng.choice(tuple(_COLOURS)), rng.choice(COUNTS), rng.choice(BORDERS), rng.choice(SIZES),
+                    rng.choice(SITES))
+
+
+def verdict_line(key: str, said: str, seen: str) -> str:
+    """One checked claim: the narrative's word and the picture's side by side, then the verdict."""
+    return f"{key}: narrative {said}, image {seen}, {'right' if said == seen else 'wrong'}."
+
+
 def compare_findings(said: Findings, seen: Findings) -> list[str]:
-    """One sentence per feature, in the order a narrative names them: the narrative's claim and the picture's
-    finding side by side, then the verdict ("Colour: the narrative says pink, the image shows brown, wrong.")."""
-    out = []
-    for key in _CHECK_ORDER:
-        a, b = _feature_word(said, key), _feature_word(seen, key)
-        verdict = "right" if a == b else "wrong"
-        out.append(f"{key.capitalize()}: the narrative says {a}, the image shows {b}, {verdict}.")
-    return out
+    """One line per feature, in the order a narrative names them: the narrative's claim and the picture's finding
+    side by side, then the verdict ("Colour: narrative pink, image brown, wrong.")."""
+    shown = finding_words(seen)
+    return [verdict_line(key, word, shown[key]) for key, word in finding_words(said).items()]
 
 
 def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, float]) -> str:
     """An evaluation text in the spirit of Figure 4's label: each claim checked against the image shown.
 
-    The check goes feature by feature, in the order the narrative names them ("Colour: the narrative says pink,
-    the image shows brown, wrong."), then unseen findings, diagnosis, advice and differentials. Point-by-point
-    comparison is how a careful rater writes, and it is what the scores follow from: the narrative's claim and the
-    picture's finding stand side by side before each verdict.
+    The check goes feature by feature, in the order the narrative names them ("Colour: narrative pink, image brown,
+    wrong."), then unseen findings, the diagnosis (the narrative's against the one the picture suggests, in the same
+    form), advice and differentials. Point-by-point comparison is how a careful rater writes, and it is what the
+    scores follow from: the narrative's claim and the picture's finding stand side by side before each verdict.
     """
     s: list[str] = []
     if c.findings is None:
@@ -415,14 +435,13 @@ def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, floa
     unseen = unseen_claims(c, truth)
     if unseen:
         s.append("Not visible: " + " and ".join(unseen) + ".")
-    if c.diagnosis == cond.label:
-        s.append(f"Diagnosis: the narrative concludes {c.diagnosis}, consistent with these findings.")
-    elif c.diagnosis:
-        fits = _BY_LABEL[c.diagnosis].likelihood(replace(truth, extras=())) > 0
-        s.append(f"Diagnosis: the narrative concludes {c.diagnosis}, which these findings "
-                 f"{'allow' if fits else 'rule out'}; they favour {cond.label}.")
+    if c.diagnosis:
+        s.append(verdict_line("Diagnosis", c.diagnosis, cond.label))
+        if c.diagnosis != cond.label:
+            fits = _BY_LABEL[c.diagnosis].likelihood(replace(truth, extras=())) > 0
+            s.append(f"These findings {'allow' if fits else 'rule out'} {c.diagnosis}.")
     else:
-        s.append("Diagnosis: the narrative gives none.")
+        s.append(f"Diagnosis: the narrative gives none; the image suggests {cond.label}.")
     if c.findings is not None and c.diagnosis and not _BY_LABEL[c.diagnosis].likelihood(
             replace(c.findings, extras=())) > 0:
         s.append("Its reasoning does not fit its own description.")
