@@ -66,12 +66,12 @@ log = logging.getLogger("dermeval.space")
 DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "dermtrl/dermeval-lora"
 #: Bump when the demo adapter's training overrides change, so a stale cached adapter is never reused.
-DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v2"
-#: The short Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml): 300 steps (5 minutes measured on 2
-#: cores under a load of 5; less on free cores). On held-out synthetic v2 cases it wrote all six scores 48 times in
-#: 48 (200 steps: 34 in 48), and its critique names the colour and body site the picture shows (the tiny base is
-#: caption-pretrained).
-DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "600", "--num_train_epochs", "4")
+DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v3"
+#: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 4.5 minutes on 2 cores). On
+#: the four offered examples (synthetic v2.2, tiny model v3) its critique matched the generator's on the correct and
+#: the hallucinated narrative word for word, and named the picture's count, size, colour and site right on the
+#: unsafe one; 300 steps (the v2.1 setting) had not yet learnt to copy the narrative's claims.
+DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--num_train_epochs", "4")
 #: Held-out synthetic cases offered as examples (training uses indices below 100,000), one per quality tier.
 EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_015, "correct"), (100_002, "unsafe"),
                                               (100_003, "hallucinated"), (100_004, "vague"))
@@ -223,7 +223,7 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
         return None, "no demo adapter (recipes/configs/demo_sft.yaml is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
-    log.warning("No demo adapter cached: training a short Stage-1 adapter on synthetic cases (300 steps: a few "
+    log.warning("No demo adapter cached: training a Stage-1 adapter on synthetic cases (1,200 steps: a few "
                 "minutes on a CPU), cached in %s", path)
     try:
         train_demo_adapter(tmp)

@@ -49,7 +49,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def demo_adapter():
-    """The Space's demo Stage-1 adapter (recipes/sft.py, demo config, 300 steps), trained once per cache.
+    """The Space's demo Stage-1 adapter (recipes/sft.py, demo config, 1,200 steps), trained once per cache.
 
     DermEval's, DermBench's and the Space's tests all use this one adapter, so the suite trains it once.
     """

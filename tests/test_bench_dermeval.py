@@ -14,7 +14,7 @@ from dermtrl.dimensions import DIMENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the first test may train the shared demo adapter (300 steps; minutes on a busy machine)
+# the first test may train the shared demo adapter (1,200 steps; minutes on a busy machine)
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -65,7 +65,7 @@ def test_config_evaluators_section_is_checked():
 
 @pytest.fixture(scope="module")
 def adapter(demo_adapter):
-    """A short Stage-1 adapter (the demo recipe, 300 steps: the Space's demo adapter)."""
+    """A short Stage-1 adapter (the demo recipe, 1,200 steps: the Space's demo adapter)."""
     return demo_adapter
 
 

@@ -18,7 +18,7 @@ from dermtrl.tiny import tiny_llava_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the first test may train the shared demo adapter (300 steps; minutes on a busy machine)
+# the first test may train the shared demo adapter (1,200 steps; minutes on a busy machine)
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -31,7 +31,7 @@ def _sft_args(output_dir, *overrides):
 
 @pytest.fixture(scope="session")
 def sft_adapter(demo_adapter):
-    """A Stage-1 adapter trained by the demo recipe, shortened to 300 steps (the Space's demo adapter)."""
+    """A Stage-1 adapter trained by the demo recipe, 1,200 steps (the Space's demo adapter)."""
     return demo_adapter
 
 
@@ -138,7 +138,7 @@ def test_recipe_records_lengths_and_dermeval_uses_them(sft_adapter):
     from tests.test_space import load_space_module
 
     record = lengths.read(sft_adapter)
-    trained_on = load_space_module().DEMO_TRAIN_OVERRIDES  # ("--synthetic_train_cases", "600", ...)
+    trained_on = load_space_module().DEMO_TRAIN_OVERRIDES  # ("--synthetic_train_cases", "2400", ...)
     n_cases = int(trained_on[trained_on.index("--synthetic_train_cases") + 1])
     assert record is not None and record["label_tokens"]["n"] == n_cases
     budget = record["max_new_tokens"]
