@@ -39,7 +39,7 @@ IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops C
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 PRETRAIN_STEPS = 1000  # captioning steps of batch 16 (about 1-2 minutes on 2 CPU cores, once per cache)
-COMPARE_STEPS = 1500  # text-only comparison batches of 16, each after a caption batch (about 3 minutes)
+COMPARE_STEPS = 1500  # text-only comparison batches of 16, each after a caption batch (about 4 minutes)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DERMTRL_CACHE", Path.home() / ".cache" / "dermtrl"))
