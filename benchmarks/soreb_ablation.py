@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--fixed-lrs", default=None,
                         help="skip validation with learning rates chosen before, e.g. 'a=4e-4,b=4e-4'")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=176)  # the longest synthetic v2.2 y* is 163 tokens
     parser.add_argument("--out", default="outputs/soreb_ablation")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
