@@ -244,13 +244,20 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int 
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=IMAGE_SEQ_LENGTH, vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    pretrain_captions(model, processor, pretrain_steps, seed)
-    pretrain_comparisons(model, processor, compare_steps, seed)
+    # One thread for the whole build: float sums depend on the thread count, and over 4,000 steps another count
+    # gives another model (in one check a 2-thread build compared at 80% where the 1-thread build compares at 100%).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        pretrain_captions(model, processor, pretrain_steps, seed)
+        pretrain_comparisons(model, processor, compare_steps, seed)
+    finally:
+        torch.set_num_threads(threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)

@@ -124,7 +124,11 @@ def test_a_fast_server_still_gets_the_full_concurrency(make_openai_server):
 
 
 _INTERRUPTED = textwrap.dedent("""
+    import signal
     import sys
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: take Ctrl-C as a user at a terminal would send it, however the suite was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from dermtrl.llm.client import ClientConfig, LLMClient, user_message
     base_url, cache_path = sys.argv[1], sys.argv[2]
     config = ClientConfig(base_url=base_url, model="m", cache_path=cache_path, max_concurrency=4, timeout=20)
