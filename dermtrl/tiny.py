@@ -14,11 +14,13 @@ stream (never the cases that DermEval trains or is tested on).
 
 LLaVA-1.5's language model also arrives able to set two words side by side and say whether they agree; a tiny
 model trained on captions alone cannot, and in development Stage 1 did not teach it in its budget (colour verdicts
-at chance while both colours were written right). So the build ends with ``COMPARE_STEPS`` text-only batches of
-checked claims with *random* words ("Colour: narrative red, image black, wrong.", half of them agreeing), interleaved
-with as many caption batches so the eyes are kept. The base never sees a narrative, a case's picture, a diagnosis
-reasoned from a picture, or a score: what DermEval learns about judging (reading the claim from the narrative, the
-finding from the picture, the scores from the checks), it learns in Stage 1 and Stage 2.
+at chance while both colours were written right). So the build ends with ``COMPARE_STEPS`` text-only batches, each
+a description in the narratives' sentence form with *random* features and diagnosis ("The image shows two small red
+lesions ... The answer is vitiligo."), then its claims checked against random words ("Colour: narrative red, image
+black, wrong.", half of them agreeing), interleaved with as many caption batches so the eyes are kept. The base never
+sees a case, a picture's findings beside a description, a diagnosis reasoned from a picture, or a score: what
+DermEval learns about judging (the claim read from the narrative checked against the picture, the scores from the
+checks), it learns in Stage 1 and Stage 2.
 """
 
 from __future__ import annotations
@@ -158,14 +160,23 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
 def _comparison_batch(tokenizer, rng, size: int):
     """Random descriptions, each followed by its claims checked against random words (half agreeing); labels on
     every token but padding. There is no picture: the words the claims are checked against are drawn at random."""
-    from dermtrl.cases.synthetic import CONDITIONS, claim_words, describe, finding_words, random_findings, verdict_line
+    from dermtrl.cases.synthetic import (
+        CONDITIONS,
+        Claims,
+        claim_words,
+        finding_words,
+        random_findings,
+        render_narrative,
+        verdict_line,
+    )
 
     words = claim_words()
     texts = []
     for _ in range(size):
         findings, diagnosis = random_findings(rng), rng.choice(CONDITIONS).label
         claims = {**finding_words(findings), "Diagnosis": diagnosis}
-        lines = [f"The image shows {describe(findings)}. The answer is {diagnosis}."]
+        # the narratives' own sentences, with random features: "The image shows ... The answer is ..."
+        lines = [render_narrative(Claims(findings, diagnosis, reasoning=False, advice="none"))]
         for key, claim in claims.items():
             lines.append(verdict_line(key, claim, claim if rng.random() < 0.5 else rng.choice(words[key])))
         texts.append(" ".join(lines) + tokenizer.eos_token)
