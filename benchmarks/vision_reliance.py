@@ -11,8 +11,12 @@ Reasoning Coherence, Description Precision. Targets (printed last, "met" / "NOT 
 mismatched / true macro MAE on them >= 3x; text-only >= 0.3 worse than DermEval on them; Stage 1 not at ceiling
 (macro MAE >= 0.25) and better than the constant baseline (paired CI of the difference excludes 0).
 
-    python benchmarks/vision_reliance.py                    # trains two Stage-1 adapters (~8 min on 2 cores)
+    python benchmarks/vision_reliance.py                    # trains two Stage-1 adapters (~6.5 min on 2 cores)
+    python benchmarks/vision_reliance.py --seeds 3          # three training seeds per arm (~20 min on 2 cores)
     python benchmarks/vision_reliance.py --sft-adapter DIR --text-only-adapter DIR   # reuse trained adapters
+
+With ``--seeds N`` both arms are trained with N seeds (the config's seed, +1, ...); every interval then resamples
+seeds and cases together, so it covers training-seed variation as well as the choice of cases.
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ def main() -> None:
     parser.add_argument("--text-only-adapter", default=None, help="a trained text-only adapter (skips training)")
     parser.add_argument("--epochs", type=float, default=None,
                         help="Stage-1 epochs of both adapters (equal compute; default: the config's, the demo budget)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds per arm (the config's seed, +1, ...); intervals then resample seeds too")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.seeds > 1 and (args.sft_adapter or args.text_only_adapter):
+        parser.error("--sft-adapter / --text-only-adapter reuse one trained adapter each: "
+                     "they cannot be given with --seeds > 1")
     torch.set_num_threads(1)
     console = Console(width=None if sys.stdout.isatty() else 140)
     out = Path(args.out)
@@ -65,46 +76,57 @@ def main() -> None:
     n_train, seed = config.get("synthetic_train_cases", 800), config.get("synthetic_seed", 0)
 
     budget = [] if args.epochs is None else ["--num_train_epochs", f"{args.epochs:g}"]
-    runs = {}
-    adapter = args.sft_adapter
-    if adapter is None:
-        adapter = str(out / "sft")
-        runs["Stage 1 (true images)"] = ("sft.py", ["--config", args.config, "--output_dir", adapter, *budget])
-    text_only = args.text_only_adapter
-    if text_only is None:
-        train = load_cases("dermtrl:synthetic", n=n_train, seed=seed)
-        blanked(train).save_to_disk(str(out / "text_only_train"))
-        text_only = str(out / "text_only")
-        runs["Text-only control (blank images)"] = ("sft.py", [
-            "--config", args.config, "--dataset_name", str(out / "text_only_train"), "--output_dir", text_only,
-            *budget])
-    if runs:
-        launch_together(console, runs)  # side by side: the same machine for both arms
-    epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
-
+    seeds = [config.get("seed", 42) + k for k in range(args.seeds)]
     held_out = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START, seed=seed)
     experts = list(zip(held_out["case_id"], held_out["expert_scores"], strict=True))
-    arms = {
-        "DermEval, true images": errors(evaluate(adapter, held_out, out, "true"), experts),
-        "DermEval, mismatched images": errors(evaluate(adapter, mismatched(held_out), out, "mismatched"), experts),
-        "Text-only control (blank images)": errors(evaluate(text_only, blanked(held_out), out, "text_only"),
-                                                   experts),
-        "Constant train-mean baseline": constant_errors(
-            load_cases("dermtrl:synthetic", n=n_train, seed=seed)["expert_scores"], experts),
-    }
-    report(console, arms, out, len(held_out), time.time() - started, demo_budget=args.epochs is None, epochs=epochs)
+    if args.text_only_adapter is None:
+        blanked(load_cases("dermtrl:synthetic", n=n_train, seed=seed)).save_to_disk(str(out / "text_only_train"))
+    per_seed: dict[str, list[np.ndarray]] = {}
+    for training_seed in seeds:
+        # one seed keeps the single-run layout (out/sft, out/text_only); several get a folder each
+        tag = "" if len(seeds) == 1 else f"-seed{training_seed}"
+        seed_args = [] if len(seeds) == 1 else ["--seed", str(training_seed)]
+        runs = {}
+        adapter = args.sft_adapter
+        if adapter is None:
+            adapter = str(out / f"sft{tag}")
+            runs[f"Stage 1 (true images){tag}"] = (
+                "sft.py", ["--config", args.config, "--output_dir", adapter, *budget, *seed_args])
+        text_only = args.text_only_adapter
+        if text_only is None:
+            text_only = str(out / f"text_only{tag}")
+            runs[f"Text-only control (blank images){tag}"] = ("sft.py", [
+                "--config", args.config, "--dataset_name", str(out / "text_only_train"), "--output_dir", text_only,
+                *budget, *seed_args])
+        if runs:
+            launch_together(console, runs)  # side by side: the same machine for both arms
+        for name, (model, cases, label) in {
+            "DermEval, true images": (adapter, held_out, "true"),
+            "DermEval, mismatched images": (adapter, mismatched(held_out), "mismatched"),
+            "Text-only control (blank images)": (text_only, blanked(held_out), "text_only"),
+        }.items():
+            per_seed.setdefault(name, []).append(errors(evaluate(model, cases, out, f"{label}{tag}"), experts))
+    epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
+
+    # (seeds, cases, 6) with several seeds, as paired_bootstrap expects; (cases, 6) with one
+    arms = {name: np.stack(errs) if len(errs) > 1 else errs[0] for name, errs in per_seed.items()}
+    constant = constant_errors(load_cases("dermtrl:synthetic", n=n_train, seed=seed)["expert_scores"], experts)
+    arms["Constant train-mean baseline"] = np.stack([constant] * len(seeds)) if len(seeds) > 1 else constant
+    report(console, arms, out, len(held_out), time.time() - started, demo_budget=args.epochs is None, epochs=epochs,
+           seeds=seeds)
 
 
 def report(console: Console, arms: dict[str, np.ndarray], out: Path, n: int, seconds: float, *, demo_budget: bool,
-           epochs: float | None) -> None:
+           epochs: float | None, seeds: list[int]) -> None:
     image_dims = list(IMAGE_DEPENDENT)
+    over = "bootstrap CI" if len(seeds) == 1 else f"CI over cases and {len(seeds)} training seeds {seeds}"
     table = Table(title=f"Held-out MAE (rounded scores, Table 1's metric), {n} synthetic {SYNTHETIC_VERSION} cases, "
-                        "95% bootstrap CI")
+                        f"95% {over}")
     for col in ["Evaluator", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Macro", "Macro, image-dep.", "Parsed"]:
         table.add_column(col, justify="left" if col == "Evaluator" else "right")
     rows = []
     for name, err in arms.items():
-        per_dim = [float(np.nanmean(err[:, j])) for j in range(len(DIMENSIONS))]
+        per_dim = [float(np.nanmean(err[..., j])) for j in range(len(DIMENSIONS))]
         m = paired_bootstrap(lambda e: macro_mae(e), [err])
         mi = paired_bootstrap(lambda e: macro_mae(e, image_dims), [err])
         parsed = float(np.mean(~np.isnan(err)))
@@ -125,7 +147,8 @@ def report(console: Console, arms: dict[str, np.ndarray], out: Path, n: int, sec
          f", {epochs:g} epochs)", fmt_ci(stage1), stage1[0] >= 0.25),
         ("constant baseline - Stage 1 macro MAE > 0 (CI excludes 0)", fmt_ci(const_gap), const_gap[1] > 0),
     ]
-    targets = Table(title="Targets (paired bootstrap over cases, 95% CI)")
+    resampled = "cases" if len(seeds) == 1 else "cases and seeds"
+    targets = Table(title=f"Targets (paired bootstrap over {resampled}, 95% CI)")
     for col in ("Target", "Measured", "Result"):
         targets.add_column(col)
     for name, value, ok in lines:
