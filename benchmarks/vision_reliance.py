@@ -79,8 +79,10 @@ def main() -> None:
     seeds = [config.get("seed", 42) + k for k in range(args.seeds)]
     held_out = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START, seed=seed)
     experts = list(zip(held_out["case_id"], held_out["expert_scores"], strict=True))
+    train = load_cases("dermtrl:synthetic", n=n_train, seed=seed)
     if args.text_only_adapter is None:
-        blanked(load_cases("dermtrl:synthetic", n=n_train, seed=seed)).save_to_disk(str(out / "text_only_train"))
+        blanked(train).save_to_disk(str(out / "text_only_train"))
+    inputs = {"true": held_out, "mismatched": mismatched(held_out), "text_only": blanked(held_out)}
     per_seed: dict[str, list[np.ndarray]] = {}
     for training_seed in seeds:
         # one seed keeps the single-run layout (out/sft, out/text_only); several get a folder each
@@ -100,17 +102,16 @@ def main() -> None:
                 *budget, *seed_args])
         if runs:
             launch_together(console, runs)  # side by side: the same machine for both arms
-        for name, (model, cases, label) in {
-            "DermEval, true images": (adapter, held_out, "true"),
-            "DermEval, mismatched images": (adapter, mismatched(held_out), "mismatched"),
-            "Text-only control (blank images)": (text_only, blanked(held_out), "text_only"),
-        }.items():
-            per_seed.setdefault(name, []).append(errors(evaluate(model, cases, out, f"{label}{tag}"), experts))
+        for name, model, label in (("DermEval, true images", adapter, "true"),
+                                   ("DermEval, mismatched images", adapter, "mismatched"),
+                                   ("Text-only control (blank images)", text_only, "text_only")):
+            records = evaluate(model, inputs[label], out, f"{label}{tag}")
+            per_seed.setdefault(name, []).append(errors(records, experts))
     epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
 
     # (seeds, cases, 6) with several seeds, as paired_bootstrap expects; (cases, 6) with one
     arms = {name: np.stack(errs) if len(errs) > 1 else errs[0] for name, errs in per_seed.items()}
-    constant = constant_errors(load_cases("dermtrl:synthetic", n=n_train, seed=seed)["expert_scores"], experts)
+    constant = constant_errors(train["expert_scores"], experts)
     arms["Constant train-mean baseline"] = np.stack([constant] * len(seeds)) if len(seeds) > 1 else constant
     report(console, arms, out, len(held_out), time.time() - started, demo_budget=args.epochs is None, epochs=epochs,
            seeds=seeds)
