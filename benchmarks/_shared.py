@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +23,45 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Test cases: never used to train, to choose settings, or in development probes (those used 100,000-100,099).
 HELD_OUT_START = 200_000
 VALIDATION_START = 50_000  # validation cases: where the benchmarks choose settings
+
+
+#: Written into a run's folder when it finished: the settings it ran with and what it reported.
+STAMP = "benchmark_run.json"
+
+
+def file_digest(path: str | Path) -> str:
+    """A short content hash: a config or an adapter that changed is a different run."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run_settings(**settings: Any) -> dict:
+    """What decides a run's outcome: the given settings plus the synthetic cases' and the tiny base's versions."""
+    from dermtrl.cases.synthetic import SYNTHETIC_VERSION
+    from dermtrl.tiny import corpus_key
+
+    return json.loads(json.dumps({**settings, "synthetic_version": SYNTHETIC_VERSION, "tiny_base": corpus_key()}))
+
+
+def finished(run_dir: str | Path, settings: dict) -> dict | None:
+    """The stamp of a run in ``run_dir`` that finished with exactly these settings, else ``None``.
+
+    A benchmark interrupted after some arms reuses those arms when rerun; a run that stopped half way (no stamp) or
+    ran with other settings (another config, seed, base model or case version) is trained again.
+    """
+    path = Path(run_dir) / STAMP
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and stamp.get("settings") == settings else None
+
+
+def mark_finished(run_dir: str | Path, settings: dict, result: dict | None = None) -> None:
+    """Stamp ``run_dir`` as finished with ``settings`` (atomically: a stamp is never half written)."""
+    path = Path(run_dir) / STAMP
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "result": result or {}}, indent=1))
+    os.replace(tmp, path)
 
 
 def _command(recipe: str, args: Sequence[str]) -> list[str]:

@@ -3,7 +3,7 @@
 Every arm continues the same Stage-1 adapter for the same number of optimizer steps over the same training cases
 (batch 8), then is scored on held-out synthetic cases (indices from 200,000: never used to train or to choose
 settings). The learning rate is chosen on a validation split (indices from 50,000) with one seed, never on the
-test cases: one for continued SFT, one for SOREB (paper) that every policy-gradient arm shares.
+test cases: one for continued SFT, one for RLOO, and one for SOREB (paper) that its variants (c, d, f) share.
 
 Arms:
   (a) SFT continued      TRL's SFTTrainer, the Stage-1 objective (eq. 1) for the same steps
@@ -20,6 +20,10 @@ against the text term on one batch). Writes Markdown, CSV and a PNG.
 
     python benchmarks/soreb_ablation.py                            # trains Stage 1 first
     python benchmarks/soreb_ablation.py --sft-adapter DIR --seeds 3 --steps 40 --arms abcdef
+
+Rerun after an interrupt and it resumes: every run (Stage 1, each validation run, each arm and seed) stamps its
+folder with its settings (the Stage-1 adapter's weights among them) and what it reported; a run that finished with
+the same settings is reused, and each scoring continues its per-case records. ``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations
@@ -36,7 +40,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import HELD_OUT_START, ROOT, VALIDATION_START, errors, fmt_ci, launch  # noqa: E402
+from _shared import (  # noqa: E402
+    HELD_OUT_START,
+    ROOT,
+    VALIDATION_START,
+    errors,
+    file_digest,
+    finished,
+    fmt_ci,
+    launch,
+    mark_finished,
+    run_settings,
+)
 
 from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
 
@@ -167,12 +182,28 @@ def run_worker(spec: dict, log: Path) -> dict:
     return result
 
 
-def score(adapter: str, cases, out: Path) -> tuple[np.ndarray, list[dict]]:
+def trained(spec: dict, log: Path, overwrite: bool) -> tuple[dict, bool]:
+    """One arm's training result and whether it ran now: a run that finished with the same settings is reused."""
+    settings = run_settings(**spec, stage1=file_digest(Path(spec["adapter"]) / "adapter_model.safetensors"))
+    stamp = None if overwrite else finished(spec["out"], settings)
+    if stamp is not None:
+        return stamp["result"], False
+    result = run_worker(spec, log)
+    mark_finished(spec["out"], settings, result)
+    return result, True
+
+
+def score(adapter: str, cases, out: Path, *, fresh: bool) -> tuple[np.ndarray, list[dict]]:
+    """Score ``cases``, resuming the records of an earlier run of the same weights unless ``fresh``."""
     from dermtrl.dermeval.eval_job import run_evaluation
     from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.jsonl import SettingsMismatch
 
     evaluator = DermEval.from_pretrained(adapter=adapter)
-    records = run_evaluation(evaluator, cases, out, overwrite=True, progress=False)
+    try:
+        records = run_evaluation(evaluator, cases, out, overwrite=fresh, progress=False)
+    except SettingsMismatch:  # records of other weights: they cannot be resumed, so score afresh
+        records = run_evaluation(evaluator, cases, out, overwrite=True, progress=False)
     experts = list(zip(cases["case_id"], cases["expert_scores"], strict=True))
     return errors(records, experts), records
 
@@ -206,8 +237,10 @@ def main() -> None:
     parser.add_argument("--fixed-lrs", default=None,
                         help="skip validation with learning rates chosen before, e.g. 'a=4e-4,b=4e-4'")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=176)  # the longest synthetic v2.2 y* is 163 tokens
+    parser.add_argument("--max-new-tokens", type=int, default=176)  # the longest synthetic y* is 163 tokens
     parser.add_argument("--out", default="outputs/soreb_ablation")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train and score every run afresh instead of reusing finished ones in --out")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -225,10 +258,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    adapter = args.sft_adapter
+    adapter, stage1_fresh = args.sft_adapter, args.overwrite
     if adapter is None:
         adapter = str(out / "stage1")
-        launch(console, "Stage 1", "sft.py", "--config", args.config, "--output_dir", adapter)
+        stage1 = run_settings(arm="stage1", config=file_digest(args.config))
+        if args.overwrite or not finished(adapter, stage1):
+            launch(console, "Stage 1", "sft.py", "--config", args.config, "--output_dir", adapter)
+            mark_finished(adapter, stage1)
+            stage1_fresh = True
     validation = load_cases("dermtrl:synthetic", n=args.val_cases, start=VALIDATION_START)
     test = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START)
     base = dict(adapter=adapter, steps=args.steps, train_cases=args.train_cases, temperature=args.temperature,
@@ -236,8 +273,8 @@ def main() -> None:
 
     # 1. the learning rate per arm family, on the validation split (seed 0)
     lrs = [float(x) for x in args.lrs.split(",")]
-    # SFT has its own learning rate; every policy-gradient arm (SOREB variants, RLOO) uses SOREB's
-    families = {"a": "a"}
+    # SFT and RLOO have their own learning rates; the SOREB variants use the paper form's
+    families = {"a": "a", "e": "e"}
     chosen: dict[str, float] = {}
     if args.fixed_lrs:
         chosen = {k: float(v) for k, v in (item.split("=") for item in args.fixed_lrs.split(","))}
@@ -245,11 +282,12 @@ def main() -> None:
         val = {}
         for lr in lrs:
             run = out / f"val-{family}-lr{lr:g}"
-            run_worker({**base, "arm": family, "out": str(run), "seed": 0, "lr": lr}, out / f"{run.name}.log")
-            val[lr] = macro_mae(score(str(run), validation, run / "validation.jsonl")[0])
+            _, fresh = trained({**base, "arm": family, "out": str(run), "seed": 0, "lr": lr}, out / f"{run.name}.log",
+                               args.overwrite)
+            val[lr] = macro_mae(score(str(run), validation, run / "validation.jsonl", fresh=fresh)[0])
             console.print(f"validation: arm {family} lr {lr:g}: macro MAE {val[lr]:.3f}")
         chosen[family] = min(val, key=val.get)
-    stage1_err, stage1_records = score(adapter, test, out / "stage1-test.jsonl")
+    stage1_err, stage1_records = score(adapter, test, out / "stage1-test.jsonl", fresh=stage1_fresh)
 
     # 2. every arm, every seed, at its chosen learning rate; scored on the test cases
     results: dict[str, dict] = {}
@@ -258,13 +296,14 @@ def main() -> None:
         errs, diags, rhos = [], [], []
         for seed in range(args.seeds):
             run = out / f"arm-{arm}-seed{seed}"
-            diag = run_worker({**base, "arm": arm, "out": str(run), "seed": seed, "lr": lr}, out / f"{run.name}.log")
-            err, records = score(str(run), test, run / "test.jsonl")
+            diag, fresh = trained({**base, "arm": arm, "out": str(run), "seed": seed, "lr": lr},
+                                  out / f"{run.name}.log", args.overwrite)
+            err, records = score(str(run), test, run / "test.jsonl", fresh=fresh)
             errs.append(err)
             diags.append(diag)
             rhos.append(spearman(records, test))
             console.print(f"arm {arm} ({ARMS[arm]}) seed {seed}: macro MAE {macro_mae(err):.3f}, "
-                          f"{diag['wall_seconds']:.0f} s")
+                          f"{diag['wall_seconds']:.0f} s" + ("" if fresh else " (finished earlier, reused)"))
         results[arm] = {"errors": np.stack(errs), "diagnostics": diags, "spearman": rhos, "lr": lr}
     write_outputs(console, results, stage1_err, out, args, time.time() - started)
 

@@ -15,6 +15,10 @@ mismatched / true macro MAE on them >= 3x; text-only >= 0.3 worse than DermEval 
     python benchmarks/vision_reliance.py --seeds 3          # three training seeds per arm (~20 min on 2 cores)
     python benchmarks/vision_reliance.py --sft-adapter DIR --text-only-adapter DIR   # reuse trained adapters
 
+Rerun after an interrupt and it resumes: an adapter that finished with the same settings (config, epochs, seed,
+case and base versions; stamped in its folder) is reused, and each evaluation continues its per-case records.
+``--overwrite`` trains and scores everything afresh.
+
 With ``--seeds N`` both arms are trained with N seeds (the config's seed, +1, ...); every interval then resamples
 seeds and cases together, so it covers training-seed variation as well as the choice of cases.
 """
@@ -34,7 +38,18 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import HELD_OUT_START, ROOT, constant_errors, errors, fmt_ci, launch_together  # noqa: E402
+from _shared import (  # noqa: E402
+    HELD_OUT_START,
+    ROOT,
+    constant_errors,
+    errors,
+    file_digest,
+    finished,
+    fmt_ci,
+    launch_together,
+    mark_finished,
+    run_settings,
+)
 
 from dermtrl.cases.controls import blanked, mismatched  # noqa: E402
 from dermtrl.cases.loading import load_cases  # noqa: E402
@@ -42,12 +57,17 @@ from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION  # noqa: 
 from dermtrl.dermeval.eval_job import run_evaluation  # noqa: E402
 from dermtrl.dermeval.evaluator import DermEval  # noqa: E402
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS  # noqa: E402
+from dermtrl.jsonl import SettingsMismatch  # noqa: E402
 from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
 
 
-def evaluate(adapter: str, cases, out: Path, label: str) -> list[dict]:
+def evaluate(adapter: str, cases, out: Path, label: str, *, fresh: bool) -> list[dict]:
+    """Score ``cases``, resuming the records of an earlier run of the same weights unless ``fresh``."""
     evaluator = DermEval.from_pretrained(adapter=adapter)
-    return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=True, progress=False)
+    try:
+        return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=fresh, progress=False)
+    except SettingsMismatch:  # records of other weights: they cannot be resumed, so score afresh
+        return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=True, progress=False)
 
 
 def main() -> None:
@@ -61,6 +81,8 @@ def main() -> None:
                         help="Stage-1 epochs of both adapters (equal compute; default: the config's, the demo budget)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="training seeds per arm (the config's seed, +1, ...); intervals then resample seeds too")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train and score every arm afresh instead of reusing finished ones in --out")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
@@ -88,24 +110,39 @@ def main() -> None:
         # one seed keeps the single-run layout (out/sft, out/text_only); several get a folder each
         tag = "" if len(seeds) == 1 else f"-seed{training_seed}"
         seed_args = [] if len(seeds) == 1 else ["--seed", str(training_seed)]
-        runs = {}
+        runs, stamps, fresh = {}, {}, {}
         adapter = args.sft_adapter
         if adapter is None:
             adapter = str(out / f"sft{tag}")
-            runs[f"Stage 1 (true images){tag}"] = (
-                "sft.py", ["--config", args.config, "--output_dir", adapter, *budget, *seed_args])
+            stamps[adapter] = run_settings(arm="sft", config=file_digest(args.config), epochs=args.epochs,
+                                           seed=training_seed, train_cases=n_train)
+            fresh[adapter] = args.overwrite or not finished(adapter, stamps[adapter])
+            if fresh[adapter]:
+                runs[f"Stage 1 (true images){tag}"] = (
+                    "sft.py", ["--config", args.config, "--output_dir", adapter, *budget, *seed_args])
         text_only = args.text_only_adapter
         if text_only is None:
             text_only = str(out / f"text_only{tag}")
-            runs[f"Text-only control (blank images){tag}"] = ("sft.py", [
-                "--config", args.config, "--dataset_name", str(out / "text_only_train"), "--output_dir", text_only,
-                *budget, *seed_args])
+            stamps[text_only] = run_settings(arm="text_only", config=file_digest(args.config), epochs=args.epochs,
+                                             seed=training_seed, train_cases=n_train)
+            fresh[text_only] = args.overwrite or not finished(text_only, stamps[text_only])
+            if fresh[text_only]:
+                runs[f"Text-only control (blank images){tag}"] = ("sft.py", [
+                    "--config", args.config, "--dataset_name", str(out / "text_only_train"), "--output_dir",
+                    text_only, *budget, *seed_args])
+        for path in stamps:
+            if not fresh[path]:
+                console.print(f"[dim]Reusing {path}: it finished with these settings (--overwrite retrains)[/dim]")
         if runs:
             launch_together(console, runs)  # side by side: the same machine for both arms
+            for path, settings in stamps.items():
+                if fresh[path]:
+                    mark_finished(path, settings)
         for name, model, label in (("DermEval, true images", adapter, "true"),
                                    ("DermEval, mismatched images", adapter, "mismatched"),
                                    ("Text-only control (blank images)", text_only, "text_only")):
-            records = evaluate(model, inputs[label], out, f"{label}{tag}")
+            records = evaluate(model, inputs[label], out, f"{label}{tag}",
+                               fresh=args.overwrite or fresh.get(model, False))
             per_seed.setdefault(name, []).append(errors(records, experts))
     epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
 

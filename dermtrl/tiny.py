@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v3"
+TINY_VERSION = "tiny-llava-v4"  # v4: v2.3 pictures (lesions never touch), the comparison phase annealed
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
@@ -133,6 +133,49 @@ def _caption_batch(processor, rng, size: int):
     return batch
 
 
+def _prefetched(make, n: int):
+    """``make()`` ``n`` times, each built while the previous batch trains.
+
+    Drawing pictures and tokenising is Python work and torch's kernels release the GIL, so one thread ahead hides
+    most of it (the build runs torch on one thread, leaving the second core idle). One producer draws from the
+    seeded generators in the same order as a plain loop, so the batches, and the model, are the same.
+    """
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has stopped
+
+    def produce() -> None:
+        try:
+            for _ in range(n):
+                if not hand_over(make()):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            hand_over(exc)
+
+    worker = threading.Thread(target=produce, name="dermtrl-tiny-batches", daemon=True)
+    worker.start()
+    try:
+        for _ in range(n):
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3) -> None:
     """LLaVA-style feature alignment on synthetic captions (all weights: the tiny model starts random)."""
     import random
@@ -147,8 +190,8 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 30), steps)
     model.train()
-    for _ in range(steps):
-        loss = model(**_caption_batch(processor, rng, batch_size)).loss
+    for batch in _prefetched(lambda: _caption_batch(processor, rng, batch_size), steps):
+        loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -187,10 +230,15 @@ def _comparison_batch(tokenizer, rng, size: int):
 
 
 def pretrain_comparisons(model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 1e-3) -> None:
-    """Text-only comparison batches, each after a caption batch (so reading the picture is not forgotten)."""
+    """Text-only comparison batches, each after a caption batch (so reading the picture is not forgotten).
+
+    The learning rate anneals (cosine) over the phase: in development this read count, size, colour and border
+    better than a constant rate (count 71% -> 76%, border 76% -> 85% of 300 fresh pictures) and compared as well.
+    """
     import random
 
     import torch
+    from transformers import get_cosine_schedule_with_warmup
 
     if steps <= 0:
         return
@@ -198,15 +246,18 @@ def pretrain_comparisons(model, processor, steps: int, seed: int = 0, batch_size
     claim_rng = random.Random(f"dermtrl-tiny-compare:{seed}")
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 50, 2 * steps)  # one step per batch, two per pair
     model.train()
-    for _ in range(steps):
-        for batch in (_caption_batch(processor, caption_rng, batch_size),
-                      _comparison_batch(processor.tokenizer, claim_rng, batch_size)):
+    pairs = _prefetched(lambda: (_caption_batch(processor, caption_rng, batch_size),
+                                 _comparison_batch(processor.tokenizer, claim_rng, batch_size)), steps)
+    for pair in pairs:
+        for batch in pair:
             loss = model(**batch).loss
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            schedule.step()
     model.eval()
 
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 from datasets import Image as ImageFeature
 
@@ -10,9 +12,11 @@ from dermtrl.cases.synthetic import (
     Findings,
     SyntheticConfig,
     classify,
+    draw_image,
     expert_scores,
     generate_case,
     generate_cases,
+    sample_findings,
 )
 from dermtrl.categories import CATEGORIES
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES
@@ -144,3 +148,29 @@ def test_critique_checks_each_claim_against_the_picture_shown():
             assert verdict_line("Diagnosis", draw.claims.diagnosis, case["label"]) in text
     assert seen_wrong and seen_right
     assert verdict_line("Colour", "red", "black") == "Colour: narrative red, image black, wrong."
+
+
+def test_every_lesion_can_be_counted_in_the_picture():
+    """Lesions never touch: on a clean picture (no noise, blur, lighting or extra findings) the lesion-coloured
+    pixels form exactly ``count`` connected blobs. Before v2.3, three large lesions on a hand or an arm merged."""
+    import random
+
+    import numpy as np
+    from scipy import ndimage
+
+    clean = SyntheticConfig(noise=0.0, blur=0.0, lighting=0.0)
+    rng = random.Random("count-check")
+    checked = {}
+    for _ in range(600):
+        findings = replace(sample_findings(rng.choice(CONDITIONS), rng, clean), extras=())
+        pixels = np.asarray(draw_image(findings, rng, clean)).astype(np.int32)
+        colours = pixels.reshape(-1, 3)
+        background = pixels[0, 0]
+        values, counts = np.unique(colours[(colours != background).any(axis=1)], axis=0, return_counts=True)
+        skin = values[counts.argmax()]
+        lesion = (pixels != background).any(axis=2) & (pixels != skin).any(axis=2)
+        blobs = ndimage.label(lesion, structure=np.ones((3, 3)))[1]
+        assert blobs == findings.count, (findings, blobs)
+        checked[(findings.size, findings.count, findings.site)] = True
+    # the crowded layouts that used to merge were among those checked
+    assert {("large", 3, "hand"), ("large", 3, "arm"), ("large", 2, "hand")} <= set(checked)

@@ -109,3 +109,25 @@ def test_the_default_tiny_model_can_compare_two_words():
     truth = (ids[rows, cols] == verdicts[1]).long()
     assert len(truth) == 32 * 6
     assert (predicted == truth).float().mean() >= 0.9
+
+
+def test_prefetched_batches_keep_their_order_and_errors():
+    """The build draws batches one ahead in a thread: the same sequence as a plain loop, errors raised in the
+    consumer, and a consumer that stops early leaves no thread behind."""
+    import itertools
+    import threading
+
+    from dermtrl.tiny import _prefetched
+
+    counter = itertools.count()
+    assert list(_prefetched(lambda: next(counter), 50)) == list(range(50))
+
+    def broken():
+        raise ValueError("cannot draw")
+
+    with pytest.raises(ValueError, match="cannot draw"):
+        list(_prefetched(broken, 3))
+    batches = _prefetched(lambda: next(counter), 10_000)
+    assert next(batches) == 50
+    batches.close()
+    assert not any(t.name == "dermtrl-tiny-batches" for t in threading.enumerate())

@@ -35,7 +35,9 @@ from dermtrl.prompts import format_evaluation
 
 #: v2.2: the v2 cases (the same images, narratives and expert scores) with the point-by-point critique in y*, each
 #: claim and the picture's finding a few tokens apart ("Colour: narrative pink, image brown, wrong.").
-SYNTHETIC_VERSION = "v2.2"
+#: v2.3: the same texts and expert scores; lesions never touch (before, three large lesions on a hand or an arm were
+#: drawn as one blob, so the picture showed another count than the scores were computed for).
+SYNTHETIC_VERSION = "v2.3"
 _STREAM = "v2"  # the seeded stream the cases are drawn from: unchanged since v2
 IMAGE_SIZE = 96
 QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
@@ -73,6 +75,8 @@ class SyntheticConfig:
             written for (0.5: a narrative's text says nothing about whether it matches the image).
         rater_noise: probability that a simulated rater moves a score by one point.
         raters: inclusive range of the number of raters per text.
+        min_gap: the least gap in pixels (of the 96-pixel picture) between two lesions' paint; a lesion that does
+            not fit is shrunk within its size class (see ``_place_lesions``).
     """
 
     contrast: float = 1.0
@@ -84,6 +88,7 @@ class SyntheticConfig:
     lookalike_rate: float = 0.5
     rater_noise: float = 0.2
     raters: tuple[int, int] = (2, 3)
+    min_gap: float = 6.0
 
 
 DEFAULT_CONFIG = SyntheticConfig()
@@ -210,18 +215,8 @@ def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig =
         d.rounded_rectangle((0, 26, s, s - 26), 16, fill=skin)
     target = _COLOURS[findings.colour]
     colour = tuple(round(k + config.contrast * (t - k)) for k, t in zip(skin, target, strict=True))
-    base = (5, 7) if findings.size == "small" else (13, 17)
-    radius = (max(2, round(base[0] * config.lesion_scale)), max(2, round(base[1] * config.lesion_scale)))
-    box = {"face": (30, 22, 66, 78), "hand": (32, 54, 64, 82), "trunk": (22, 22, 74, 74),
-           "arm": (18, 40, 78, 56)}[findings.site]
-    placed: list[tuple[int, int, int]] = []
-    for _ in range(findings.count):
-        r = rng.randint(*radius)
-        for _attempt in range(30):  # keep lesions apart so they can be counted
-            cx, cy = rng.randint(box[0], box[2]), rng.randint(box[1], box[3])
-            if all((cx - x) ** 2 + (cy - y) ** 2 > (r + q + 2) ** 2 for x, y, q in placed):
-                break
-        placed.append((cx, cy, r))
+    placed = _place_lesions(findings, rng, config)
+    for cx, cy, r in placed:
         bb = (cx - r, cy - r, cx + r, cy + r)
         if "a red halo" in findings.extras:
             d.ellipse((cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3), outline=(225, 70, 70), width=2)
@@ -244,6 +239,44 @@ def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig =
             q = max(1, r // 3)
             d.ellipse((cx - q, cy - q, cx + q, cy + q), fill=(10, 10, 30))
     return _degrade(img, rng, config)
+
+
+#: Where lesion centres may fall on each body site (pixel boxes in the 96-pixel picture).
+_SITE_BOXES = {"face": (28, 20, 68, 80), "hand": (28, 48, 68, 84), "trunk": (20, 20, 76, 76), "arm": (12, 38, 84, 58)}
+
+
+def _reach(findings: Findings, r: int) -> float:
+    """How far a lesion's paint reaches from its centre: irregular outlines stick out, a halo rings it."""
+    reach = 1.3 * r if findings.border == "irregular" else float(r)
+    return max(reach, r + 3.0) if "a red halo" in findings.extras else reach
+
+
+def _place_lesions(findings: Findings, rng: random.Random, config: SyntheticConfig) -> list[tuple[int, int, int]]:
+    """Centres and radii of ``findings.count`` lesions that never touch, so the count can be read off the picture.
+
+    Whole layouts are drawn at random until one keeps every gap at least ``config.min_gap``; when none does, every
+    radius shrinks by a pixel (never below 70% of its size class's smallest radius, so a large lesion stays larger
+    than any small one) and the search goes on. If even that fails, the layout with the widest gap is drawn. Before
+    v2.3 lesions were placed one by one and could overlap: three large lesions on a hand were one blob.
+    """
+    base = (5, 7) if findings.size == "small" else (13, 17)
+    low, high = (max(2, round(b * config.lesion_scale)) for b in base)
+    floor = max(2, round(0.7 * low))
+    box = _SITE_BOXES[findings.site]
+    radii = [rng.randint(low, high) for _ in range(findings.count)]
+    best: tuple[float, list[tuple[int, int, int]]] | None = None
+    for shrink in range(high - floor + 1):
+        rs = [max(floor, r - shrink) for r in radii]
+        reach = [_reach(findings, r) for r in rs]
+        for _attempt in range(200):
+            centres = [(rng.randint(box[0], box[2]), rng.randint(box[1], box[3])) for _ in rs]
+            gap = min((math.hypot(centres[i][0] - centres[j][0], centres[i][1] - centres[j][1]) - reach[i] - reach[j]
+                       for i in range(len(rs)) for j in range(i)), default=math.inf)
+            if best is None or gap > best[0]:
+                best = (gap, [(x, y, r) for (x, y), r in zip(centres, rs, strict=True)])
+            if gap >= config.min_gap:
+                return best[1]
+    return best[1]
 
 
 def _degrade(img: Image.Image, rng: random.Random, config: SyntheticConfig) -> Image.Image:
