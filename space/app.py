@@ -67,10 +67,8 @@ DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "dermtrl/dermeval-lora"
 #: Bump when the demo adapter's training overrides change, so a stale cached adapter is never reused.
 DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v3"
-#: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 5 minutes on 2 cores). On
-#: the four offered examples (synthetic v2.2, tiny model v3) its critique matched the generator's on the correct and
-#: the hallucinated narrative word for word, and named the picture's count, size, colour and site right on the
-#: unsafe one; 300 steps (the v2.1 setting) had not yet learnt to copy the narrative's claims.
+#: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 4.5 minutes on 2 cores). What
+#: it writes on the four offered examples (synthetic v2.3, tiny model v4) is in the README's Space section.
 DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--num_train_epochs", "4")
 #: Held-out synthetic cases offered as examples (training uses indices below 100,000), one per quality tier.
 EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_015, "correct"), (100_002, "unsafe"),
