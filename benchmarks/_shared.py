@@ -64,6 +64,20 @@ def mark_finished(run_dir: str | Path, settings: dict, result: dict | None = Non
     os.replace(tmp, path)
 
 
+def evaluate_resuming(adapter: str, cases: Any, path: str | Path, *, fresh: bool) -> list[dict]:
+    """DermEval's records for ``cases`` in ``path`` (JSONL), continuing an earlier run of the same weights unless
+    ``fresh``; records written by other weights cannot be resumed, so they are scored afresh."""
+    from dermtrl.dermeval.eval_job import run_evaluation
+    from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.jsonl import SettingsMismatch
+
+    evaluator = DermEval.from_pretrained(adapter=adapter)
+    try:
+        return run_evaluation(evaluator, cases, path, overwrite=fresh, progress=False)
+    except SettingsMismatch:
+        return run_evaluation(evaluator, cases, path, overwrite=True, progress=False)
+
+
 def _command(recipe: str, args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -45,6 +45,7 @@ from _shared import (  # noqa: E402
     ROOT,
     VALIDATION_START,
     errors,
+    evaluate_resuming,
     file_digest,
     finished,
     fmt_ci,
@@ -182,9 +183,10 @@ def run_worker(spec: dict, log: Path) -> dict:
     return result
 
 
-def trained(spec: dict, log: Path, overwrite: bool) -> tuple[dict, bool]:
-    """One arm's training result and whether it ran now: a run that finished with the same settings is reused."""
-    settings = run_settings(**spec, stage1=file_digest(Path(spec["adapter"]) / "adapter_model.safetensors"))
+def trained(spec: dict, log: Path, stage1: str, overwrite: bool) -> tuple[dict, bool]:
+    """One arm's training result and whether it ran now: a run that finished with the same settings (``stage1``: the
+    Stage-1 adapter's weights digest among them) is reused."""
+    settings = run_settings(**spec, stage1=stage1)
     stamp = None if overwrite else finished(spec["out"], settings)
     if stamp is not None:
         return stamp["result"], False
@@ -195,15 +197,7 @@ def trained(spec: dict, log: Path, overwrite: bool) -> tuple[dict, bool]:
 
 def score(adapter: str, cases, out: Path, *, fresh: bool) -> tuple[np.ndarray, list[dict]]:
     """Score ``cases``, resuming the records of an earlier run of the same weights unless ``fresh``."""
-    from dermtrl.dermeval.eval_job import run_evaluation
-    from dermtrl.dermeval.evaluator import DermEval
-    from dermtrl.jsonl import SettingsMismatch
-
-    evaluator = DermEval.from_pretrained(adapter=adapter)
-    try:
-        records = run_evaluation(evaluator, cases, out, overwrite=fresh, progress=False)
-    except SettingsMismatch:  # records of other weights: they cannot be resumed, so score afresh
-        records = run_evaluation(evaluator, cases, out, overwrite=True, progress=False)
+    records = evaluate_resuming(adapter, cases, out, fresh=fresh)
     experts = list(zip(cases["case_id"], cases["expert_scores"], strict=True))
     return errors(records, experts), records
 
@@ -266,6 +260,7 @@ def main() -> None:
             launch(console, "Stage 1", "sft.py", "--config", args.config, "--output_dir", adapter)
             mark_finished(adapter, stage1)
             stage1_fresh = True
+    stage1_digest = file_digest(Path(adapter) / "adapter_model.safetensors")
     validation = load_cases("dermtrl:synthetic", n=args.val_cases, start=VALIDATION_START)
     test = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START)
     base = dict(adapter=adapter, steps=args.steps, train_cases=args.train_cases, temperature=args.temperature,
@@ -283,7 +278,7 @@ def main() -> None:
         for lr in lrs:
             run = out / f"val-{family}-lr{lr:g}"
             _, fresh = trained({**base, "arm": family, "out": str(run), "seed": 0, "lr": lr}, out / f"{run.name}.log",
-                               args.overwrite)
+                               stage1_digest, args.overwrite)
             val[lr] = macro_mae(score(str(run), validation, run / "validation.jsonl", fresh=fresh)[0])
             console.print(f"validation: arm {family} lr {lr:g}: macro MAE {val[lr]:.3f}")
         chosen[family] = min(val, key=val.get)
@@ -297,7 +292,7 @@ def main() -> None:
         for seed in range(args.seeds):
             run = out / f"arm-{arm}-seed{seed}"
             diag, fresh = trained({**base, "arm": arm, "out": str(run), "seed": seed, "lr": lr},
-                                  out / f"{run.name}.log", args.overwrite)
+                                  out / f"{run.name}.log", stage1_digest, args.overwrite)
             err, records = score(str(run), test, run / "test.jsonl", fresh=fresh)
             errs.append(err)
             diags.append(diag)

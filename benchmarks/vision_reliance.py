@@ -43,6 +43,7 @@ from _shared import (  # noqa: E402
     ROOT,
     constant_errors,
     errors,
+    evaluate_resuming,
     file_digest,
     finished,
     fmt_ci,
@@ -54,20 +55,8 @@ from _shared import (  # noqa: E402
 from dermtrl.cases.controls import blanked, mismatched  # noqa: E402
 from dermtrl.cases.loading import load_cases  # noqa: E402
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION  # noqa: E402
-from dermtrl.dermeval.eval_job import run_evaluation  # noqa: E402
-from dermtrl.dermeval.evaluator import DermEval  # noqa: E402
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS  # noqa: E402
-from dermtrl.jsonl import SettingsMismatch  # noqa: E402
 from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
-
-
-def evaluate(adapter: str, cases, out: Path, label: str, *, fresh: bool) -> list[dict]:
-    """Score ``cases``, resuming the records of an earlier run of the same weights unless ``fresh``."""
-    evaluator = DermEval.from_pretrained(adapter=adapter)
-    try:
-        return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=fresh, progress=False)
-    except SettingsMismatch:  # records of other weights: they cannot be resumed, so score afresh
-        return run_evaluation(evaluator, cases, out / f"{label}.jsonl", overwrite=True, progress=False)
 
 
 def main() -> None:
@@ -111,27 +100,21 @@ def main() -> None:
         tag = "" if len(seeds) == 1 else f"-seed{training_seed}"
         seed_args = [] if len(seeds) == 1 else ["--seed", str(training_seed)]
         runs, stamps, fresh = {}, {}, {}
-        adapter = args.sft_adapter
-        if adapter is None:
-            adapter = str(out / f"sft{tag}")
-            stamps[adapter] = run_settings(arm="sft", config=file_digest(args.config), epochs=args.epochs,
-                                           seed=training_seed, train_cases=n_train)
-            fresh[adapter] = args.overwrite or not finished(adapter, stamps[adapter])
-            if fresh[adapter]:
-                runs[f"Stage 1 (true images){tag}"] = (
-                    "sft.py", ["--config", args.config, "--output_dir", adapter, *budget, *seed_args])
-        text_only = args.text_only_adapter
-        if text_only is None:
-            text_only = str(out / f"text_only{tag}")
-            stamps[text_only] = run_settings(arm="text_only", config=file_digest(args.config), epochs=args.epochs,
-                                             seed=training_seed, train_cases=n_train)
-            fresh[text_only] = args.overwrite or not finished(text_only, stamps[text_only])
-            if fresh[text_only]:
-                runs[f"Text-only control (blank images){tag}"] = ("sft.py", [
-                    "--config", args.config, "--dataset_name", str(out / "text_only_train"), "--output_dir",
-                    text_only, *budget, *seed_args])
-        for path in stamps:
-            if not fresh[path]:
+        adapter = args.sft_adapter or str(out / f"sft{tag}")
+        text_only = args.text_only_adapter or str(out / f"text_only{tag}")
+        for arm, path, given, stage, data in (
+                ("sft", adapter, args.sft_adapter, "Stage 1 (true images)", []),
+                ("text_only", text_only, args.text_only_adapter, "Text-only control (blank images)",
+                 ["--dataset_name", str(out / "text_only_train")])):
+            if given:
+                continue
+            stamps[path] = run_settings(arm=arm, config=file_digest(args.config), epochs=args.epochs,
+                                        seed=training_seed, train_cases=n_train)
+            fresh[path] = args.overwrite or not finished(path, stamps[path])
+            if fresh[path]:
+                runs[f"{stage}{tag}"] = ("sft.py", ["--config", args.config, *data, "--output_dir", path, *budget,
+                                                    *seed_args])
+            else:
                 console.print(f"[dim]Reusing {path}: it finished with these settings (--overwrite retrains)[/dim]")
         if runs:
             launch_together(console, runs)  # side by side: the same machine for both arms
@@ -141,8 +124,8 @@ def main() -> None:
         for name, model, label in (("DermEval, true images", adapter, "true"),
                                    ("DermEval, mismatched images", adapter, "mismatched"),
                                    ("Text-only control (blank images)", text_only, "text_only")):
-            records = evaluate(model, inputs[label], out, f"{label}{tag}",
-                               fresh=args.overwrite or fresh.get(model, False))
+            records = evaluate_resuming(model, inputs[label], out / f"{label}{tag}.jsonl",
+                                        fresh=args.overwrite or fresh.get(model, False))
             per_seed.setdefault(name, []).append(errors(records, experts))
     epochs = args.epochs if args.epochs is not None else config.get("num_train_epochs", 3.0)  # TRL default
 

@@ -36,15 +36,18 @@ def test_a_finished_run_is_reused_and_a_changed_one_reruns(ablation, tmp_path, m
             "steps": 40, "train_cases": 800, "temperature": 1.0, "max_new_tokens": 176}
     log = tmp_path / "arm.log"
 
-    first, fresh = ablation.trained(spec, log, overwrite=False)
+    def digest():  # what main() passes: the Stage-1 adapter's weights digest
+        return ablation.file_digest(stage1 / "adapter_model.safetensors")
+
+    first, fresh = ablation.trained(spec, log, digest(), overwrite=False)
     assert fresh and len(calls) == 1
-    again, fresh = ablation.trained(spec, log, overwrite=False)
+    again, fresh = ablation.trained(spec, log, digest(), overwrite=False)
     assert not fresh and again == first and len(calls) == 1  # reused, with what the run reported
 
-    assert ablation.trained({**spec, "lr": 1e-4}, log, overwrite=False)[1]  # another setting: trained again
-    assert ablation.trained(spec, log, overwrite=True)[1]  # --overwrite
+    assert ablation.trained({**spec, "lr": 1e-4}, log, digest(), overwrite=False)[1]  # another setting: trained again
+    assert ablation.trained(spec, log, digest(), overwrite=True)[1]  # --overwrite
     (stage1 / "adapter_model.safetensors").write_bytes(b"weights two")  # another Stage-1 adapter
-    assert ablation.trained(spec, log, overwrite=False)[1]
+    assert ablation.trained(spec, log, digest(), overwrite=False)[1]
     assert len(calls) == 4
 
 
