@@ -103,17 +103,18 @@ def test_identical_requests_in_flight_are_sent_once(make_openai_server):
 
 
 def test_a_single_slot_server_is_not_flooded_with_resends(make_openai_server):
-    """20 requests at 20-way concurrency against a server answering one at a time (0.15 s each) with a 1 s timeout:
-    sent all at once, the queue times most of them out and each is sent again (without the adaptation: 60 resends,
-    20 s). The client ramps up and backs off when answers slow down, so every request is answered and (almost)
-    none is sent twice (measured: 1 resend, 3 s)."""
-    server = make_openai_server(responder=lambda body: "ok " + last_user_text(body), latency=0.15, slots=1)
-    with client_for(server, max_concurrency=20, timeout=1.0, max_retries=8) as client:
+    """20 requests at 20-way concurrency against a server answering one at a time (0.3 s each) with a 2 s timeout:
+    sent all at once, the queue times most of them out and each is sent again (measured with the adaptation
+    switched off: 27 resends). The client ramps up and backs off when answers slow down, so every request is
+    answered and almost none is sent twice: 0-3 resends in 10 runs with three busy processes on two cores (0-2
+    unloaded). The bound of 5 is that spread plus a margin, still five times below the unadapted client."""
+    server = make_openai_server(responder=lambda body: "ok " + last_user_text(body), latency=0.3, slots=1)
+    with client_for(server, max_concurrency=20, timeout=2.0, max_retries=8) as client:
         results = client.complete_many([[user_message(f"q{i}")] for i in range(20)])
         resends = server.calls - 20
         assert [r.text for r in results] == [f"ok q{i}" for i in range(20)]
         assert server.max_in_flight < 20 and any("requests in flight lowered from 20" in n for n in client.notes())
-    assert resends <= 2, resends
+    assert resends <= 5, resends
 
 
 def test_a_fast_server_still_gets_the_full_concurrency(make_openai_server):
