@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v4"  # v4: trained on v2.3 pictures (lesions never touch)
+TINY_VERSION = "tiny-llava-v5"  # v5: trained on v2.4 pictures (every extra finding visible)
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens

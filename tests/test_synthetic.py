@@ -174,3 +174,38 @@ def test_every_lesion_can_be_counted_in_the_picture():
         checked[(findings.size, findings.count, findings.site)] = True
     # the crowded layouts that used to merge were among those checked
     assert {("large", 3, "hand"), ("large", 3, "arm"), ("large", 2, "hand")} <= set(checked)
+
+
+def test_every_extra_finding_can_be_seen_at_the_models_resolution():
+    """Each extra finding changes the picture the model gets (64 pixels) on every lesion colour, size and border,
+    at the smallest radius a lesion of its size class can have; a halo stays apart from its lesion. Before v2.4 a
+    dark central dot on a black lesion and white scale on a white one changed nothing visible, and a halo touching
+    a red lesion read as a larger lesion."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    from dermtrl.cases.synthetic import _COLOURS, _SKIN, BORDERS, EXTRAS, IMAGE_SIZE, Findings, _paint_lesion
+
+    def paint(findings: Findings, r: int) -> np.ndarray:
+        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), _SKIN)
+        _paint_lesion(ImageDraw.Draw(img), (48, 48, r), findings, _COLOURS[findings.colour], _SKIN, random.Random(7))
+        return img
+
+    def small(img: Image.Image) -> np.ndarray:
+        return np.asarray(img.resize((64, 64), Image.BICUBIC)).astype(np.int32)
+
+    for colour in _COLOURS:
+        for border in BORDERS:
+            for r in (4, 9):  # the smallest small and large radii (70% of the class's least, see _place_lesions)
+                plain = Findings(colour, 1, border, "small" if r == 4 else "large", "trunk")
+                for extra in EXTRAS:
+                    shown = replace(plain, extras=(extra,))
+                    changed = (np.abs(small(paint(shown, r)) - small(paint(plain, r))).max(axis=2) >= 60).sum()
+                    assert changed >= 4, (extra, colour, border, r, changed)
+                if border == "regular":
+                    halo = np.asarray(paint(replace(plain, extras=("a red halo",)), r)).astype(np.int32)
+                    marked = (np.abs(halo - np.array(_SKIN)).max(axis=2) > 0)
+                    assert ndimage.label(marked, structure=np.ones((3, 3)))[1] == 2, (colour, r)

@@ -37,7 +37,8 @@ from dermtrl.prompts import format_evaluation
 #: claim and the picture's finding a few tokens apart ("Colour: narrative pink, image brown, wrong.").
 #: v2.3: the same texts and expert scores; lesions never touch (before, three large lesions on a hand or an arm were
 #: drawn as one blob, so the picture showed another count than the scores were computed for).
-SYNTHETIC_VERSION = "v2.3"
+#: v2.4: the same texts and expert scores; every extra finding can be seen (see ``_paint_lesion``).
+SYNTHETIC_VERSION = "v2.4"
 _STREAM = "v2"  # the seeded stream the cases are drawn from: unchanged since v2
 IMAGE_SIZE = 96
 QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
@@ -215,30 +216,53 @@ def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig =
         d.rounded_rectangle((0, 26, s, s - 26), 16, fill=skin)
     target = _COLOURS[findings.colour]
     colour = tuple(round(k + config.contrast * (t - k)) for k, t in zip(skin, target, strict=True))
-    placed = _place_lesions(findings, rng, config)
-    for cx, cy, r in placed:
-        bb = (cx - r, cy - r, cx + r, cy + r)
-        if "a red halo" in findings.extras:
-            d.ellipse((cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3), outline=(225, 70, 70), width=2)
-        if findings.border == "annular":
-            d.ellipse(bb, outline=colour, width=3)
-        elif findings.border == "irregular":
-            pts = []
-            for k in range(10):
-                ang = 2 * math.pi * k / 10
-                rr = r * rng.uniform(0.55, 1.3)
-                pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
-            d.polygon(pts, fill=colour)
-        else:
-            d.ellipse(bb, fill=colour)
-        if "fine white scale" in findings.extras:
-            for _dot in range(5):
-                dx, dy = rng.randint(-r + 1, r - 1), rng.randint(-r + 1, r - 1)
-                d.rectangle((cx + dx - 1, cy + dy - 1, cx + dx + 1, cy + dy + 1), fill=(255, 255, 255))
-        if "a dark central dot" in findings.extras:
-            q = max(1, r // 3)
-            d.ellipse((cx - q, cy - q, cx + q, cy + q), fill=(10, 10, 30))
+    for cx, cy, r in _place_lesions(findings, rng, config):
+        _paint_lesion(d, (cx, cy, r), findings, colour, skin, rng)
     return _degrade(img, rng, config)
+
+
+#: Ink of the extra findings. A dark dot on a black or brown lesion gets a pale rim, white scale on a white lesion a
+#: dark one; otherwise each mark stands out from the lesion by itself.
+_DOT, _SCALE, _HALO, _RIM_LIGHT, _RIM_DARK = (10, 10, 30), (255, 255, 255), (225, 70, 70), (235, 225, 210), (60, 60, 70)
+
+
+def _paint_lesion(d: ImageDraw.ImageDraw, lesion: tuple[int, int, int], findings: Findings, colour: tuple[int, ...],
+                  skin: tuple[int, ...], rng: random.Random) -> None:
+    """One lesion and the extra findings on it, each large enough to survive the 64-pixel model input.
+
+    v2.4: before, a dark central dot on a black lesion and white scale on a white one were invisible, a small
+    lesion's dot was one or two pixels across, and a halo touching a red lesion read as a larger lesion. Now the dot
+    is at least 5 pixels across (with a pale rim on a dark lesion), scale flecks on a white lesion have a dark rim,
+    and a ring of skin separates the halo from the lesion.
+    """
+    cx, cy, r = lesion
+    if "a red halo" in findings.extras:
+        h = _reach(findings, r) - 1  # the ring's outer edge; ``_reach`` keeps it clear of neighbouring lesions
+        d.ellipse((cx - h, cy - h, cx + h, cy + h), fill=_HALO)
+        d.ellipse((cx - h + 3, cy - h + 3, cx + h - 3, cy + h - 3), fill=skin)
+    bb = (cx - r, cy - r, cx + r, cy + r)
+    if findings.border == "annular":
+        d.ellipse(bb, outline=colour, width=3)
+    elif findings.border == "irregular":
+        pts = []
+        for k in range(10):
+            ang = 2 * math.pi * k / 10
+            rr = r * rng.uniform(0.55, 1.3)
+            pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
+        d.polygon(pts, fill=colour)
+    else:
+        d.ellipse(bb, fill=colour)
+    if "fine white scale" in findings.extras:
+        for _fleck in range(5):
+            dx, dy = rng.randint(-r + 1, r - 1), rng.randint(-r + 1, r - 1)
+            if findings.colour == "white":
+                d.rectangle((cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), fill=_RIM_DARK)
+            d.rectangle((cx + dx - 1, cy + dy - 1, cx + dx + 1, cy + dy + 1), fill=_SCALE)
+    if "a dark central dot" in findings.extras:
+        q = max(2, r // 3)
+        if findings.colour in ("black", "brown"):
+            d.ellipse((cx - q - 2, cy - q - 2, cx + q + 2, cy + q + 2), fill=_RIM_LIGHT)
+        d.ellipse((cx - q, cy - q, cx + q, cy + q), fill=_DOT)
 
 
 #: Where lesion centres may fall on each body site (pixel boxes in the 96-pixel picture).
@@ -248,7 +272,7 @@ _SITE_BOXES = {"face": (28, 20, 68, 80), "hand": (28, 48, 68, 84), "trunk": (20,
 def _reach(findings: Findings, r: int) -> float:
     """How far a lesion's paint reaches from its centre: irregular outlines stick out, a halo rings it."""
     reach = 1.3 * r if findings.border == "irregular" else float(r)
-    return max(reach, r + 3.0) if "a red halo" in findings.extras else reach
+    return reach + 6.0 if "a red halo" in findings.extras else reach  # 2 pixels of skin, a 3-pixel ring, 1 spare
 
 
 def _place_lesions(findings: Findings, rng: random.Random, config: SyntheticConfig) -> list[tuple[int, int, int]]:
