@@ -1,0 +1,121 @@
+"""Which part of DermEval's critique goes wrong? Slot-by-slot accuracy of critiques of synthetic cases.
+
+A synthetic case's critique checks each feature the narrative names against the picture ("Count: narrative two,
+image a single, wrong."). For DermEval's per-case records (the JSONL that ``vision_reliance.py``, ``soreb_ablation.py``
+or ``dermtrl eval`` write) this prints, per slot:
+
+- **copied**: the narrative's word written as the narrative's (a reading of the text);
+- **read**: the picture's word written as the picture's (a reading of the image);
+- **verdict**: right/wrong agrees with the two words written (a comparison);
+- **true verdict**: right/wrong agrees with the truth;
+
+and, per kind of sentence (each slot, extra findings seen, "Not visible: ...", the diagnosis, ...), how often it
+differs from the generator's own critique. Diagnostics only: nothing here chooses a setting.
+
+    python benchmarks/critique_slots.py outputs/vision_reliance/true-seed42.jsonl [more.jsonl ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dermtrl.cases.synthetic import _CHECK_ORDER, SYNTHETIC_VERSION, _feature_word, critique, draw_case  # noqa: E402
+
+SLOTS = (*(key.capitalize() for key in _CHECK_ORDER), "Diagnosis")
+MEASURES = ("copied", "read", "verdict", "true verdict")
+#: How each sentence of a critique begins, by kind (the slots' own lines, then the rest).
+SENTENCE_KINDS = (*(f"{slot}:" for slot in SLOTS), "The image also shows", "Not visible", "These findings",
+                  "Its reasoning", "Its advice", "No differential", "The narrative does not")
+
+
+def _case_index(case_id: str) -> int:
+    """The stream index of a synthetic case id (``synth-v2.4-0-200013`` -> 200013), checking the version."""
+    parts = case_id.split("-")
+    if len(parts) != 4 or parts[0] != "synth":
+        raise ValueError(f"case_id {case_id!r} is not a synthetic case id (synth-VERSION-SEED-INDEX)")
+    if parts[1] != SYNTHETIC_VERSION:
+        raise ValueError(f"case_id {case_id!r} is from synthetic {parts[1]}; this is synthetic {SYNTHETIC_VERSION}")
+    return int(parts[3])
+
+
+def _kind(sentence: str) -> str:
+    return next((k.rstrip(":") for k in SENTENCE_KINDS if sentence.startswith(k)), "other")
+
+
+def _sentences(text: str) -> dict[str, str]:
+    return {_kind(s): s for s in re.split(r"(?<=\.) ", text.strip()) if s}
+
+
+def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter, Counter]:
+    """Per slot, the count of records meeting each of ``MEASURES`` (with ``"n"`` the records checked); then, per
+    sentence kind, how many critiques differ from the generator's critique, and how many have that kind at all."""
+    slots: dict[str, Counter] = {slot: Counter() for slot in SLOTS}
+    wrong, present = Counter(), Counter()
+    for record in records:
+        draw = draw_case(_case_index(record["case_id"]))
+        claims, truth, text = draw.claims, draw.truth, record.get("critique") or ""
+        pairs = {}
+        if claims.findings is not None:
+            pairs = {key.capitalize(): (_feature_word(claims.findings, key), _feature_word(truth, key))
+                     for key in _CHECK_ORDER}
+        if claims.diagnosis:
+            pairs["Diagnosis"] = (claims.diagnosis, draw.cond.label)
+        for slot, (said, seen) in pairs.items():
+            tally = slots[slot]
+            tally["n"] += 1
+            m = re.search(re.escape(slot) + r": narrative (.+?), image (.+?), (right|wrong)\.", text)
+            if m is None:
+                continue
+            tally["copied"] += m.group(1) == said
+            tally["read"] += m.group(2) == seen
+            tally["verdict"] += (m.group(3) == "right") == (m.group(1) == m.group(2))
+            tally["true verdict"] += (m.group(3) == "right") == (said == seen)
+        reference = _sentences(critique(claims, draw.cond, truth, {}))
+        written = _sentences(text)
+        for kind in set(reference) | set(written):
+            present[kind] += 1
+            wrong[kind] += reference.get(kind) != written.get(kind)
+    return slots, wrong, present
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help="DermEval per-case records (JSONL) of synthetic cases")
+    args = parser.parse_args()
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    for path in args.records:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                records = [json.loads(line) for line in fh if line.strip()]
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
+        if not records:
+            raise SystemExit(f"{path}: no records in it")
+        slots, wrong, present = slot_accuracy(records)
+        table = Table(title=f"{path}: {len(records)} critiques, share of slots right")
+        for col in ("slot", "n", *MEASURES):
+            table.add_column(col, justify="left" if col == "slot" else "right")
+        for slot, tally in slots.items():
+            n = tally["n"]
+            table.add_row(slot, str(n), *(f"{tally[m] / n:.0%}" if n else "-" for m in MEASURES))
+        console.print(table)
+        parts = Table(title="Sentences that differ from the generator's critique")
+        for col in ("sentence", "differs", "of"):
+            parts.add_column(col, justify="left" if col == "sentence" else "right")
+        for kind in sorted(present, key=lambda k: -wrong[k] / present[k]):
+            parts.add_row(kind, str(wrong[kind]), str(present[kind]))
+        console.print(parts)
+
+
+if __name__ == "__main__":
+    main()

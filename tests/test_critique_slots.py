@@ -1,0 +1,61 @@
+"""benchmarks/critique_slots.py: the slot diagnostics find exactly the errors put into a critique."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from dermtrl.cases.synthetic import SYNTHETIC_VERSION, generate_case
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def slots():
+    spec = importlib.util.spec_from_file_location("critique_slots", ROOT / "benchmarks" / "critique_slots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(n: int) -> list[dict]:
+    cases = [generate_case(200_000 + i) for i in range(n)]
+    return [{"case_id": c["case_id"], "critique": c["evaluation"].split("\n\n")[0]} for c in cases]
+
+
+def test_the_generators_own_critiques_are_right_everywhere(slots):
+    counts, wrong, present = slots.slot_accuracy(_records(40))
+    assert counts["Count"]["n"] > 20 and counts["Diagnosis"]["n"] > 20
+    for tally in counts.values():
+        assert all(tally[m] == tally["n"] for m in slots.MEASURES), tally
+    assert sum(wrong.values()) == 0 and present["Count"] == counts["Count"]["n"]
+
+
+def test_a_miscopied_count_is_found_in_the_count_slot_only(slots):
+    records = _records(40)
+    swap = {"a single": "two", "two": "three", "three": "four", "four": "a single"}
+    changed = 0
+    for r in records:
+        m = re.search(r"Count: narrative (.+?), image (.+?), (right|wrong)\.", r["critique"])
+        if m:  # write another count as the narrative's, with a verdict consistent with what is written
+            said = swap[m.group(1)]
+            verdict = "right" if said == m.group(2) else "wrong"
+            line = f"Count: narrative {said}, image {m.group(2)}, {verdict}."
+            r["critique"] = r["critique"].replace(m.group(0), line)
+            changed += 1
+    counts, wrong, _ = slots.slot_accuracy(records)
+    assert changed == counts["Count"]["n"] > 0
+    assert counts["Count"]["copied"] == 0 and counts["Count"]["read"] == changed
+    assert counts["Count"]["verdict"] == changed  # consistent with the words written ...
+    assert counts["Count"]["true verdict"] < changed  # ... but not with the truth where the swap flips it
+    assert wrong["Count"] == changed and sum(wrong.values()) == changed
+    assert all(t["copied"] == t["n"] for s, t in counts.items() if s != "Count")
+
+
+def test_records_of_another_case_version_are_refused(slots):
+    record = {"case_id": "synth-v1-0-200000", "critique": ""}
+    with pytest.raises(ValueError, match="synth-v1-0-200000.*" + re.escape(SYNTHETIC_VERSION)):
+        slots.slot_accuracy([record])
