@@ -56,11 +56,13 @@ def _sentences(text: str) -> dict[str, str]:
     return {_kind(s): s for s in re.split(r"(?<=\.) ", text.strip()) if s}
 
 
-def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter, Counter]:
-    """Per slot, the count of records meeting each of ``MEASURES`` (with ``"n"`` the records checked); then, per
-    sentence kind, how many critiques differ from the generator's critique, and how many have that kind at all."""
+def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter, Counter, dict[tuple, Counter]]:
+    """Per slot, the count of records meeting each of ``MEASURES`` (with ``"n"`` the records checked); per sentence
+    kind, how many critiques differ from the generator's critique, and how many have that kind at all; and per (slot,
+    narrative's word), ``n``, ``copied`` and ``as read`` (a miscopy that repeats the word written for the picture)."""
     slots: dict[str, Counter] = {slot: Counter() for slot in SLOTS}
     wrong, present = Counter(), Counter()
+    by_word: dict[tuple, Counter] = {}
     for record in records:
         draw = draw_case(_case_index(record["case_id"]))
         claims, truth, text = draw.claims, draw.truth, record.get("critique") or ""
@@ -71,12 +73,15 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
         if claims.diagnosis:
             pairs["Diagnosis"] = (claims.diagnosis, draw.cond.label)
         for slot, (said, seen) in pairs.items():
-            tally = slots[slot]
+            tally, word = slots[slot], by_word.setdefault((slot, said), Counter())
             tally["n"] += 1
+            word["n"] += 1
             m = re.search(re.escape(slot) + r": narrative (.+?), image (.+?), (right|wrong)\.", text)
             if m is None:
                 continue
             tally["copied"] += m.group(1) == said
+            word["copied"] += m.group(1) == said
+            word["as read"] += m.group(1) != said and m.group(1) == m.group(2)
             tally["read"] += m.group(2) == seen
             tally["verdict"] += (m.group(3) == "right") == (m.group(1) == m.group(2))
             tally["true verdict"] += (m.group(3) == "right") == (said == seen)
@@ -85,7 +90,7 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
         for kind in set(reference) | set(written):
             present[kind] += 1
             wrong[kind] += reference.get(kind) != written.get(kind)
-    return slots, wrong, present
+    return slots, wrong, present, by_word
 
 
 def main() -> None:
@@ -101,7 +106,7 @@ def main() -> None:
             raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
         if not records:
             raise SystemExit(f"{path}: no records in it")
-        slots, wrong, present = slot_accuracy(records)
+        slots, wrong, present, by_word = slot_accuracy(records)
         table = Table(title=f"{path}: {len(records)} critiques, share of slots right")
         for col in ("slot", "n", *MEASURES):
             table.add_column(col, justify="left" if col == "slot" else "right")
@@ -115,6 +120,12 @@ def main() -> None:
         for kind in sorted(present, key=lambda k: -wrong[k] / present[k]):
             parts.add_row(kind, str(wrong[kind]), str(present[kind]))
         console.print(parts)
+        words = Table(title="Copies of the narrative's word, by word (miscopies that repeat the picture's word)")
+        for col in ("slot", "narrative's word", "n", "copied", "miscopied as read"):
+            words.add_column(col, justify="left" if col in ("slot", "narrative's word") else "right")
+        for (slot, word), tally in sorted(by_word.items(), key=lambda kv: kv[1]["copied"] / kv[1]["n"]):
+            words.add_row(slot, word, str(tally["n"]), f"{tally['copied'] / tally['n']:.0%}", str(tally["as read"]))
+        console.print(words)
 
 
 if __name__ == "__main__":

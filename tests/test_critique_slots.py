@@ -27,32 +27,37 @@ def _records(n: int) -> list[dict]:
 
 
 def test_the_generators_own_critiques_are_right_everywhere(slots):
-    counts, wrong, present = slots.slot_accuracy(_records(40))
+    counts, wrong, present, by_word = slots.slot_accuracy(_records(40))
     assert counts["Count"]["n"] > 20 and counts["Diagnosis"]["n"] > 20
     for tally in counts.values():
         assert all(tally[m] == tally["n"] for m in slots.MEASURES), tally
     assert sum(wrong.values()) == 0 and present["Count"] == counts["Count"]["n"]
+    assert all(t["copied"] == t["n"] and t["as read"] == 0 for t in by_word.values())
+    assert sum(t["n"] for (slot, _), t in by_word.items() if slot == "Count") == counts["Count"]["n"]
 
 
 def test_a_miscopied_count_is_found_in_the_count_slot_only(slots):
     records = _records(40)
     swap = {"a single": "two", "two": "three", "three": "four", "four": "a single"}
-    changed = 0
+    changed = repeats = 0
     for r in records:
         m = re.search(r"Count: narrative (.+?), image (.+?), (right|wrong)\.", r["critique"])
         if m:  # write another count as the narrative's, with a verdict consistent with what is written
             said = swap[m.group(1)]
             verdict = "right" if said == m.group(2) else "wrong"
+            repeats += said == m.group(2)
             line = f"Count: narrative {said}, image {m.group(2)}, {verdict}."
             r["critique"] = r["critique"].replace(m.group(0), line)
             changed += 1
-    counts, wrong, _ = slots.slot_accuracy(records)
+    counts, wrong, _, by_word = slots.slot_accuracy(records)
     assert changed == counts["Count"]["n"] > 0
     assert counts["Count"]["copied"] == 0 and counts["Count"]["read"] == changed
     assert counts["Count"]["verdict"] == changed  # consistent with the words written ...
     assert counts["Count"]["true verdict"] < changed  # ... but not with the truth where the swap flips it
     assert wrong["Count"] == changed and sum(wrong.values()) == changed
     assert all(t["copied"] == t["n"] for s, t in counts.items() if s != "Count")
+    # a miscopy "as read" is one whose swapped word happens to be the picture's
+    assert sum(t["as read"] for (slot, _), t in by_word.items() if slot == "Count") == repeats > 0
 
 
 def test_records_of_another_case_version_are_refused(slots):
