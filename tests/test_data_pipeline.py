@@ -346,6 +346,16 @@ def test_build_forces_evaluation_images_into_test(setup, tmp_path: Path) -> None
     built = build_synthetic(tmp_path / "syn", n=10, seed=2, test_fraction=0.0,
                             build_options={"allow_eval_images_in_train": True})
     assert len(built.result.dermeval["test"]) == 0  # nothing forced yet
+    # the empty split is saved loadably (datasets writes no shard for it unless told to), and asking for its rows
+    # names the dataset, the split and what the other splits hold
+    from datasets import load_from_disk
+
+    from dermtrl.cases.loading import load_cases
+
+    saved = built.result.paths["dermeval"]
+    assert len(load_from_disk(str(saved))["test"]) == 0
+    with pytest.raises(ValueError, match=re.escape(f"{saved}: split 'test' has no rows; rows per split: train 20")):
+        load_cases(str(saved), "test")
     hashes = set(built.result.dermbench["test"]["image_sha256"][:3])
     # evaluation images can be named by a hash list, an image folder or a dataset folder
     (tmp_path / "hashes.txt").write_text("\n".join(sorted(hashes)) + "\n")

@@ -47,7 +47,12 @@ def load_cases(source: str, split: str = "train", *, n: int | None = None, seed:
     if isinstance(ds, DatasetDict):
         if split not in ds:
             raise ValueError(f"{source}: no split {split!r}; available: {', '.join(ds)}")
+        if len(ds[split]) == 0:
+            raise ValueError(f"{source}: split {split!r} has no rows; rows per split: "
+                             + ", ".join(f"{name} {len(rows)}" for name, rows in ds.items()))
         ds = ds[split]
+    if len(ds) == 0:
+        raise ValueError(f"{source}: the dataset has no rows")
     if n is not None:
         ds = ds.select(range(min(n, len(ds))))
     if folder is not None:

@@ -333,7 +333,8 @@ def build_datasets(
     with _datasets_progress(progress):
         for name, ds in (("dermbench", dermbench), ("dermeval", dermeval)):
             path = out / name
-            ds.save_to_disk(str(path))
+            # an empty split needs one (empty) shard: with none, `load_from_disk` fails on it with an IndexError
+            ds.save_to_disk(str(path), num_shards={split: 1 for split, rows in ds.items() if len(rows) == 0})
             result.paths[name] = path
     if write_cards:
         from dermtrl.data.cards import write_card
