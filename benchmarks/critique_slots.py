@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dermtrl.cases.synthetic import _CHECK_ORDER, SYNTHETIC_VERSION, _feature_word, critique, draw_case  # noqa: E402
+from dermtrl.cases.synthetic import SYNTHETIC_VERSION, claim_words, critique, draw_case, finding_words  # noqa: E402
 
-SLOTS = (*(key.capitalize() for key in _CHECK_ORDER), "Diagnosis")
+SLOTS = tuple(claim_words())  # the critique's checked slots, in order: Count ... Site, Diagnosis
 MEASURES = ("copied", "read", "verdict", "true verdict")
 #: How each sentence of a critique begins, by kind (the slots' own lines, then the rest).
 SENTENCE_KINDS = (*(f"{slot}:" for slot in SLOTS), "The image also shows", "Not visible", "These findings",
@@ -68,8 +68,8 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
         claims, truth, text = draw.claims, draw.truth, record.get("critique") or ""
         pairs = {}
         if claims.findings is not None:
-            pairs = {key.capitalize(): (_feature_word(claims.findings, key), _feature_word(truth, key))
-                     for key in _CHECK_ORDER}
+            seen = finding_words(truth)
+            pairs = {slot: (said, seen[slot]) for slot, said in finding_words(claims.findings).items()}
         if claims.diagnosis:
             pairs["Diagnosis"] = (claims.diagnosis, draw.cond.label)
         for slot, (said, seen) in pairs.items():

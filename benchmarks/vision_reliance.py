@@ -111,13 +111,13 @@ def main() -> None:
                 continue
             stamps[path] = run_settings(arm=arm, config=file_digest(args.config), epochs=args.epochs,
                                         seed=training_seed, train_cases=n_train)
-            fresh[path] = args.overwrite or not (done := finished(path, stamps[path]))
-            if not fresh[path]:
-                reused_seconds += done["result"].get("train_seconds", 0.0)
+            done = None if args.overwrite else finished(path, stamps[path])
+            fresh[path] = done is None
             if fresh[path]:
                 runs[f"{stage}{tag}"] = ("sft.py", ["--config", args.config, *data, "--output_dir", path, *budget,
                                                     *seed_args])
             else:
+                reused_seconds += done["result"].get("train_seconds", 0.0)
                 console.print(f"[dim]Reusing {path}: it finished with these settings (--overwrite retrains)[/dim]")
         if runs:
             launch_started = time.time()

@@ -61,5 +61,24 @@ def demo_adapter():
     return path
 
 
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], Any]:
+    """Import a script of benchmarks/ by name (they are scripts, not a package), once per session."""
+    import functools
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    @functools.cache
+    def load(name: str) -> Any:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 # Fixtures of the local Hub (tests/hub_server.py): `local_hub`, `run_against_hub`, available to every test by name.
 pytest_plugins = ["tests.hub_fixtures"]

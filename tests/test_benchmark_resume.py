@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def ablation():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("soreb_ablation", ROOT / "benchmarks" / "soreb_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ablation(load_benchmark):
+    return load_benchmark("soreb_ablation")
 
 
 def test_a_finished_run_is_reused_and_a_changed_one_reruns(ablation, tmp_path, monkeypatch):

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
 from dermtrl.cases.synthetic import SYNTHETIC_VERSION, generate_case
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def slots():
-    spec = importlib.util.spec_from_file_location("critique_slots", ROOT / "benchmarks" / "critique_slots.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def slots(load_benchmark):
+    return load_benchmark("critique_slots")
 
 
 def _records(n: int) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,10 @@ from rich.console import Console
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT
 from dermtrl.dimensions import DIMENSIONS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def vision_reliance():
-    spec = importlib.util.spec_from_file_location("vision_reliance", ROOT / "benchmarks" / "vision_reliance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def vision_reliance(load_benchmark):
+    return load_benchmark("vision_reliance")
 
 
 def _arms(shape: tuple[int, ...], ratio: float) -> dict[str, np.ndarray]:
