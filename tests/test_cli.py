@@ -62,6 +62,17 @@ def test_synth_writes_a_loadable_dataset(tmp_path, capsys):
     assert len(ds) == 10 and "NOT clinical data" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [["synth", "--out", "cases"],
+                                     ["eval", "--dataset", "dermtrl:synthetic", "--out", "o"]])
+def test_a_count_of_zero_cases_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--n", "0"])
+    assert exit_info.value.code == 2
+    assert "--n: must be at least 1, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_validate_names_column_and_row():
     ds = generate_cases(4)
     with pytest.raises(ValueError, match="missing column 'narrative'"):

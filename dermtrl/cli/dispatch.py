@@ -30,6 +30,14 @@ __all__ = ["EXIT_FAILURES", "CLIError", "allow_failures_arg", "build_parser", "c
            "main"]
 
 
+def _count(value: str) -> int:
+    """A number of cases: an empty synthetic dataset or evaluation is a mistake, not a result to save."""
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _read_text(source: str) -> str:
     if source == "-":
         return sys.stdin.read()
@@ -160,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_parse)
 
     p = sub.add_parser("synth", help="write synthetic cases (for demos and tests, not clinical data)")
-    p.add_argument("--n", type=int, default=100, help="number of cases")
+    p.add_argument("--n", type=_count, default=100, help="number of cases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for datasets.save_to_disk")
     p.set_defaults(func=cmd_synth)
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="DermEval LoRA adapter: Hub id or folder")
     p.add_argument("--dataset", required=True, help="Hub id, local folder or file, or dermtrl:synthetic")
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N cases (synthetic: generate N)")
+    p.add_argument("--n", type=_count, default=None, help="evaluate the first N cases (synthetic: generate N)")
     p.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
     p.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
     p.add_argument("--out", required=True, help="folder for evaluations.jsonl (resumable) and the report")
