@@ -29,7 +29,14 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dermtrl.cases.synthetic import SYNTHETIC_VERSION, claim_words, critique, draw_case, finding_words  # noqa: E402
+from dermtrl.cases.synthetic import (  # noqa: E402
+    EXTRAS,
+    SYNTHETIC_VERSION,
+    claim_words,
+    critique,
+    draw_case,
+    finding_words,
+)
 
 SLOTS = tuple(claim_words())  # the critique's checked slots, in order: Count ... Site, Diagnosis
 MEASURES = ("copied", "read", "verdict", "true verdict")
@@ -91,6 +98,29 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
             present[kind] += 1
             wrong[kind] += reference.get(kind) != written.get(kind)
     return slots, wrong, present, by_word
+
+
+def picture_readings(records: Iterable[dict]) -> tuple[dict[str, Counter], dict[str, Counter]]:
+    """How DermEval reads the pictures, from its critiques: per feature slot, counts of (the picture's word, the word
+    written for the image); per extra finding, how often it is written as seen when the picture has it (``present``
+    of ``n present``) and when it does not (``absent`` of ``n absent``). ``task_bounds.py --reading-from`` samples
+    from these to bound what an evaluator that reads this way can reach."""
+    confusion: dict[str, Counter] = {slot: Counter() for slot in SLOTS if slot != "Diagnosis"}
+    extras: dict[str, Counter] = {extra: Counter() for extra in EXTRAS}
+    for record in records:
+        draw = draw_case(_case_index(record["case_id"]))
+        text = record.get("critique") or ""
+        if draw.claims.findings is not None:  # the critique checks the narrative's features one by one
+            for slot, seen in finding_words(draw.truth).items():
+                m = re.search(re.escape(slot) + r": narrative (.+?), image (.+?), (right|wrong)\.", text)
+                if m is not None:
+                    confusion[slot][seen, m.group(2)] += 1
+        written = set(re.findall(r"The image also shows (.+?)\.", text))
+        for extra, tally in extras.items():
+            key = "present" if extra in draw.truth.extras else "absent"
+            tally[f"n {key}"] += 1
+            tally[key] += extra in written
+    return confusion, extras
 
 
 def main() -> None:

@@ -6,14 +6,20 @@ computed from the generator itself (``dermtrl.cases.synthetic.draw_case``), no m
 - the same evaluator shown mismatched images (vision_reliance's derangement): what a model that truly looks scores;
 - the best a text-only scorer can do, estimated by the median expert score of narratives with the same claims
   (fitted on separate cases, indices from 300,000; unseen claims fall back to the quality tier's median);
-- the constant training-set mean.
+- the constant training-set mean;
+- with ``--reading-from``: an evaluator that copies every claim perfectly but reads the pictures as a trained DermEval
+  did (each feature's word drawn from that evaluator's confusions, each extra finding seen as often as it wrote it,
+  measured by ``critique_slots.picture_readings`` on its records), on true and on mismatched images. It separates
+  what reading the picture costs from what miscopying the narrative costs.
 
     python benchmarks/task_bounds.py                 # 200 held-out cases, 60,000 fitting cases (about 15 s)
+    python benchmarks/task_bounds.py --reading-from outputs/vision_reliance/true-seed4*.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,9 +29,22 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import HELD_OUT_START, constant_errors, fmt_ci  # noqa: E402
+from critique_slots import picture_readings  # noqa: E402
 
 from dermtrl.cases.controls import derangement  # noqa: E402
-from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION, draw_case, expert_scores, generate_case  # noqa: E402
+from dermtrl.cases.synthetic import (  # noqa: E402
+    COUNTS,
+    EXTRAS,
+    IMAGE_DEPENDENT,
+    SYNTHETIC_VERSION,
+    Findings,
+    claim_words,
+    classify,
+    draw_case,
+    expert_scores,
+    finding_words,
+    generate_case,
+)
 from dermtrl.console import console  # noqa: E402
 from dermtrl.dimensions import DIMENSIONS  # noqa: E402
 from dermtrl.metrics import case_errors, macro_mae, paired_bootstrap  # noqa: E402
@@ -38,11 +57,64 @@ def _text_key(draw) -> tuple:
     return (draw.tier, c.findings, c.diagnosis, c.hallucinations)
 
 
+class Reader:
+    """Reads a picture's findings as a trained DermEval did: each feature's word drawn from its confusions given the
+    true word (the true word where it never saw that word), each extra finding seen at its measured rates."""
+
+    def __init__(self, records_files: list[str], seed: int = 0) -> None:
+        records = []
+        for path in records_files:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    records += [json.loads(line) for line in fh if line.strip()]
+            except (OSError, ValueError) as err:
+                raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
+        self.confusion, self.extras = picture_readings(records)
+        self.n_records = len(records)
+        self.rng = np.random.default_rng(seed)
+        self.count_of = dict(zip(claim_words()["Count"], COUNTS, strict=True))
+
+    def rates(self) -> str:
+        parts = [f"{slot.lower()} {sum(n for (a, b), n in c.items() if a == b) / max(1, sum(c.values())):.0%}"
+                 for slot, c in self.confusion.items()]
+        parts += [f"{extra} {t['present'] / max(1, t['n present']):.0%} seen ({t['absent'] / max(1, t['n absent']):.0%}"
+                  " where absent)" for extra, t in self.extras.items()]
+        return ", ".join(parts)
+
+    def read(self, truth: Findings) -> Findings:
+        words = {}
+        for slot, seen in finding_words(truth).items():
+            row = {b: n for (a, b), n in self.confusion[slot].items() if a == seen}
+            weights = np.array(list(row.values()), dtype=float)
+            words[slot] = self.rng.choice(list(row), p=weights / weights.sum()) if row else seen
+        extras = tuple(e for e in EXTRAS if self.rng.random() < (
+            self.extras[e]["present"] / max(1, self.extras[e]["n present"]) if e in truth.extras
+            else self.extras[e]["absent"] / max(1, self.extras[e]["n absent"])))
+        return Findings(words["Colour"], self.count_of[words["Count"]], words["Border"], words["Size"], words["Site"],
+                        extras)
+
+    def scores(self, claims, truth: Findings, draws: int) -> list[dict[str, float]]:
+        out = []
+        for _ in range(draws):
+            seen = self.read(truth)
+            out.append(expert_scores(claims, classify(Findings(seen.colour, seen.count, seen.border, seen.size,
+                                                               seen.site)), seen))
+        return out
+
+
+def _mean_errors(predictions: list[list[dict[str, float]]], experts: list[dict[str, float]]) -> np.ndarray:
+    """Per case, the error averaged over the reader's draws (Table 1's metric for each draw)."""
+    return np.stack([case_errors(p, [e] * len(p)).mean(axis=0) for p, e in zip(predictions, experts, strict=True)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval-cases", type=int, default=200)
     parser.add_argument("--fit-cases", type=int, default=60_000)
     parser.add_argument("--train-cases", type=int, default=2400, help="the demo's training cases (constant baseline)")
+    parser.add_argument("--reading-from", nargs="+", metavar="RECORDS",
+                        help="DermEval records (JSONL) of these held-out cases: add the reading-limited rows")
+    parser.add_argument("--reading-draws", type=int, default=20, help="readings sampled per case")
     args = parser.parse_args()
 
     idx = range(HELD_OUT_START, HELD_OUT_START + args.eval_cases)
@@ -75,6 +147,14 @@ def main() -> None:
         "Best text-only (median of same claims)": case_errors([text_only(d) for d in draws], experts),
         "Constant train mean": constant_errors(train, pairs),
     }
+    reader = None
+    if args.reading_from:
+        reader = Reader(args.reading_from)
+        arms["Perfect copy, DermEval's reading, true images"] = _mean_errors(
+            [reader.scores(d.claims, d.truth, args.reading_draws) for d in draws], experts)
+        arms["Perfect copy, DermEval's reading, mismatched images"] = _mean_errors(
+            [reader.scores(d.claims, draws[j].truth, args.reading_draws) for d, j in zip(draws, shown, strict=True)],
+            experts)
     dims = list(IMAGE_DEPENDENT)
     table = Table(title=f"What the task allows: {args.eval_cases} held-out synthetic {SYNTHETIC_VERSION} cases "
                         "(MAE, rounded scores, image-dependent dimensions, 95% bootstrap CI)")
@@ -91,6 +171,12 @@ def main() -> None:
                   f"best text-only - perfect {fmt_ci(gap)} (goal: >= 0.3). Text-only estimate from {args.fit_cases} "
                   f"fitting cases; {covered} of {len(draws)} held-out narratives had >= 3 fitting cases with the "
                   "same claims (the rest use their tier's median).")
+    if reader is not None:
+        true, mis = (arms[f"Perfect copy, DermEval's reading, {k} images"] for k in ("true", "mismatched"))
+        ratio = paired_bootstrap(lambda a, b: macro_mae(b, dims) / macro_mae(a, dims), [true, mis])
+        console.print(f"Reading as in {reader.n_records} DermEval critiques ({reader.rates()}), copying perfectly: "
+                      f"mismatched / true {fmt_ci(ratio, 2)}. Above what DermEval reached, the difference is what "
+                      "its miscopies of the narrative cost; below 3x, no better copying reaches the goal.")
 
 
 if __name__ == "__main__":

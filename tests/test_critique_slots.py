@@ -57,3 +57,26 @@ def test_records_of_another_case_version_are_refused(slots):
     record = {"case_id": "synth-v1-0-200000", "critique": ""}
     with pytest.raises(ValueError, match="synth-v1-0-200000.*" + re.escape(SYNTHETIC_VERSION)):
         slots.slot_accuracy([record])
+
+
+def test_picture_readings_of_the_generators_critiques_are_exact(slots):
+    confusion, extras = slots.picture_readings(_records(60))
+    assert sum(confusion["Count"].values()) > 30
+    for slot, pairs in confusion.items():
+        assert all(seen == read for seen, read in pairs), (slot, pairs)
+    for extra, tally in extras.items():
+        assert tally["n present"] + tally["n absent"] == 60
+        assert tally["present"] == tally["n present"] and tally["absent"] == 0, (extra, tally)
+
+
+def test_picture_readings_find_a_count_read_as_a_single_and_an_extra_never_seen(slots):
+    records = _records(60)
+    for r in records:
+        r["critique"] = re.sub(r"(Count: narrative .+?), image .+?, (right|wrong)\.", r"\1, image a single, \2.",
+                               r["critique"])
+        r["critique"] = r["critique"].replace("The image also shows a red halo.", "")
+    confusion, extras = slots.picture_readings(records)
+    assert {read for _, read in confusion["Count"]} == {"a single"}
+    assert {seen for seen, _ in confusion["Count"]} > {"a single"}
+    assert extras["a red halo"]["n present"] > 0 and extras["a red halo"]["present"] == 0
+    assert extras["fine white scale"]["present"] == extras["fine white scale"]["n present"]
