@@ -103,7 +103,8 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
 def picture_readings(records: Iterable[dict]) -> tuple[dict[str, Counter], dict[str, Counter]]:
     """How DermEval reads the pictures, from its critiques: per feature slot, counts of (the picture's word, the word
     written for the image); per extra finding, how often it is written as seen when the picture has it (``present``
-    of ``n present``) and when it does not (``absent`` of ``n absent``). ``task_bounds.py --reading-from`` samples
+    of ``n present``) and when it does not (``absent`` of ``n absent``). Only records of cases shown their own image
+    measure a reading (a mismatched image is not the case's picture). ``task_bounds.py --reading-from`` samples
     from these to bound what an evaluator that reads this way can reach."""
     confusion: dict[str, Counter] = {slot: Counter() for slot in SLOTS if slot != "Diagnosis"}
     extras: dict[str, Counter] = {extra: Counter() for extra in EXTRAS}

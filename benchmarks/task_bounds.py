@@ -37,6 +37,7 @@ from dermtrl.cases.synthetic import (  # noqa: E402
     EXTRAS,
     IMAGE_DEPENDENT,
     SYNTHETIC_VERSION,
+    Claims,
     Findings,
     claim_words,
     classify,
@@ -93,7 +94,7 @@ class Reader:
         return Findings(words["Colour"], self.count_of[words["Count"]], words["Border"], words["Size"], words["Site"],
                         extras)
 
-    def scores(self, claims, truth: Findings, draws: int) -> list[dict[str, float]]:
+    def scores(self, claims: Claims, truth: Findings, draws: int) -> list[dict[str, float]]:
         out = []
         for _ in range(draws):
             seen = self.read(truth)
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--fit-cases", type=int, default=60_000)
     parser.add_argument("--train-cases", type=int, default=2400, help="the demo's training cases (constant baseline)")
     parser.add_argument("--reading-from", nargs="+", metavar="RECORDS",
-                        help="DermEval records (JSONL) of these held-out cases: add the reading-limited rows")
+                        help="DermEval records (JSONL) of synthetic cases scored with their own images "
+                        "(not the mismatched or text-only arms): add the reading-limited rows")
     parser.add_argument("--reading-draws", type=int, default=20, help="readings sampled per case")
     args = parser.parse_args()
 
