@@ -10,7 +10,7 @@ computed from the generator itself (``dermtrl.cases.synthetic.draw_case``), no m
 - with ``--reading-from``: an evaluator that copies every claim perfectly but reads the pictures as a trained DermEval
   did (each feature's word drawn from that evaluator's confusions, each extra finding seen as often as it wrote it,
   measured by ``critique_slots.picture_readings`` on its records), on true and on mismatched images. It separates
-  what reading the picture costs from what miscopying the narrative costs.
+  what reading the picture costs from what everything else costs (copying, the other sentences, the scores).
 
     python benchmarks/task_bounds.py                 # 200 held-out cases, 60,000 fitting cases (about 15 s)
     python benchmarks/task_bounds.py --reading-from outputs/vision_reliance/true-seed4*.jsonl
@@ -178,7 +178,8 @@ def main() -> None:
         ratio = paired_bootstrap(lambda a, b: macro_mae(b, dims) / macro_mae(a, dims), [true, mis])
         console.print(f"Reading as in {reader.n_records} DermEval critiques ({reader.rates()}), copying perfectly: "
                       f"mismatched / true {fmt_ci(ratio, 2)}. Above what DermEval reached, the difference is what "
-                      "its miscopies of the narrative cost; below 3x, no better copying reaches the goal.")
+                      "the rest costs (miscopies of the narrative, the other sentences, the scores written from them); "
+                      "below 3x, nothing but a better reading of the pictures reaches the goal.")
 
 
 if __name__ == "__main__":
