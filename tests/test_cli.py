@@ -70,6 +70,9 @@ def test_a_count_of_zero_cases_is_refused_before_anything_is_written(tmp_path, m
         main([*command, "--n", "0"])
     assert exit_info.value.code == 2
     assert "--n: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "--n", "ten"])
+    assert "--n: expected a whole number of cases, got 'ten'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

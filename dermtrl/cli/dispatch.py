@@ -32,7 +32,10 @@ __all__ = ["EXIT_FAILURES", "CLIError", "allow_failures_arg", "build_parser", "c
 
 def _count(value: str) -> int:
     """A number of cases: an empty synthetic dataset or evaluation is a mistake, not a result to save."""
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cases, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
