@@ -100,6 +100,15 @@ def slot_accuracy(records: Iterable[dict]) -> tuple[dict[str, Counter], Counter,
     return slots, wrong, present, by_word
 
 
+def read_records(path: str) -> list[dict]:
+    """DermEval's per-case records (JSONL); an unreadable file stops the script with its name."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
+
+
 def picture_readings(records: Iterable[dict]) -> tuple[dict[str, Counter], dict[str, Counter]]:
     """How DermEval reads the pictures, from its critiques: per feature slot, counts of (the picture's word, the word
     written for the image); per extra finding, how often it is written as seen when the picture has it (``present``
@@ -130,11 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 140)
     for path in args.records:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                records = [json.loads(line) for line in fh if line.strip()]
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
+        records = read_records(path)
         if not records:
             raise SystemExit(f"{path}: no records in it")
         slots, wrong, present, by_word = slot_accuracy(records)

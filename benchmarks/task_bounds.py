@@ -19,9 +19,9 @@ computed from the generator itself (``dermtrl.cases.synthetic.draw_case``), no m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import HELD_OUT_START, constant_errors, fmt_ci  # noqa: E402
-from critique_slots import picture_readings  # noqa: E402
+from critique_slots import picture_readings, read_records  # noqa: E402
 
 from dermtrl.cases.controls import derangement  # noqa: E402
 from dermtrl.cases.synthetic import (  # noqa: E402
@@ -63,13 +63,7 @@ class Reader:
     true word (the true word where it never saw that word), each extra finding seen at its measured rates."""
 
     def __init__(self, records_files: list[str], seed: int = 0) -> None:
-        records = []
-        for path in records_files:
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    records += [json.loads(line) for line in fh if line.strip()]
-            except (OSError, ValueError) as err:
-                raise SystemExit(f"{path}: cannot read DermEval records ({err})") from None
+        records = [record for path in records_files for record in read_records(path)]
         self.confusion, self.extras = picture_readings(records)
         self.n_records = len(records)
         self.rng = np.random.default_rng(seed)
@@ -78,9 +72,14 @@ class Reader:
     def rates(self) -> str:
         parts = [f"{slot.lower()} {sum(n for (a, b), n in c.items() if a == b) / max(1, sum(c.values())):.0%}"
                  for slot, c in self.confusion.items()]
-        parts += [f"{extra} {t['present'] / max(1, t['n present']):.0%} seen ({t['absent'] / max(1, t['n absent']):.0%}"
-                  " where absent)" for extra, t in self.extras.items()]
+        parts += [f"{extra} {self._seen(extra, True):.0%} seen ({self._seen(extra, False):.0%} where absent)"
+                  for extra in self.extras]
         return ", ".join(parts)
+
+    def _seen(self, extra: str, present: bool) -> float:
+        """How often the critiques wrote ``extra`` as seen when the picture had it (``present=False``: lacked it)."""
+        key = "present" if present else "absent"
+        return self.extras[extra][key] / max(1, self.extras[extra][f"n {key}"])
 
     def read(self, truth: Findings) -> Findings:
         words = {}
@@ -88,9 +87,7 @@ class Reader:
             row = {b: n for (a, b), n in self.confusion[slot].items() if a == seen}
             weights = np.array(list(row.values()), dtype=float)
             words[slot] = self.rng.choice(list(row), p=weights / weights.sum()) if row else seen
-        extras = tuple(e for e in EXTRAS if self.rng.random() < (
-            self.extras[e]["present"] / max(1, self.extras[e]["n present"]) if e in truth.extras
-            else self.extras[e]["absent"] / max(1, self.extras[e]["n absent"])))
+        extras = tuple(e for e in EXTRAS if self.rng.random() < self._seen(e, e in truth.extras))
         return Findings(words["Colour"], self.count_of[words["Count"]], words["Border"], words["Size"], words["Site"],
                         extras)
 
@@ -98,8 +95,7 @@ class Reader:
         out = []
         for _ in range(draws):
             seen = self.read(truth)
-            out.append(expert_scores(claims, classify(Findings(seen.colour, seen.count, seen.border, seen.size,
-                                                               seen.site)), seen))
+            out.append(expert_scores(claims, classify(replace(seen, extras=())), seen))
         return out
 
 
