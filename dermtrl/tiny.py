@@ -15,9 +15,11 @@ stream (never the cases that DermEval trains or is tested on).
 LLaVA-1.5's language model also arrives able to set two words side by side and say whether they agree; a tiny
 model trained on captions alone cannot, and in development Stage 1 did not teach it in its budget (colour verdicts
 at chance while both colours were written right). So the build ends with ``COMPARE_STEPS`` text-only batches, each
-a description in the narratives' sentence form with *random* features and diagnosis ("The image shows two small red
-lesions ... The answer is vitiligo."), then its claims checked against random words ("Colour: narrative red, image
-black, wrong.", half of them agreeing), interleaved with as many caption batches so the eyes are kept. The base never
+a description in the narratives' sentence form with *random* features, extra findings and diagnosis ("The image shows
+two small red lesions ... I also note a red halo. The answer is vitiligo."), then its claims checked against random
+words ("Colour: narrative red, image black, wrong.", half of them agreeing) and its extra findings against random ones
+("The image also shows fine white scale. Not visible: a red halo."), interleaved with as many caption batches so the
+eyes are kept. The base never
 sees a case, a picture's findings beside a description, a diagnosis reasoned from a picture, or a score: what
 DermEval learns about judging (the claim read from the narrative checked against the picture, the scores from the
 checks), it learns in Stage 1 and Stage 2.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
 
-TINY_VERSION = "tiny-llava-v5"  # v5: trained on v2.4 pictures (every extra finding visible)
+TINY_VERSION = "tiny-llava-v6"  # v6: its comparison batches also check extra findings ("Not visible: ...")
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops CLS: (S/P)^2 tokens
@@ -201,12 +203,24 @@ def pretrain_captions(model, processor, steps: int, seed: int = 0, batch_size: i
 
 
 def _comparison_batch(tokenizer, rng, size: int):
-    """Random descriptions, each followed by its claims checked against random words (half agreeing); labels on
-    every token but padding. There is no picture: the words the claims are checked against are drawn at random."""
+    """Random descriptions, each followed by its claims checked against random words (half agreeing) and its extra
+    findings against random ones; labels on every token but padding. There is no picture: what the claims are checked
+    against is drawn at random.
+
+    The extra findings are checked in the critique's own sentences: without them, Stage 1 on tiny model v5 wrote the
+    wrong finding in most "Not visible: ..." lines (a copy of the narrative's "I also note ...") and reached 1.58x on
+    the vision-reliance probe of 100 validation cases (seed 42) where v6 reaches 2.87x.
+    """
+    from dataclasses import replace
+
     from dermtrl.cases.synthetic import (
         CONDITIONS,
+        EXTRAS,
+        NON_EXTRA_HALLUCINATIONS,
         Claims,
         claim_words,
+        claimed_extras,
+        extra_lines,
         finding_words,
         random_findings,
         render_narrative,
@@ -217,11 +231,18 @@ def _comparison_batch(tokenizer, rng, size: int):
     texts = []
     for _ in range(size):
         findings, diagnosis = random_findings(rng), rng.choice(CONDITIONS).label
-        claims = {**finding_words(findings), "Diagnosis": diagnosis}
-        # the narratives' own sentences, with random features: "The image shows ... The answer is ..."
-        lines = [render_narrative(Claims(findings, diagnosis, reasoning=False, advice="none"))]
-        for key, claim in claims.items():
+        findings = replace(findings, extras=tuple(e for e in EXTRAS if rng.random() < 0.3))
+        invented = (rng.choice(NON_EXTRA_HALLUCINATIONS),) if rng.random() < 0.2 else ()
+        claims = Claims(findings, diagnosis, reasoning=False, advice="none", hallucinations=invented)
+        # the narratives' own sentences, with random features: "The image shows ... I also note ... The answer is ..."
+        lines = [render_narrative(claims)]
+        for key, claim in finding_words(findings).items():
             lines.append(verdict_line(key, claim, claim if rng.random() < 0.5 else rng.choice(words[key])))
+        # extra findings checked as the critique checks them, against random ones "seen" (claimed ones half the time)
+        seen = tuple(e for e in EXTRAS if rng.random() < (0.5 if e in findings.extras else 0.3))
+        lines.extend(extra_lines(claimed_extras(claims), seen))
+        lines.append(verdict_line("Diagnosis", diagnosis,
+                                  diagnosis if rng.random() < 0.5 else rng.choice(words["Diagnosis"])))
         texts.append(" ".join(lines) + tokenizer.eos_token)
     batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
     labels = batch["input_ids"].clone()

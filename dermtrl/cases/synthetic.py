@@ -144,7 +144,7 @@ CONDITIONS: tuple[Condition, ...] = (
 )
 _BY_LABEL = {c.label: c for c in CONDITIONS}
 _COUNT_WORDS = {1: "a single", 2: "two", 3: "three", 4: "four"}
-_NON_EXTRA_HALLUCINATIONS = ("ulceration with active bleeding", "a thick yellow crust", "satellite pustules")
+NON_EXTRA_HALLUCINATIONS = ("ulceration with active bleeding", "a thick yellow crust", "satellite pustules")
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ def make_claims(tier: str, cond: Condition, truth: Findings, rng: random.Random)
     if tier == "hallucinated":
         f = replace(truth, count=_wrong(rng, truth.count, COUNTS), site=_wrong(rng, truth.site, SITES),
                     extras=tuple(e for e in EXTRAS if e not in truth.extras)[:1])
-        return Claims(f, cond.label, diffs[:1], True, "safe", (rng.choice(_NON_EXTRA_HALLUCINATIONS),))
+        return Claims(f, cond.label, diffs[:1], True, "safe", (rng.choice(NON_EXTRA_HALLUCINATIONS),))
     if tier == "vague":
         return Claims(None, rng.choice([None, cond.label]), (), False, "none")
     raise ValueError(f"unknown quality tier {tier!r}; expected one of {QUALITY_TIERS}")
@@ -395,10 +395,14 @@ def mismatches(c: Claims, truth: Findings) -> tuple[str, ...]:
     return tuple(k for k in _FEATURES if getattr(c.findings, k) != getattr(truth, k))
 
 
+def claimed_extras(c: Claims) -> tuple[str, ...]:
+    """Every finding a narrative claims beyond the five features ("I also note ..."), in the order it names them."""
+    return (() if c.findings is None else c.findings.extras) + c.hallucinations
+
+
 def unseen_claims(c: Claims, truth: Findings) -> tuple[str, ...]:
     """Claimed findings the image shown does not have (extras it lacks, and findings no image here shows)."""
-    extras = () if c.findings is None else tuple(e for e in c.findings.extras if e not in truth.extras)
-    return extras + c.hallucinations
+    return tuple(e for e in claimed_extras(c) if e not in truth.extras)
 
 
 def expert_scores(c: Claims, cond: Condition, truth: Findings) -> dict[str, float]:
@@ -475,6 +479,15 @@ def compare_findings(said: Findings, seen: Findings) -> list[str]:
     return [verdict_line(key, word, shown[key]) for key, word in finding_words(said).items()]
 
 
+def extra_lines(claimed: tuple[str, ...], seen: tuple[str, ...]) -> list[str]:
+    """The extra findings the picture shows, then the claimed ones it does not ("Not visible: ...")."""
+    lines = [f"The image also shows {e}." for e in seen]
+    unseen = tuple(e for e in claimed if e not in seen)
+    if unseen:
+        lines.append("Not visible: " + " and ".join(unseen) + ".")
+    return lines
+
+
 def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, float]) -> str:
     """An evaluation text in the spirit of Figure 4's label: each claim checked against the image shown.
 
@@ -488,10 +501,7 @@ def critique(c: Claims, cond: Condition, truth: Findings, scores: dict[str, floa
         s.append(f"The narrative does not describe the lesions. The image shows {describe(truth)}.")
     else:
         s.extend(compare_findings(c.findings, truth))
-    s.extend(f"The image also shows {e}." for e in truth.extras)
-    unseen = unseen_claims(c, truth)
-    if unseen:
-        s.append("Not visible: " + " and ".join(unseen) + ".")
+    s.extend(extra_lines(claimed_extras(c), truth.extras))
     if c.diagnosis:
         s.append(verdict_line("Diagnosis", c.diagnosis, cond.label))
         if c.diagnosis != cond.label:
