@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 #: Attention and MLP projections of the language model only; the CLIP tower stays frozen and un-adapted.
@@ -32,3 +33,18 @@ def adapter_trains_projector(adapter: str) -> bool:
     from peft import PeftConfig
 
     return PROJECTOR in (PeftConfig.from_pretrained(adapter).modules_to_save or [])
+
+
+def adapter_base_model(adapter: str) -> str | None:
+    """The base model a saved LoRA adapter (folder or Hub id) was trained on, as its config records it."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names are the same model: equal Hub ids, or the same folder however it is written."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

@@ -1,5 +1,8 @@
 """The projector option: LoRA only by default (the paper), the projector trained in full on request (LLaVA-1.5)."""
 
+import os
+from pathlib import Path
+
 import pytest
 from peft import get_peft_model
 from transformers import AutoModelForImageTextToText
@@ -30,15 +33,51 @@ def test_train_projector_trains_it_in_full(tmp_path):
     assert not [n for n in trainable if "vision_tower" in n]  # the CLIP tower stays frozen
     assert all("lora_" in n for n in trainable if n not in projector)
     model.save_pretrained(tmp_path / "with")
-    check_continued_adapter(DermEvalScriptArguments(train_projector=True), str(tmp_path / "with"))
+    check_continued_adapter(DermEvalScriptArguments(train_projector=True), str(tmp_path / "with"),
+                            str(tiny_llava_path()))
 
 
 def test_stage2_refuses_a_projector_choice_its_adapter_does_not_match(tmp_path):
     model, _ = _trainable(False)
     model.save_pretrained(tmp_path / "lora-only")
     with pytest.raises(ValueError, match="does not train the projector"):
-        check_continued_adapter(DermEvalScriptArguments(train_projector=True), str(tmp_path / "lora-only"))
-    check_continued_adapter(DermEvalScriptArguments(train_projector=False), str(tmp_path / "lora-only"))
+        check_continued_adapter(DermEvalScriptArguments(train_projector=True), str(tmp_path / "lora-only"),
+                                str(tiny_llava_path()))
+    check_continued_adapter(DermEvalScriptArguments(train_projector=False), str(tmp_path / "lora-only"),
+                            str(tiny_llava_path()))
+
+
+def test_stage2_refuses_an_adapter_trained_on_another_base(tmp_path):
+    """Its LoRA weights would be applied to a model they were not trained for and score nonsense (a Stage-1
+    adapter of tiny model v5 on the v6 base parsed 0 of 200 held-out evaluations)."""
+    model, _ = _trainable(False)
+    model.save_pretrained(tmp_path / "adapter")
+    other = tmp_path / "another-base"
+    other.mkdir()
+    refused = r"sft_adapter .*adapter was trained on .*, but model_name_or_path is .*another-base"
+    with pytest.raises(ValueError, match=refused):
+        check_continued_adapter(DermEvalScriptArguments(), str(tmp_path / "adapter"), str(other))
+    # the same folder written another way is the same base
+    relative = Path(os.path.relpath(tiny_llava_path()))
+    check_continued_adapter(DermEvalScriptArguments(), str(tmp_path / "adapter"), str(relative))
+
+
+def test_the_recipe_sets_aside_its_own_stage1_output_trained_on_another_base(tmp_path, capsys):
+    """`make demo` after an upgrade of the tiny model: the old Stage-1 output is renamed (kept), so Stage 1 runs
+    again on the current base instead of Stage 2 continuing an adapter that does not fit it."""
+    from dermtrl.scripts.soreb import set_aside_if_trained_on_another_base
+
+    model, _ = _trainable(False)
+    adapter = tmp_path / "dermeval-tiny-sft"
+    model.save_pretrained(adapter)
+    set_aside_if_trained_on_another_base(str(adapter), str(tiny_llava_path()))
+    assert adapter.exists()  # trained on this base: kept in place
+    other = tmp_path / "tiny-llava-v7"
+    other.mkdir()
+    set_aside_if_trained_on_another_base(str(adapter), str(other))
+    aside = tmp_path / f"dermeval-tiny-sft.{tiny_llava_path().name}"
+    assert not adapter.exists() and (aside / "adapter_config.json").exists()
+    assert f"moved it to {aside}" in capsys.readouterr().out
 
 
 def test_train_projector_needs_lora():

@@ -31,6 +31,7 @@ from trl import ModelConfig, TrlParser
 from dermtrl import lengths
 from dermtrl.cases.loading import load_cases
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+from dermtrl.lora import adapter_base_model, same_model
 from dermtrl.script_args import (
     DermEvalScriptArguments,
     check_continued_adapter,
@@ -67,22 +68,40 @@ def run_stage1(config: str, output_dir: str) -> None:
     sft.main(*sft.make_parser().parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
 
 
+def set_aside_if_trained_on_another_base(adapter: str, base: str) -> None:
+    """A Stage-1 output this recipe trained on another base (an older tiny model, another checkpoint) is renamed,
+    not reused or deleted, so Stage 1 runs again on the current base and the old adapter is kept."""
+    trained_on = adapter_base_model(adapter)
+    if trained_on is None or same_model(trained_on, base):
+        return
+    aside = Path(f"{adapter.rstrip('/')}.{Path(trained_on).name}")
+    for n in range(2, 100):
+        if not aside.exists():
+            break
+        aside = Path(f"{adapter.rstrip('/')}.{Path(trained_on).name}-{n}")
+    Path(adapter).rename(aside)
+    print(f"Stage 1 output {adapter} was trained on {trained_on}, not on {base}: moved it to {aside}")
+
+
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
     setup_threads(script_args)
     adapter = script_args.sft_adapter
+    base = resolve_model_name(model_args.model_name_or_path)
+    if adapter and script_args.sft_config and Path(adapter).exists():
+        set_aside_if_trained_on_another_base(adapter, base)
     if adapter and script_args.sft_config and not Path(adapter).exists():
         print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
         run_stage1(script_args.sft_config, adapter)
 
     # Model: the base plus the Stage-1 adapter (trainable), or the base with a new LoRA
+    if adapter:
+        check_continued_adapter(script_args, adapter, base)
     model = load_model(model_args)
     peft_config = None
     if adapter:
-        check_continued_adapter(script_args, adapter)
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     else:
         peft_config = lora_config(script_args, model_args)
-    base = resolve_model_name(model_args.model_name_or_path)
     processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
     processor = AutoProcessor.from_pretrained(processor_source)
 
