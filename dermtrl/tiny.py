@@ -19,10 +19,9 @@ a description in the narratives' sentence form with *random* features, extra fin
 two small red lesions ... I also note a red halo. The answer is vitiligo."), then its claims checked against random
 words ("Colour: narrative red, image black, wrong.", half of them agreeing) and its extra findings against random ones
 ("The image also shows fine white scale. Not visible: a red halo."), interleaved with as many caption batches so the
-eyes are kept. The base never
-sees a case, a picture's findings beside a description, a diagnosis reasoned from a picture, or a score: what
-DermEval learns about judging (the claim read from the narrative checked against the picture, the scores from the
-checks), it learns in Stage 1 and Stage 2.
+eyes are kept. The base never sees a case, a picture's findings beside a description, a diagnosis reasoned from a
+picture, or a score: what DermEval learns about judging (the claim read from the narrative checked against the
+picture, the scores from the checks), it learns in Stage 1 and Stage 2.
 """
 
 from __future__ import annotations
