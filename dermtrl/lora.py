@@ -35,16 +35,15 @@ def adapter_trains_projector(adapter: str) -> bool:
     return PROJECTOR in (PeftConfig.from_pretrained(adapter).modules_to_save or [])
 
 
-def adapter_base_model(adapter: str) -> str | None:
-    """The base model a saved LoRA adapter (folder or Hub id) was trained on, as its config records it."""
+def other_base(adapter: str, base: str) -> str | None:
+    """The base a saved LoRA adapter (folder or Hub id) was trained on when it is not ``base``, else ``None``.
+
+    Equal Hub ids, or the same folder however it is written, are the same base.
+    """
     from peft import PeftConfig
 
-    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
-
-
-def same_model(a: str, b: str) -> bool:
-    """Whether two model names are the same model: equal Hub ids, or the same folder however it is written."""
-    if a == b:
-        return True
-    pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    trained_on = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    if trained_on is None or trained_on == base:
+        return None
+    a, b = Path(trained_on), Path(base)
+    return None if a.exists() and b.exists() and a.resolve() == b.resolve() else trained_on

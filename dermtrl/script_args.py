@@ -63,10 +63,10 @@ def lora_config(script_args: DermEvalScriptArguments, model_args: ModelConfig) -
 def check_continued_adapter(script_args: DermEvalScriptArguments, adapter: str, base: str) -> None:
     """Stage 2 continues the Stage-1 adapter: refuse one trained on another base (its weights would be applied to
     a model they were not trained for, and it would score nonsense) or a ``train_projector`` it does not match."""
-    from dermtrl.lora import adapter_base_model, adapter_trains_projector, same_model
+    from dermtrl.lora import adapter_trains_projector, other_base
 
-    trained_on = adapter_base_model(adapter)
-    if trained_on is not None and not same_model(trained_on, base):
+    trained_on = other_base(adapter, base)
+    if trained_on is not None:
         raise ValueError(
             f"sft_adapter {adapter} was trained on {trained_on}, but model_name_or_path is {base}: train Stage 1 on "
             "this base, or set model_name_or_path to the adapter's base"

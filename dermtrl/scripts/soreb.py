@@ -31,7 +31,7 @@ from trl import ModelConfig, TrlParser
 from dermtrl import lengths
 from dermtrl.cases.loading import load_cases
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
-from dermtrl.lora import adapter_base_model, same_model
+from dermtrl.lora import other_base
 from dermtrl.script_args import (
     DermEvalScriptArguments,
     check_continued_adapter,
@@ -71,8 +71,8 @@ def run_stage1(config: str, output_dir: str) -> None:
 def set_aside_if_trained_on_another_base(adapter: str, base: str) -> None:
     """A Stage-1 output this recipe trained on another base (an older tiny model, another checkpoint) is renamed,
     not reused or deleted, so Stage 1 runs again on the current base and the old adapter is kept."""
-    trained_on = adapter_base_model(adapter)
-    if trained_on is None or same_model(trained_on, base):
+    trained_on = other_base(adapter, base)
+    if trained_on is None:
         return
     aside = Path(f"{adapter.rstrip('/')}.{Path(trained_on).name}")
     for n in range(2, 100):
