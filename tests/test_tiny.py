@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -29,6 +31,31 @@ def test_loads_like_llava_hf(tiny):
     assert 100_000 < n < 1_000_000
     assert model.config.image_seq_length == IMAGE_SEQ_LENGTH
     assert tiny_llava_path(cache_dir=path.parent, pretrain_steps=0, compare_steps=0) == path  # cached, not rebuilt
+
+
+def test_the_build_runs_on_the_pinned_kernels(tiny):
+    """Float sums follow the kernels torch and MKL pick for the CPU, and the build's skills follow the float sums (an
+    AVX-512 machine once built a base that compared two words at 75% instead of 97%): the build runs in its own
+    process under BUILD_ENV, whatever this process loaded, and records what it ran on."""
+    import json
+    import platform
+
+    from dermtrl.tiny import BUILD_ENV
+
+    record = json.loads((tiny[2] / "dermtrl_tiny.json").read_text())
+    assert record["build_env"] == BUILD_ENV
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() in ("x86_64", "amd64") and cpuinfo.exists() and "avx2" in cpuinfo.read_text():
+        assert record["kernels"] == "AVX2"
+
+
+def test_a_failed_build_names_its_folder(tmp_path):
+    from dermtrl.tiny import build_tiny_llava
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RuntimeError, match=str(blocker / "model")):
+        build_tiny_llava(blocker / "model", pretrain_steps=0, compare_steps=0)
 
 
 def test_image_tokens_match_image_seq_length(tiny):
