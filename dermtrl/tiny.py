@@ -294,7 +294,8 @@ def pretrain_comparisons(model, processor, steps: int, seed: int = 0, batch_size
 #: the CPU, and thousands of training steps carry the last bit into every skill: with v6's recipe, an AVX-512 machine
 #: built a base that compared two words at 75% (68% with MKL alone pinned) where the AVX2 kernels' base compared at
 #: 97%. Pinned, every x86-64 machine with AVX2 builds the same bits; other CPUs ignore these variables and build a
-#: model that differs in the last bits (v7's recipe is meant to give the same skills there: see pretrain_comparisons).
+#: model that differs in the last bits, and v7's recipe gives it the same skills (an unpinned AVX-512 build compared
+#: at 94-98%; see pretrain_comparisons).
 BUILD_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
