@@ -309,7 +309,10 @@ def build_tiny_llava(output_dir: str | Path, seed: int = 0, pretrain_steps: int 
     """
     command = [sys.executable, "-m", "dermtrl.tiny", str(output_dir), "--seed", str(seed),
                "--pretrain-steps", str(pretrain_steps), "--compare-steps", str(compare_steps)]
-    done = subprocess.run(command, env={**os.environ, **BUILD_ENV}, check=False)
+    # the child imports this very package, also when it was found through sys.path rather than installed (space/app.py)
+    package_root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(command, env={**os.environ, **BUILD_ENV, "PYTHONPATH": python_path}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"building the tiny LLaVA into {output_dir} failed (exit code {done.returncode}); "
                            "the build's own error is printed above")
