@@ -44,7 +44,7 @@ IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops C
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 PRETRAIN_STEPS = 1000  # captioning steps of batch 16 (about 1-2 minutes on 2 CPU cores, once per cache)
-COMPARE_STEPS = 2500  # text-only comparison batches of 16, each after a caption batch (about 8 minutes)
+COMPARE_STEPS = 2500  # text-only comparison batches of 16, each after a caption batch (most of the build)
 COOLDOWN = 0.2  # share of the comparison stage over which the learning rate falls linearly to 0
 
 def default_cache_dir() -> Path:
@@ -274,8 +274,8 @@ def pretrain_comparisons(model, processor, steps: int, seed: int = 0, batch_size
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     total, stable = 2 * steps, int(2 * steps * (1 - COOLDOWN))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 if step < stable else max(0.0, (total - step) / (total - stable)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # max(1, ...): COOLDOWN = 0 keeps the rate constant to the end
+        optimizer, lambda step: 1.0 if step < stable else max(0.0, (total - step) / max(1, total - stable)))
     model.train()
     pairs = _prefetched(lambda: (_caption_batch(processor, caption_rng, batch_size),
                                  _comparison_batch(processor.tokenizer, claim_rng, batch_size)), steps)

@@ -99,7 +99,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     from dermtrl.tiny import build_tiny_llava
 
     with console.status("Building the tiny LLaVA: tokenizer, processor, caption and comparison pretraining "
-                        "(about 7 minutes on one core)"):
+                        "(about 13 minutes on one core)"):
         path = build_tiny_llava(args.out, seed=args.seed)
     console.print(f"Wrote a tiny LLaVA-1.5-shaped model to [bold]{path}[/bold]; load it with "
                   "AutoModelForImageTextToText.from_pretrained / AutoProcessor.from_pretrained.")
