@@ -162,6 +162,15 @@ def main() -> None:
         for (slot, word), tally in sorted(by_word.items(), key=lambda kv: kv[1]["copied"] / kv[1]["n"]):
             words.add_row(slot, word, str(tally["n"]), f"{tally['copied'] / tally['n']:.0%}", str(tally["as read"]))
         console.print(words)
+        _, extras = picture_readings(records)
+        seen = Table(title="Extra findings written as seen (\"The image also shows ...\"): when the picture has them, "
+                           "and when it does not")
+        for col in ("extra finding", "present", "seen when present", "absent", "seen when absent"):
+            seen.add_column(col, justify="left" if col == "extra finding" else "right")
+        for extra, tally in extras.items():
+            rates = [f"{tally[k] / tally[f'n {k}']:.0%}" if tally[f"n {k}"] else "-" for k in ("present", "absent")]
+            seen.add_row(extra, str(tally["n present"]), rates[0], str(tally["n absent"]), rates[1])
+        console.print(seen)
 
 
 if __name__ == "__main__":

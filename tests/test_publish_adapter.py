@@ -93,7 +93,7 @@ def test_staged_repo_has_the_adapter_and_a_complete_card(adapter: Path, report_d
     assert {"dermeval", "soreb", "lora"} <= set(meta["tags"])
     for needle in (f'DermEval.from_pretrained(adapter="{REPO_ID}")', "**Not a medical device.**",
                    "`dermtrl:tiny`", "`dermtrl:synthetic`", "### Stage 1 (SFT) configuration",
-                   "learning_rate: 2.0e-3", "### Stage 2 (SOREB) configuration", "rl_weight: 0.5",
+                   "learning_rate: 3.0e-3", "### Stage 2 (SOREB) configuration", "rl_weight: 0.5",
                    "| Evaluator | Acc | Safe | MedG | Cover | Reason | Desc | Macro |", "DermEval (demo adapter)",
                    "## Intended use", "## Out of scope", "## Limitations", "@misc{dermeval_soreb",
                    "@software{vonwerra2020trl", "rank 16, alpha 32"):
