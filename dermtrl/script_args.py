@@ -98,3 +98,49 @@ def load_training_cases(script_args: DermEvalScriptArguments, *, scores: bool = 
     cases = load_cases(name, script_args.dataset_train_split, n=n, seed=script_args.synthetic_seed)
     validate_cases(cases, ("image", "narrative", "evaluation"), scores=scores, source=name)
     return cases
+
+
+#: Written beside a Stage-1 adapter: the settings that decide its weights (see :func:`stage1_settings`).
+STAGE1_SETTINGS_FILE = "stage1_settings.json"
+_WEIGHT_SETTINGS = {
+    "script": ("dataset_name", "dataset_config", "dataset_train_split", "synthetic_train_cases", "synthetic_seed",
+               "lora_language_model_only", "train_projector"),
+    "model": ("model_name_or_path", "model_revision", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+              "lora_target_modules", "lora_modules_to_save"),
+    "training": ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed",
+                 "max_length"),
+}
+
+
+def stage1_settings(script_args: Any, training_args: Any, model_args: Any) -> dict[str, dict[str, Any]]:
+    """The Stage-1 settings that decide the adapter's weights (not where it is written, logged or how fast).
+
+    Recorded beside the adapter, so a recipe that would run Stage 1 can tell a finished run of its own config from
+    an output an edited config (another learning rate, more epochs) would not have produced.
+    """
+    import json
+
+    groups = {"script": script_args, "model": model_args, "training": training_args}
+    settings = {group: {name: getattr(groups[group], name, None) for name in names}
+                for group, names in _WEIGHT_SETTINGS.items()}
+    return json.loads(json.dumps(settings, default=str))  # what the JSON file will read back as
+
+
+def recorded_stage1_settings(adapter: str) -> dict[str, Any] | None:
+    """The settings recorded beside a Stage-1 adapter folder, or ``None`` (none recorded, or not a folder)."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter) / STAGE1_SETTINGS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_stage1_settings(settings: dict[str, Any], adapter: str) -> None:
+    import json
+    from pathlib import Path
+
+    (Path(adapter) / STAGE1_SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")

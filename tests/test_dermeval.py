@@ -73,6 +73,12 @@ def test_only_lora_and_declared_modules_change(tmp_path):
     assert any(trained[k].abs().sum() > 0 for k in lora if "lora_B" in k), "LoRA B matrices did not move"
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["r"] == 16 and sorted(config["modules_to_save"]) == ["lm_head", "multi_modal_projector"]
+    # the settings that decided these weights are recorded beside them (recipes/soreb.py compares them)
+    from dermtrl.script_args import recorded_stage1_settings, stage1_settings
+
+    recorded = recorded_stage1_settings(str(tmp_path))
+    assert recorded == stage1_settings(*args)
+    assert recorded["training"]["max_steps"] == 3 and recorded["script"]["synthetic_train_cases"] == 16
 
 
 def test_trained_model_scores_all_six_and_batches_agree(sft_adapter):

@@ -83,3 +83,36 @@ def test_the_recipe_sets_aside_its_own_stage1_output_trained_on_another_base(tmp
 def test_train_projector_needs_lora():
     with pytest.raises(ValueError, match="use_peft"):
         lora_config(DermEvalScriptArguments(train_projector=True), ModelConfig(model_name_or_path="x"))
+
+
+def test_the_recipe_sets_aside_a_stage1_output_its_edited_config_would_not_produce(tmp_path, capsys):
+    """`make demo` after an edit of demo_sft.yaml (here the learning rate): the old Stage-1 output is renamed, so
+    Stage 1 runs again with the new settings instead of Stage 2 silently continuing the old weights."""
+    import yaml
+
+    from dermtrl.script_args import save_stage1_settings, stage1_settings
+    from dermtrl.scripts import sft
+    from dermtrl.scripts.soreb import set_aside_if_trained_otherwise
+
+    config = tmp_path / "sft.yaml"
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())
+    config.write_text(yaml.safe_dump(settings))
+    adapter = tmp_path / "dermeval-tiny-sft"
+    model, _ = _trainable(False)
+    model.save_pretrained(adapter)
+    save_stage1_settings(stage1_settings(*sft.make_parser().parse_args_and_config(
+        args=["--config", str(config), "--output_dir", str(adapter)])), str(adapter))
+    assert not set_aside_if_trained_otherwise(str(adapter), str(config))  # its own config: kept in place
+    assert adapter.exists()
+
+    config.write_text(yaml.safe_dump({**settings, "learning_rate": settings["learning_rate"] / 2}))
+    assert set_aside_if_trained_otherwise(str(adapter), str(config))
+    aside = tmp_path / "dermeval-tiny-sft.previous"
+    assert not adapter.exists() and (aside / "adapter_config.json").exists()
+    out = capsys.readouterr().out
+    assert f"moved it to {aside}" in out and f"learning_rate {settings['learning_rate']!r} -> " in out
+
+    model.save_pretrained(adapter)  # an output of an earlier dermtrl, with no settings recorded
+    assert set_aside_if_trained_otherwise(str(adapter), str(config))
+    assert (tmp_path / "dermeval-tiny-sft.previous-2").exists()
+    assert "records no Stage-1 settings" in capsys.readouterr().out

@@ -29,7 +29,9 @@ from dermtrl.script_args import (
     load_model,
     load_training_cases,
     lora_config,
+    save_stage1_settings,
     setup_threads,
+    stage1_settings,
 )
 from dermtrl.tiny import resolve_model_name
 
@@ -63,6 +65,8 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
         processor.save_pretrained(training_args.output_dir)
         # generation_config.json: DermEval's default budget, the longest y* plus a margin
         lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
+        # what decided these weights: recipes/soreb.py retrains an output its Stage-1 config would not produce
+        save_stage1_settings(stage1_settings(script_args, training_args, model_args), training_args.output_dir)
     label = label_lengths.label
     trainer.accelerator.print(
         f"Saved the DermEval adapter to {training_args.output_dir} (label evaluations: longest {label.max} tokens, "

@@ -33,12 +33,15 @@ from dermtrl.cases.loading import load_cases
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
 from dermtrl.lora import other_base
 from dermtrl.script_args import (
+    STAGE1_SETTINGS_FILE,
     DermEvalScriptArguments,
     check_continued_adapter,
     load_model,
     load_training_cases,
     lora_config,
+    recorded_stage1_settings,
     setup_threads,
+    stage1_settings,
 )
 from dermtrl.scripts import sft
 from dermtrl.tiny import resolve_model_name
@@ -68,19 +71,46 @@ def run_stage1(config: str, output_dir: str) -> None:
     sft.main(*sft.make_parser().parse_args_and_config(args=["--config", config, "--output_dir", output_dir]))
 
 
-def set_aside_if_trained_on_another_base(adapter: str, base: str) -> None:
+def _set_aside(adapter: str, suffix: str, why: str) -> None:
+    """Rename ``adapter`` to ``adapter.suffix`` (numbered when taken): kept, never deleted or reused."""
+    aside = Path(f"{adapter.rstrip('/')}.{suffix}")
+    for n in range(2, 100):
+        if not aside.exists():
+            break
+        aside = Path(f"{adapter.rstrip('/')}.{suffix}-{n}")
+    Path(adapter).rename(aside)
+    print(f"Stage 1 output {adapter} {why}: moved it to {aside}")
+
+
+def set_aside_if_trained_on_another_base(adapter: str, base: str) -> bool:
     """A Stage-1 output this recipe trained on another base (an older tiny model, another checkpoint) is renamed,
     not reused or deleted, so Stage 1 runs again on the current base and the old adapter is kept."""
     trained_on = other_base(adapter, base)
     if trained_on is None:
-        return
-    aside = Path(f"{adapter.rstrip('/')}.{Path(trained_on).name}")
-    for n in range(2, 100):
-        if not aside.exists():
-            break
-        aside = Path(f"{adapter.rstrip('/')}.{Path(trained_on).name}-{n}")
-    Path(adapter).rename(aside)
-    print(f"Stage 1 output {adapter} was trained on {trained_on}, not on {base}: moved it to {aside}")
+        return False
+    _set_aside(adapter, Path(trained_on).name, f"was trained on {trained_on}, not on {base}")
+    return True
+
+
+def set_aside_if_trained_otherwise(adapter: str, sft_config: str) -> bool:
+    """A Stage-1 output that ``sft_config`` would not produce (the config was edited since: another learning rate,
+    more epochs, other cases), or that records no settings (an earlier dermtrl), is renamed like one of another
+    base, so `make demo` after an edit of the Stage-1 config trains Stage 1 again instead of continuing stale weights.
+    """
+    args = sft.make_parser().parse_args_and_config(args=["--config", sft_config, "--output_dir", adapter])
+    wanted = stage1_settings(*args)
+    recorded = recorded_stage1_settings(adapter)
+    if recorded == wanted:
+        return False
+    if recorded is None:
+        why = f"records no Stage-1 settings ({STAGE1_SETTINGS_FILE}; an earlier dermtrl wrote it)"
+    else:
+        changed = [f"{name} {recorded.get(group, {}).get(name)!r} -> {value!r}"
+                   for group, values in wanted.items() for name, value in values.items()
+                   if recorded.get(group, {}).get(name) != value]
+        why = f"was trained with other settings than {sft_config} gives ({'; '.join(changed)})"
+    _set_aside(adapter, "previous", why)
+    return True
 
 
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
@@ -88,7 +118,8 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     adapter = script_args.sft_adapter
     base = resolve_model_name(model_args.model_name_or_path)
     if adapter and script_args.sft_config and Path(adapter).exists():
-        set_aside_if_trained_on_another_base(adapter, base)
+        if not set_aside_if_trained_on_another_base(adapter, base):
+            set_aside_if_trained_otherwise(adapter, script_args.sft_config)
     if adapter and script_args.sft_config and not Path(adapter).exists():
         print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
         run_stage1(script_args.sft_config, adapter)
