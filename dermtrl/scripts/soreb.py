@@ -78,7 +78,10 @@ def _set_aside(adapter: str, suffix: str, why: str) -> None:
         if not aside.exists():
             break
         aside = Path(f"{adapter.rstrip('/')}.{suffix}-{n}")
-    Path(adapter).rename(aside)
+    try:
+        Path(adapter).rename(aside)
+    except FileNotFoundError:  # another process of the same launch moved it first
+        return
     print(f"Stage 1 output {adapter} {why}: moved it to {aside}")
 
 
