@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from peft import PeftModel
 from transformers import AutoProcessor
 from trl import ModelConfig, TrlParser
@@ -78,10 +79,7 @@ def _set_aside(adapter: str, suffix: str, why: str) -> None:
         if not aside.exists():
             break
         aside = Path(f"{adapter.rstrip('/')}.{suffix}-{n}")
-    try:
-        Path(adapter).rename(aside)
-    except FileNotFoundError:  # another process of the same launch moved it first
-        return
+    Path(adapter).rename(aside)
     print(f"Stage 1 output {adapter} {why}: moved it to {aside}")
 
 
@@ -120,9 +118,12 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     setup_threads(script_args)
     adapter = script_args.sft_adapter
     base = resolve_model_name(model_args.model_name_or_path)
-    if adapter and script_args.sft_config and Path(adapter).exists():
-        if not set_aside_if_trained_on_another_base(adapter, base):
-            set_aside_if_trained_otherwise(adapter, script_args.sft_config)
+    if adapter and script_args.sft_config:
+        state = PartialState()  # one process decides, so a launch of several never moves a run another just began
+        if state.is_main_process and Path(adapter).exists():
+            if not set_aside_if_trained_on_another_base(adapter, base):
+                set_aside_if_trained_otherwise(adapter, script_args.sft_config)
+        state.wait_for_everyone()
     if adapter and script_args.sft_config and not Path(adapter).exists():
         print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
         run_stage1(script_args.sft_config, adapter)
