@@ -6,7 +6,9 @@ recipes cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,8 +121,6 @@ def stage1_settings(script_args: Any, training_args: Any, model_args: Any) -> di
     Recorded beside the adapter, so a recipe that would run Stage 1 can tell a finished run of its own config from
     an output an edited config (another learning rate, more epochs) would not have produced.
     """
-    import json
-
     groups = {"script": script_args, "model": model_args, "training": training_args}
     settings = {group: {name: getattr(groups[group], name, None) for name in names}
                 for group, names in _WEIGHT_SETTINGS.items()}
@@ -129,18 +129,11 @@ def stage1_settings(script_args: Any, training_args: Any, model_args: Any) -> di
 
 def recorded_stage1_settings(adapter: str) -> dict[str, Any] | None:
     """The settings recorded beside a Stage-1 adapter folder, or ``None`` (none recorded, or not a folder)."""
-    import json
-    from pathlib import Path
-
-    path = Path(adapter) / STAGE1_SETTINGS_FILE
     try:
-        return json.loads(path.read_text())
+        return json.loads((Path(adapter) / STAGE1_SETTINGS_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
 def save_stage1_settings(settings: dict[str, Any], adapter: str) -> None:
-    import json
-    from pathlib import Path
-
     (Path(adapter) / STAGE1_SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
