@@ -116,3 +116,49 @@ def test_the_recipe_sets_aside_a_stage1_output_its_edited_config_would_not_produ
     assert set_aside_if_trained_otherwise(str(adapter), str(config))
     assert (tmp_path / "dermeval-tiny-sft.previous-2").exists()
     assert "records no Stage-1 settings" in capsys.readouterr().out
+
+
+_GUARD_SCRIPT = """
+import os
+import sys
+
+from dermtrl.scripts.soreb import set_aside_stale_stage1
+from dermtrl.soreb_config import SOREBConfig
+
+adapter, base, config, out = sys.argv[1:5]
+args = SOREBConfig(output_dir=out, use_cpu=True, report_to="none")
+args.distributed_state.wait_for_everyone()  # both processes reach the check together, as in a real launch
+moved = set_aside_stale_stage1(adapter, base, config, args)
+print(f"process {args.process_index} of {args.world_size}: moved={moved} present_after={os.path.exists(adapter)}",
+      flush=True)
+"""
+
+
+def test_in_a_launch_of_two_processes_the_main_one_sets_the_stale_output_aside_once(tmp_path):
+    """A launch of two processes (torchrun, gloo on CPU) with a stale Stage-1 output: the main process renames it,
+    once; the other waits, then finds it moved, so both go on to run Stage 1 (neither sees it half-moved)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    adapter = tmp_path / "dermeval-tiny-sft"
+    model, _ = _trainable(False)
+    model.save_pretrained(adapter)  # records no Stage-1 settings: stale
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump(
+        yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())))
+    script = tmp_path / "guard.py"
+    script.write_text(_GUARD_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", "29517", str(script), str(adapter),
+                          str(tiny_llava_path()), str(config), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("process "))
+    assert lines == ["process 0 of 2: moved=True present_after=False",
+                     "process 1 of 2: moved=False present_after=False"], run.stdout
+    assert run.stdout.count("moved it to") == 1
+    assert (tmp_path / "dermeval-tiny-sft.previous" / "adapter_config.json").exists()
+    assert not (tmp_path / "dermeval-tiny-sft.previous-2").exists()

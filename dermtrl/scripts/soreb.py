@@ -24,7 +24,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
 from peft import PeftModel
 from transformers import AutoProcessor
 from trl import ModelConfig, TrlParser
@@ -114,16 +113,23 @@ def set_aside_if_trained_otherwise(adapter: str, sft_config: str) -> bool:
     return True
 
 
+def set_aside_stale_stage1(adapter: str, base: str, sft_config: str, training_args: SOREBConfig) -> bool:
+    """Both checks above, the main process first while the others wait (TrainingArguments.main_process_first): in a
+    launch of several processes they would otherwise rename the same folder at once, or find it half-moved. The
+    others then check after it and find the output moved or current. Returns whether this process moved it."""
+    with training_args.main_process_first(desc="checking the Stage-1 output"):
+        if not Path(adapter).exists():
+            return False
+        return set_aside_if_trained_on_another_base(adapter, base) or set_aside_if_trained_otherwise(adapter,
+                                                                                                    sft_config)
+
+
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
     setup_threads(script_args)
     adapter = script_args.sft_adapter
     base = resolve_model_name(model_args.model_name_or_path)
     if adapter and script_args.sft_config:
-        state = PartialState()  # one process decides, so a launch of several never moves a run another just began
-        if state.is_main_process and Path(adapter).exists():
-            if not set_aside_if_trained_on_another_base(adapter, base):
-                set_aside_if_trained_otherwise(adapter, script_args.sft_config)
-        state.wait_for_everyone()
+        set_aside_stale_stage1(adapter, base, script_args.sft_config, training_args)
     if adapter and script_args.sft_config and not Path(adapter).exists():
         print(f"Stage 1 output {adapter} is absent: running Stage 1 with {script_args.sft_config}")
         run_stage1(script_args.sft_config, adapter)
