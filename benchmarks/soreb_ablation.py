@@ -3,7 +3,7 @@
 Every arm continues the same Stage-1 adapter for the same number of optimizer steps over the same training cases
 (batch 8), then is scored on held-out synthetic cases (indices from 200,000: never used to train or to choose
 settings). The learning rate is chosen on a validation split (indices from 50,000) with one seed, never on the
-test cases: one for continued SFT, one for RLOO, and one for SOREB (paper) that its variants (c, d, f) share.
+test cases: one for continued SFT, one for RLOO, and one for SOREB (paper) that its variants (c, d, f, g) share.
 
 Arms:
   (a) SFT continued      TRL's SFTTrainer, the Stage-1 objective (eq. 1) for the same steps
@@ -12,6 +12,8 @@ Arms:
   (d) SOREB, no text     lambda_TEXT = 0 (the policy gradient alone)
   (e) RLOO, 2 samples    TRL's RLOOTrainer with the same reward (twice the samples per prompt: its cost is reported)
   (f) SOREB, adv / std   not in the paper: the advantage divided by a running std of r - b (diagnosis)
+  (g) SOREB, per token   not in the paper: the policy-gradient term averaged over all generated tokens of the batch
+                         instead of per sequence first (long and short samples then weigh by their length)
 
 Reported per arm: held-out macro and per-dimension MAE (Table 1's metric), Spearman, parse rate, wall time;
 the paired difference of each SOREB arm minus (a) with a bootstrap CI over cases and seeds; SOREB's training
@@ -19,7 +21,7 @@ diagnostics (reward spread, share of samples with K = 0, |advantage|, and the gr
 against the text term on one batch). Writes Markdown, CSV and a PNG.
 
     python benchmarks/soreb_ablation.py                            # trains Stage 1 first
-    python benchmarks/soreb_ablation.py --sft-adapter DIR --seeds 3 --steps 40 --arms abcdef
+    python benchmarks/soreb_ablation.py --sft-adapter DIR --seeds 3 --steps 40 --arms abcdefg
 
 Rerun after an interrupt and it resumes: every run (Stage 1, each validation run, each arm and seed) stamps its
 folder with its settings (the Stage-1 adapter's weights among them) and what it reported; a run that finished with
@@ -63,9 +65,10 @@ ARMS = {
     "d": "SOREB, no text loss",
     "e": "RLOO, 2 samples",
     "f": "SOREB, adv / running std",
+    "g": "SOREB, per-token PG",
 }
 SOREB_OPTIONS = {"b": {}, "c": {"use_baseline": False}, "d": {"text_weight": 0.0},
-                 "f": {"advantage_scaling": "running_std"}}
+                 "f": {"advantage_scaling": "running_std"}, "g": {"pg_normalization": "token"}}
 
 
 # -- one training run, in its own process ------------------------------------------------------------------------
