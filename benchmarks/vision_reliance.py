@@ -11,7 +11,7 @@ Reasoning Coherence, Description Precision. Targets (printed last, "met" / "NOT 
 mismatched / true macro MAE on them >= 3x; text-only >= 0.3 worse than DermEval on them; Stage 1 not at ceiling
 (macro MAE >= 0.25) and better than the constant baseline (paired CI of the difference excludes 0).
 
-    python benchmarks/vision_reliance.py                    # trains two Stage-1 adapters (~6.5 min on 2 cores)
+    python benchmarks/vision_reliance.py                    # trains two Stage-1 adapters (~6 min each on 2 cores)
     python benchmarks/vision_reliance.py --seeds 3          # three training seeds per arm (~20 min on 2 cores)
     python benchmarks/vision_reliance.py --sft-adapter DIR --text-only-adapter DIR   # reuse trained adapters
 

@@ -48,7 +48,7 @@ def _space_module() -> Any:
 
 @pytest.fixture(scope="module")
 def adapter() -> Path:
-    """The Space's demo adapter: trained on first use (about 6.5 minutes; in the whole suite test_bench_dermeval
+    """The Space's demo adapter: trained on first use (about 6 minutes; in the whole suite test_bench_dermeval
     trains it first, under a longer timeout), then read from the cache."""
     space = _space_module()
     path, _ = space.demo_adapter_path(space.Settings.from_env({}))
