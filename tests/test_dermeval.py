@@ -72,7 +72,11 @@ def test_only_lora_and_declared_modules_change(tmp_path):
     assert moved, "modules_to_save did not train"
     assert any(trained[k].abs().sum() > 0 for k in lora if "lora_B" in k), "LoRA B matrices did not move"
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["r"] == 16 and sorted(config["modules_to_save"]) == ["lm_head", "multi_modal_projector"]
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes/configs/demo_sft.yaml").read_text())
+    assert (config["r"], config["lora_alpha"]) == (recipe["lora_r"], recipe["lora_alpha"])
+    assert sorted(config["modules_to_save"]) == ["lm_head", "multi_modal_projector"]
     # the settings that decided these weights are recorded beside them (recipes/soreb.py compares them)
     from dermtrl.script_args import recorded_stage1_settings, stage1_settings
 

@@ -89,6 +89,7 @@ def test_staged_repo_has_the_adapter_and_a_complete_card(adapter: Path, report_d
 
     readme = (out / "README.md").read_text()
     meta = _front_matter(readme)
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())
     assert meta["library_name"] == "peft" and meta["datasets"] == ["dermtrl/dermeval"]
     assert "base_model" not in meta  # dermtrl:tiny is no Hub id; the card says what it is instead
     assert {"dermeval", "soreb", "lora"} <= set(meta["tags"])
@@ -97,7 +98,7 @@ def test_staged_repo_has_the_adapter_and_a_complete_card(adapter: Path, report_d
                    "learning_rate: 3.0e-3", "### Stage 2 (SOREB) configuration", "rl_weight: 0.5",
                    "| Evaluator | Acc | Safe | MedG | Cover | Reason | Desc | Macro |", "DermEval (demo adapter)",
                    "## Intended use", "## Out of scope", "## Limitations", "@misc{dermeval_soreb",
-                   "@software{vonwerra2020trl", "rank 16, alpha 32"):
+                   "@software{vonwerra2020trl", f"rank {recipe['lora_r']}, alpha {recipe['lora_alpha']}"):
         assert needle in readme, needle
 
 
