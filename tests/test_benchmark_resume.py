@@ -55,3 +55,14 @@ def test_an_interrupted_or_damaged_run_is_trained_again(ablation, tmp_path):
     assert ablation.finished(run, {**settings, "seed": 43}) is None
     # the case and base versions are part of every run's settings
     assert {"synthetic_version", "tiny_base"} <= set(settings)
+
+
+def test_stage1_validation_variants_are_parsed_and_a_bad_one_names_itself(load_benchmark):
+    import argparse
+
+    validation = load_benchmark("stage1_validation")
+    assert validation.parse_variant("rank 64=") == ("rank 64", [])
+    assert validation.parse_variant("rank 16=--lora_r 16 --lora_alpha 32") == ("rank 16",
+                                                                              ["--lora_r", "16", "--lora_alpha", "32"])
+    with pytest.raises(argparse.ArgumentTypeError, match="'--lora_r 16'"):
+        validation.parse_variant("--lora_r 16")
