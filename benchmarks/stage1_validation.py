@@ -88,23 +88,22 @@ def main() -> None:
     img = list(IMAGE_DEPENDENT)
     errs: dict[str, dict[str, list[np.ndarray]]] = {name: {"true": [], "mismatched": []} for name in names}
     for seed in seeds:
-        runs, stamps = {}, {}
+        runs, stamps, fresh = {}, {}, set()
         for name, overrides in args.variant:
             run = out / f"{name.replace(' ', '_')}-seed{seed}"
-            stamps[run] = run_settings(arm="stage1_validation", config=file_digest(args.config),
-                                       overrides=[*overrides, *common], seed=seed)
-            if args.overwrite or not finished(run, stamps[run]):
+            stamps[name] = (run, run_settings(arm="stage1_validation", config=file_digest(args.config),
+                                              overrides=[*overrides, *common], seed=seed))
+            if args.overwrite or not finished(*stamps[name]):
                 runs[f"{name} seed {seed}"] = ("sft.py", ["--config", args.config, *overrides, *common,
                                                           "--seed", str(seed), "--output_dir", str(run)])
-                stamps[run]["fresh"] = True
+                fresh.add(name)
         if runs:
             launch_together(console, runs)
-        for (name, _), (run, settings) in zip(args.variant, stamps.items(), strict=True):
-            fresh = settings.pop("fresh", False)
-            if fresh:
+        for name, (run, settings) in stamps.items():
+            if name in fresh:
                 mark_finished(run, settings)
             for label, data in inputs.items():
-                records = evaluate_resuming(str(run), data, run / f"{label}.jsonl", fresh=fresh)
+                records = evaluate_resuming(str(run), data, run / f"{label}.jsonl", fresh=name in fresh)
                 errs[name][label].append(errors(records, experts))
             t, m = errs[name]["true"][-1], errs[name]["mismatched"][-1]
             console.print(f"{name} seed {seed}: image-dependent MAE {macro_mae(t, img):.3f}, "

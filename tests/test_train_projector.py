@@ -129,8 +129,9 @@ adapter, base, config, out = sys.argv[1:5]
 args = SOREBConfig(output_dir=out, use_cpu=True, report_to="none")
 args.distributed_state.wait_for_everyone()  # both processes reach the check together, as in a real launch
 moved = set_aside_stale_stage1(adapter, base, config, args)
-print(f"process {args.process_index} of {args.world_size}: moved={moved} present_after={os.path.exists(adapter)}",
-      flush=True)
+# one file per process: lines two processes print to one pipe can interleave
+with open(os.path.join(out, f"process{args.process_index}.txt"), "w") as f:
+    f.write(f"process {args.process_index} of {args.world_size}: moved={moved} present_after={os.path.exists(adapter)}")
 """
 
 
@@ -140,23 +141,21 @@ def test_in_a_launch_of_two_processes_the_main_one_sets_the_stale_output_aside_o
     import subprocess
     import sys
 
-    import yaml
-
     adapter = tmp_path / "dermeval-tiny-sft"
     model, _ = _trainable(False)
     model.save_pretrained(adapter)  # records no Stage-1 settings: stale
-    config = tmp_path / "sft.yaml"
-    config.write_text(yaml.safe_dump(
-        yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())))
+    config = Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml"
     script = tmp_path / "guard.py"
     script.write_text(_GUARD_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", "29517", str(script), str(adapter),
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # a rendezvous on loopback at a free port (port 0: no fixed port another run could hold)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0", str(script), str(adapter),
                           str(tiny_llava_path()), str(config), str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("process "))
+    lines = [(tmp_path / "out" / f"process{k}.txt").read_text() for k in range(2)]
     assert lines == ["process 0 of 2: moved=True present_after=False",
                      "process 1 of 2: moved=False present_after=False"], run.stdout
     assert run.stdout.count("moved it to") == 1
