@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.cases.splits import TEST_START, VALIDATION_START  # noqa: F401  (re-exported to the benchmarks)
 from dermtrl.dermeval.held_out import record_errors
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.metrics import case_errors
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Test cases: never used to train, to choose settings, or in development probes (those used 100,000-100,099).
-HELD_OUT_START = 200_000
-VALIDATION_START = 50_000  # validation cases: where the benchmarks choose settings
+#: Test cases (never trained on, never used to choose settings) and validation cases (where the benchmarks choose
+#: settings): the synthetic splits of dermtrl.cases.splits.
+HELD_OUT_START = TEST_START
 
 
 #: Written into a run's folder when it finished: the settings it ran with and what it reported.

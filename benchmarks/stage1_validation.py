@@ -37,11 +37,8 @@ from _shared import (  # noqa: E402
     run_settings,
 )
 
+from dermtrl.cases.splits import STAGE1_VALIDATION_START  # noqa: E402
 from dermtrl.metrics import macro_mae, paired_bootstrap  # noqa: E402
-
-#: Where the Stage-1 validation cases start (disjoint from training, the SOREB ablation's validation cases from
-#: 50,000, and the held-out cases from 200,000).
-STAGE1_VALIDATION_START = 100_000
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

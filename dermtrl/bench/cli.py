@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from dermtrl.cases.splits import TEST_START
 from dermtrl.errors import user_errors
 
 __all__ = ["register"]
@@ -45,7 +46,7 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default="test")
     g.add_argument("--n", type=int, default=None, help="use the first N cases (synthetic: generate N)")
     g.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
-    g.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
+    g.add_argument("--start", type=int, default=TEST_START, help="synthetic cases: first index (default: test cases)")
 
 
 def _client_args(p: argparse.ArgumentParser, who: str, *, model_required: bool = True, prefix: str = "") -> None:

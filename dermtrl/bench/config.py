@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dermtrl.cases.splits import TEST_START
 from dermtrl.errors import DermtrlError
 from dermtrl.llm.client import ClientConfig
 
@@ -62,7 +63,7 @@ class DatasetSpec:
     split: str = field(default="test", metadata={"help": "split to use when the source has several"})
     n: int | None = field(default=None, metadata={"help": "use the first n cases (synthetic: generate n)"})
     seed: int = field(default=0, metadata={"help": "synthetic cases: seed"})
-    start: int = field(default=100_000, metadata={"help": "synthetic cases: first index (held out, as dermtrl eval)"})
+    start: int = field(default=TEST_START, metadata={"help": "synthetic cases: first index (default: the test cases)"})
 
     def check(self, where: str) -> None:
         if not isinstance(self.source, str) or not self.source:

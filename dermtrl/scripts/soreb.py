@@ -30,6 +30,7 @@ from trl import ModelConfig, TrlParser
 
 from dermtrl import lengths
 from dermtrl.cases.loading import load_cases
+from dermtrl.cases.splits import TEST_START
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
 from dermtrl.lora import other_base
 from dermtrl.script_args import (
@@ -49,8 +50,8 @@ from dermtrl.trainer.callbacks import HeldOutReportCallback
 from dermtrl.trainer.soreb_config import SOREBConfig
 from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
-#: Synthetic training cases use indices 0..n-1 and development probes used 100,000-100,099: the report starts apart
-HELD_OUT_START = 200_000
+#: The held-out report reads the synthetic test cases (dermtrl.cases.splits)
+HELD_OUT_START = TEST_START
 
 
 @dataclass
