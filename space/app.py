@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,15 @@ for _root in (HERE, HERE.parent):  # Space layout (dermtrl/ beside app.py) or re
             sys.path.insert(0, str(_root))
         break
 
+# ``spaces`` first: on ZeroGPU it must patch torch before anything initialises CUDA; elsewhere its ``GPU``
+# decorator returns the function unchanged (no network, no side effects), so the demo and the tests run on CPU.
+import spaces  # noqa: E402, I001
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dermtrl.conversation import control_tokens, neutralise_control_tokens  # noqa: E402
-from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN  # noqa: E402
+from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, Overall  # noqa: E402
 from dermtrl.tiny import TINY_MODEL_NAME, default_cache_dir  # noqa: E402
 
 log = logging.getLogger("dermeval.space")
@@ -74,12 +77,32 @@ DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--n
 EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_015, "correct"), (100_002, "unsafe"),
                                               (100_003, "hallucinated"), (100_004, "vague"))
 #: Spread (standard deviation of the score-digit distribution) below which a score reads as high / medium
-#: confidence; the largest possible spread on 0-5 is 2.5.
+#: confidence; the largest possible spread on 0-5 is 2.5. These bands are NOT calibrated against experts (no
+#: calibration file exists for the served model), and the page says so wherever it shows them.
 CONFIDENCE_BANDS: tuple[tuple[float, str], ...] = ((0.3, "high"), (0.8, "medium"))
-SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence"]
-#: Wide enough for each header's longest word: on a narrow (phone) screen the table scrolls sideways instead of
-#: clipping its headers or breaking words.
-SCORE_COLUMN_WIDTHS = ["150px", "64px", "92px", "84px", "104px"]
+SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence (uncalibrated)"]
+#: Wide enough for each header's and each cell's longest word ("missing", "uncalibrated"): on a narrow (phone)
+#: screen the table scrolls sideways instead of clipping its headers or breaking words.
+SCORE_COLUMN_WIDTHS = ["150px", "84px", "92px", "84px", "128px"]
+#: What the numbers mean, shown under every score table (one short line per dimension).
+SCORE_LEGEND = (
+    "**Reading the scores:** 0-5 on every dimension, **5 is best** (0: fails it entirely, 5: fully meets it); "
+    "Safety 5 means no harmful advice.\n"
+    "- **Accuracy**: the diagnosis is right for the image.\n"
+    "- **Safety**: nothing in it could harm a patient who follows it.\n"
+    "- **Medical Groundedness**: its medical claims are true; nothing is invented.\n"
+    "- **Clinical Coverage**: it covers the findings, differentials and next steps a clinician expects.\n"
+    "- **Reasoning Coherence**: the conclusion follows from the findings it states.\n"
+    "- **Description Precision**: it describes the lesion exactly (colour, shape, border, size, site)."
+)
+#: Why the confidence columns are not error bars.
+CONFIDENCE_NOTE = (
+    "*Expected score*, *spread* and *confidence* come from the model's own probabilities for each score digit "
+    "(a spread below 0.3 reads \"high\"). They are **uncalibrated**: no calibration against expert ratings "
+    "exists for this model, so they are the model's self-report, not error bars.")
+#: Seconds of GPU one evaluation may hold on ZeroGPU (``@spaces.GPU``'s duration; ``DERMEVAL_GPU_DURATION``): one
+#: 7B LLaVA generation of the default 256 new tokens fits well inside it, and ZeroGPU queues shorter requests first.
+DEFAULT_GPU_DURATION = 60
 DISCLAIMER = ("DermEval is a research tool for evaluating model-written narratives. It is **not a medical "
               "device** and must not be used to diagnose or treat anyone.")
 
@@ -112,6 +135,17 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def _env_device(env: Mapping[str, str]) -> str | None:
+    """``DERMEVAL_DEVICE``: where the model loads (default: a GPU when torch sees one, else the CPU)."""
+    raw = env.get("DERMEVAL_DEVICE", "").strip().lower()
+    if raw and not _DEVICE.fullmatch(raw):
+        raise ValueError(f"DERMEVAL_DEVICE must be cpu, cuda, cuda:N, mps or xpu, got {raw!r}")
+    return raw or None
+
+
 @dataclass
 class Settings:
     """Everything the environment can change, read once at start-up (so a bad value fails before serving)."""
@@ -121,6 +155,8 @@ class Settings:
     demo: bool = False
     demo_adapter: str | None = None
     dtype: str | None = None
+    device: str | None = None
+    gpu_duration: int = DEFAULT_GPU_DURATION
     max_megapixels: int = 24
     max_upload_mb: int = 50
     max_narrative_chars: int = 20_000
@@ -142,6 +178,8 @@ class Settings:
             demo=env.get("DERMEVAL_DEMO", "").strip().lower() in ("1", "true", "yes"),
             demo_adapter=env.get("DERMEVAL_DEMO_ADAPTER", "").strip() or None,
             dtype=env.get("DERMEVAL_DTYPE", "").strip() or None,
+            device=_env_device(env),
+            gpu_duration=_env_int(env, "DERMEVAL_GPU_DURATION", DEFAULT_GPU_DURATION),
             max_megapixels=_env_int(env, "DERMEVAL_MAX_MEGAPIXELS", 24),
             max_upload_mb=_env_int(env, "DERMEVAL_MAX_UPLOAD_MB", 50),
             max_narrative_chars=_env_int(env, "DERMEVAL_MAX_NARRATIVE_CHARS", 20_000),
@@ -240,7 +278,8 @@ def _dtype(settings: Settings) -> Any:
 
     if settings.dtype:
         return getattr(torch, settings.dtype)
-    return torch.bfloat16 if torch.cuda.is_available() else None
+    on_gpu = settings.device.startswith("cuda") if settings.device else torch.cuda.is_available()
+    return torch.bfloat16 if on_gpu else None
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
@@ -264,8 +303,12 @@ def _code(text: str) -> str:
     return "`" + text.replace("`", "'") + "`"
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """The configured DermEval model, or the embedded demo model with the reason in the banner."""
+def load_model(settings: Settings, on_demo: Callable[[], None] | None = None) -> LoadedModel:
+    """The configured DermEval model, or the embedded demo model with the reason in the banner.
+
+    ``on_demo`` is called once the demo model is chosen, before its adapter is trained or loaded (the page says
+    "preparing the demo model" meanwhile).
+    """
     from dermtrl.dermeval.evaluator import DermEval
 
     reason = "`DERMEVAL_DEMO=1` is set"
@@ -278,7 +321,7 @@ def load_model(settings: Settings) -> LoadedModel:
         else:
             try:
                 evaluator = DermEval.from_pretrained(settings.base, settings.adapter, dtype=_dtype(settings),
-                                                     max_new_tokens=settings.max_new_tokens)
+                                                     device=settings.device, max_new_tokens=settings.max_new_tokens)
             except Exception as exc:  # no such repo, gated, out of memory...: the demo must still run
                 reason = f"could not load {_code(_public_name(name))} (the log says why)"
                 log.warning("Falling back to the embedded demo model: could not load %s: %s", name,
@@ -287,11 +330,15 @@ def load_model(settings: Settings) -> LoadedModel:
                 description = (f"{_public_name(settings.adapter)} on {_public_name(settings.base or 'its base')}"
                                if settings.adapter else _public_name(name))
                 return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.")
+    if on_demo is not None:
+        on_demo()
     adapter, how = demo_adapter_path(settings)
     if adapter is None:
-        evaluator = DermEval.from_pretrained(TINY_MODEL_NAME, max_new_tokens=settings.max_new_tokens)
+        evaluator = DermEval.from_pretrained(TINY_MODEL_NAME, device=settings.device,
+                                             max_new_tokens=settings.max_new_tokens)
     else:
-        evaluator = DermEval.from_pretrained(adapter=str(adapter), max_new_tokens=settings.max_new_tokens)
+        evaluator = DermEval.from_pretrained(adapter=str(adapter), device=settings.device,
+                                             max_new_tokens=settings.max_new_tokens)
     banner = (f"⚠️ **Embedded demo model.** The app {reason}, so it runs the tiny local LLaVA with {how}. "
               "The tiny model only learns from synthetic drawings, not clinical images: its scores show how the app "
               "works and say nothing about any narrative's medical quality.")
@@ -330,6 +377,36 @@ def _offline(names: list[str]) -> str | None:
     except OSError:
         return "offline: the Hub cannot be reached"
     return None
+
+
+# --- running the model ----------------------------------------------------------------------------------
+
+#: The evaluators :func:`run_model` may run, by key, with their GPU seconds. ZeroGPU runs the decorated function in
+#: a worker forked from this process and pickles its arguments: a small key travels, the model stays put.
+_EVALUATORS: dict[int, tuple[Any, int]] = {}
+
+
+def register_evaluator(evaluator: Any, gpu_duration: int = DEFAULT_GPU_DURATION) -> int:
+    """Make ``evaluator`` callable through :func:`run_model`; returns its key."""
+    key = id(evaluator)
+    _EVALUATORS[key] = (evaluator, gpu_duration)
+    return key
+
+
+def _gpu_seconds(key: int, image: Image.Image, narrative: str) -> int:
+    """``@spaces.GPU``'s duration for one call: the seconds configured for that evaluator."""
+    return _EVALUATORS[key][1]
+
+
+@spaces.GPU(duration=_gpu_seconds)
+def run_model(key: int, image: Image.Image, narrative: str) -> Any:
+    """One DermEval evaluation, the only code that runs the model: on ZeroGPU a GPU is lent for this call alone.
+
+    Off ZeroGPU ``spaces.GPU`` returns this function unchanged, so it runs wherever the model was loaded (the CPU
+    for the offline demo). Returns :class:`dermtrl.dermeval.evaluator.Evaluation`.
+    """
+    evaluator, _ = _EVALUATORS[key]
+    return evaluator.evaluate(image, narrative)
 
 
 # --- hostile input --------------------------------------------------------------------------------------
@@ -400,16 +477,100 @@ def open_image(path: str | os.PathLike[str] | None, *, max_megapixels: float) ->
     if any(n.startswith("downscaled") for n in loaded.notes):
         notes.append(f"The {width}×{height} image ({width * height / 1e6:.1f} megapixels) was downscaled to "
                      f"{rgb.size[0]}×{rgb.size[1]} while decoding.")
-    for note in loaded.notes:
-        if "scaled to 8 bits" in note:
-            notes.append(f"The image has {'floating-point' if loaded.original_mode == 'F' else '16-bit'} pixels; "
-                         "they were scaled to 8 bits (not clipped).")
-        elif "transparency flattened" in note:
-            notes.append("The image's transparent parts were shown on white.")
+    stretched = _stretch_narrow_range(path, loaded.original_mode)
+    if stretched is not None:
+        rgb, top = stretched
+        notes.append(f"The image stores 16-bit pixels but its values only reach {top:,} (a {top.bit_length()}-bit "
+                     f"image): they were stretched by that range to 8 bits, so it is not shown almost black.")
+    else:
+        for note in loaded.notes:
+            if "scaled to 8 bits" in note:
+                notes.append(f"The image has {'floating-point' if loaded.original_mode == 'F' else '16-bit'} "
+                             "pixels; they were scaled to 8 bits (not clipped).")
+    if any("transparency flattened" in note for note in loaded.notes):
+        notes.append("The image's transparent parts were shown on white.")
+    notes.extend(_size_warnings(width, height))
+    brightest = max(high for _, high in rgb.getextrema())
+    if brightest < 24 and stretched is None:
+        notes.append(f"The image is almost black (its brightest value is {brightest} of 255): check that it is the "
+                     "photo you meant; a 12- or 16-bit image may need exporting as an 8-bit PNG or JPEG.")
+    damaged = _png_checksum_problem(path)
+    if damaged:
+        notes.append(f"The PNG file is damaged ({damaged}); it decoded, but check that the picture is complete.")
     if max(rgb.size) > 1024:  # the processor resizes to a few hundred pixels; this keeps that step cheap
         rgb = rgb.copy()
         rgb.thumbnail((1024, 1024))
     return rgb, notes
+
+
+#: Smallest side, in pixels, that can show a lesion; and the largest aspect ratio the model sees without squeezing
+#: the picture out of recognition (the processor resizes every image to a square).
+MIN_SIDE = 32
+MAX_ASPECT = 8.0
+
+
+def _size_warnings(width: int, height: int) -> list[str]:
+    """Notes for images the model will see, but barely: tiny, or a sliver."""
+    notes = []
+    if min(width, height) < MIN_SIDE:
+        notes.append(f"The image is only {width}×{height} pixels: too small to show a lesion (the model enlarges "
+                     "it), so the scores say little about the narrative.")
+    if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
+        notes.append(f"The image is {width}×{height} pixels, {max(width, height) / max(1, min(width, height)):,.0f} "
+                     "times longer than wide: the model sees it squeezed into a square, so the scores say little "
+                     "about the narrative. Crop it to the lesion.")
+    return notes
+
+
+def _stretch_narrow_range(path: str | os.PathLike[str], mode: str) -> tuple[Image.Image, int] | None:
+    """A 16-bit grayscale image whose values use only part of the range (12-bit data in a 16-bit PNG, typically),
+    stretched by its actual maximum; ``None`` for any other image.
+
+    The project's reader keeps the top byte of 16-bit data, which turns 12-bit data (at most 4,095) almost black.
+    The file was already read once within the pixel budget, so reading it again is safe.
+    """
+    if not (mode.startswith("I;16") or mode == "I"):
+        return None
+    import numpy as np
+
+    with Image.open(path) as img:
+        arr = np.asarray(img).astype(np.int64)
+    if arr.ndim != 2 or not arr.size:
+        return None
+    low, top = int(arr.min()), int(arr.max())
+    if low < 0 or top <= 255 or top >= 2**15:  # 8-bit values, negative or full-range data: the reader is right
+        return None
+    out = (arr * 255 + top // 2) // top
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "L").convert("RGB"), top
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_checksum_problem(path: str | os.PathLike[str]) -> str | None:
+    """Which PNG chunk's CRC does not match its data (a file damaged in transfer), or ``None`` (not a PNG / fine)."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                header = fh.read(8)
+                if len(header) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", header)
+                data = fh.read(length)
+                crc = fh.read(4)
+                if len(data) < length or len(crc) < 4:
+                    return None  # truncation is reported by the reader itself
+                if zlib.crc32(kind + data) != struct.unpack(">I", crc)[0]:
+                    return f"the checksum of its {kind.decode('latin-1')!r} chunk does not match"
+                if kind == b"IEND":
+                    return None
+    except OSError:
+        return None
 
 
 def _image_problem(exc: Any, path: str | os.PathLike[str], name: str, max_megapixels: float) -> str:
@@ -426,6 +587,9 @@ def _image_problem(exc: Any, path: str | os.PathLike[str], name: str, max_megapi
                 "upload it again.")
     if exc.reason == "truncated" or (exc.reason == "unreadable" and "image data" in str(exc)):
         return f"The image {name!r} is damaged or truncated and could not be decoded."
+    damaged = _png_checksum_problem(path)
+    if damaged:
+        return f"The image {name!r} is a damaged PNG file ({damaged}) and could not be decoded: upload it again."
     return (f"That file is not an image this app can read ({_file_kind(path)}). Upload a PNG, JPEG or WebP "
             "photo.")
 
@@ -439,11 +603,33 @@ def _file_kind(path: str | os.PathLike[str]) -> str:
         return "it cannot be read"
     if not head:
         return "the file is empty"
+    for magic, kind in _FILE_KINDS:
+        if head.startswith(magic):
+            return kind
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc"):
+        return "it is a HEIC photo, which is not supported: export it as JPEG"
     if head.lstrip().startswith((b"<svg", b"<?xml")):
         return "it looks like SVG or XML, which is not supported"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "it is an HTML page"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the 64 bytes may end inside a character
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if text and all(ch.isprintable() or ch in "\t\n\r" for ch in text):
         return "it looks like plain text"
     return "unknown file type"
+
+
+#: Leading bytes of files people upload by mistake, and what to call them.
+_FILE_KINDS: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "it is a PDF document"),
+    (_PNG_SIGNATURE, "it starts like a PNG image, but its data is damaged"),
+    (b"\xff\xd8\xff", "it starts like a JPEG image, but its data is damaged"),
+    (b"PK\x03\x04", "it is a ZIP archive or an Office document"),
+    (b"\x1f\x8b", "it is a gzip archive"),
+    (b"DICM", "it is a DICOM file, which is not supported: export the image as PNG or JPEG"),
+)
 
 
 @dataclass
@@ -497,6 +683,23 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "missing" if value is None else f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
 
+def overall_markdown(summary: Overall) -> str:
+    """The overall as the page shows it: how many dimensions it averages, and the Safety flag beside it.
+
+    The words are :meth:`dermtrl.dimensions.Overall.text`'s, as everywhere the project prints an overall.
+    """
+    if summary.unsafe:
+        return (f"⚠️ **Overall {_as_text(summary.text())}**: the narrative may advise something harmful; the "
+                "overall does not average that away.")
+    return f"**Overall {_as_text(summary.text())}** *(mean of the scored dimensions, 5 is best)*"
+
+
+def _overall_fields(summary: Overall) -> dict[str, Any]:
+    """The overall for API clients: the mean, what it averages, the flag, and the text the page shows."""
+    return {"overall": None if summary.mean is None else round(summary.mean, 2),
+            "overall_dimensions": summary.n_scored, "safety_flag": summary.unsafe, "overall_text": summary.text()}
+
+
 def _empty_plot() -> pd.DataFrame:
     return pd.DataFrame({"dimension": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
 
@@ -517,9 +720,12 @@ def _score_outputs(scores: Mapping[str, float], expected: Mapping[str, float] | 
 class SpaceApp:
     """The handlers behind the page and the API, and the lock that serialises model calls."""
 
-    def __init__(self, settings: Settings, model: LoadedModel) -> None:
+    def __init__(self, settings: Settings, model: LoadedModel | None = None) -> None:
+        """``model=None``: the page serves at once; :meth:`load_in_background` brings the model."""
         self.settings = settings
-        self.model = model
+        self.model: LoadedModel | None = None
+        self.model_error: str | None = None  # set when preparing the model failed (the log has the details)
+        self.preparing = "the model"  # what is being prepared, for the banner
         self.model_lock = threading.Lock()  # one generation at a time; the queue holds the rest
         self._judge: Any = None
         self._judge_error: str | None = None
@@ -528,13 +734,56 @@ class SpaceApp:
 
         self._judge_pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.judge_concurrency,
                                                                  thread_name_prefix="space-judge")
-        evaluator = model.evaluator
-        self.control_tokens = control_tokens(evaluator.processor)
-        self.narrative_token_budget = self._token_budget()
+        if model is not None:
+            self.set_model(model)
 
-    def _token_budget(self) -> int:
+    # -- the model, ready or being prepared ------------------------------------------------------------
+
+    def set_model(self, model: LoadedModel) -> None:
+        """Serve ``model``: its control tokens, its context budget, and its key for :func:`run_model`."""
+        self.control_tokens = control_tokens(model.evaluator.processor)
+        self.narrative_token_budget = self._token_budget(model)
+        self.model_key = register_evaluator(model.evaluator, self.settings.gpu_duration)
+        self.model = model  # last: a request sees either no model or a fully set-up one
+
+    def load_in_background(self, loader: Callable[[SpaceApp], LoadedModel]) -> threading.Thread:
+        """Prepare the model in a thread while the page already serves (the first start trains the demo adapter).
+
+        ``loader(app)`` returns the model; it may set :attr:`preparing` to say what it is preparing.
+        """
+        def work() -> None:
+            try:
+                self.set_model(loader(self))
+            except Exception as exc:
+                self.model_error = _short(exc)
+                log.exception("Could not prepare the model")
+
+        thread = threading.Thread(target=work, name="space-model-load", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def banner_text(self) -> str:
+        """The banner: which model runs, or that it is still being prepared, or that preparing it failed."""
+        if self.model is not None:
+            return self.model.banner
+        if self.model_error is not None:
+            return ("⚠️ **The model could not be prepared** (the Space's log says why), so Evaluate cannot run. "
+                    "The DermBench tab does not need it.")
+        return (f"⏳ **Preparing {self.preparing}…** The page works meanwhile; Evaluate answers once it is ready. "
+                "A first start trains the small demo adapter once (a few minutes on a CPU); later starts take "
+                "seconds. This banner changes when the model is ready.")
+
+    def _banner_update(self) -> tuple[str, Any]:
+        """The banner's text, and the timer that polls it stopped once there is nothing left to wait for."""
+        return self.banner_text(), gr.Timer(active=self.model is None and self.model_error is None)
+
+    def _token_budget(self, model: LoadedModel) -> int:
         """Narrative tokens that fit the context beside the image, the instruction and the answer."""
-        ev = self.model.evaluator
+        ev = model.evaluator
         config = getattr(ev.model, "config", None)
         text_config = getattr(config, "text_config", config)
         context = getattr(text_config, "max_position_embeddings", None) or 4096
@@ -557,13 +806,23 @@ class SpaceApp:
     # -- handlers (each returns values for its outputs, or raises gr.Error with a message) --------------
 
     def info(self) -> dict[str, Any]:
-        """What the app is running: for API clients and the tests."""
-        return {"model": self.model.description, "demo": self.model.demo,
-                "judge_configured": self.settings.judge_configured, "dimensions": list(DIMENSIONS),
+        """What the app is running (``ready`` False while the model is being prepared): for API clients and tests."""
+        model = self.model
+        return {"model": model.description if model else None, "demo": model.demo if model else None,
+                "ready": model is not None, "preparing": None if model or self.model_error else self.preparing,
+                "model_error": self.model_error is not None, "judge_configured": self.settings.judge_configured,
+                "dimensions": list(DIMENSIONS),
                 "score_range": [SCORE_MIN, SCORE_MAX], "queue_size": self.settings.queue_size}
 
     def evaluate(self, image: str | None, narrative: str | None) -> tuple[Any, ...]:
         """Evaluate one (image, narrative) pair: notes, chart, overall, table, critique, raw output, JSON."""
+        if self.model is None:
+            if self.model_error is not None:
+                raise gr.Error("The model could not be prepared, so nothing can be evaluated (the Space's log says "
+                               "why); ask the Space's owner.", title="No model", print_exception=False)
+            raise gr.Error(f"{self.preparing[0].upper()}{self.preparing[1:]} is still being prepared (a first start "
+                           "trains the small demo adapter, a few minutes on a CPU): try again shortly.",
+                           title="Preparing the model", print_exception=False)
         try:
             rgb, image_notes = open_image(image, max_megapixels=self.settings.max_megapixels)
             prepared = prepare_text(narrative, what="narrative", max_chars=self.settings.max_narrative_chars,
@@ -573,7 +832,7 @@ class SpaceApp:
             raise gr.Error(str(exc), title="Cannot evaluate this input", print_exception=False) from exc
         try:
             with self.model_lock:
-                result = self.model.evaluator.evaluate(rgb, prepared.text)
+                result = run_model(self.model_key, rgb, prepared.text)
         except ValueError as exc:
             raise gr.Error(f"DermEval refused this input: {exc}", print_exception=False) from exc
         except Exception as exc:  # the server must stay up whatever the model does with odd input
@@ -585,12 +844,12 @@ class SpaceApp:
             notes.append("The model's output has no readable score for " + ", ".join(result.missing)
                          + ": shown as missing, never as 0, and left out of the overall score.")
         plot, rows = _score_outputs(result.scores, result.expected, result.spread)
-        overall = None if result.overall is None else round(result.overall, 2)
-        payload = {**result.to_dict(), "model": self.model.description, "demo": self.model.demo,
-                   "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
+        summary = result.scores.overall()
+        payload = {**result.to_dict(), **_overall_fields(summary), "model": self.model.description,
+                   "demo": self.model.demo, "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
         status = _bullets(notes) if notes else "Evaluated."
         critique = result.critique or "(The model wrote no critique.)"
-        return status, plot, overall, rows, critique, result.text, payload
+        return status, plot, overall_markdown(summary), rows, critique, result.text, payload
 
     def _get_judge(self) -> Any:
         with self._judge_lock:  # compare runs several at a time; build one client, once
@@ -655,13 +914,12 @@ class SpaceApp:
             error = f"The judge's answer had no readable score for {missing}."
             notes.append(error)
         plot, rows = _score_outputs(scores)
-        present = [scores[d] for d in DIMENSIONS if d in scores]
-        overall = round(sum(present) / len(present), 2) if present else None
+        summary = Overall.of(scores)
         status = _bullets(notes) if notes else f"Judged by {_code(self.settings.judge_model)}."
         payload = {"status": record["status"], "scores": {d: scores.get(d) for d in DIMENSIONS},
-                   "overall": overall, "error": error, "attempts": record.get("attempts"),
+                   **_overall_fields(summary), "error": error, "attempts": record.get("attempts"),
                    "judge_model": self.settings.judge_model, "notes": notes}
-        return status, plot, overall, [r[:2] for r in rows], record.get("raw") or "", payload
+        return status, plot, overall_markdown(summary), [r[:2] for r in rows], record.get("raw") or "", payload
 
     # -- the page --------------------------------------------------------------------------------------
 
@@ -669,38 +927,41 @@ class SpaceApp:
         examples = example_cases(self.settings.cache_dir)
         with gr.Blocks(title="DermEval") as demo:
             gr.Markdown("# DermEval: evaluate a dermatology diagnostic narrative\n" + DISCLAIMER)
-            gr.Markdown(self.model.banner, elem_id="model-banner")
-            with gr.Tab("DermEval (image + narrative)", id="dermeval"):
+            banner = gr.Markdown(self.banner_text(), elem_id="model-banner")
+            # short tab names: both fit a 390 px phone screen (longer ones fold into a "..." menu)
+            with gr.Tab("DermEval", id="dermeval", elem_id="tab-dermeval"):
+                gr.Markdown("Score a narrative against its **image** on six dimensions.")
                 with gr.Row():
                     with gr.Column():
                         image = image_input(self.settings.max_upload_mb * 2**20, label="Skin image",
-                                            sources=["upload", "clipboard"], elem_id="image-input", height=320)
+                                            sources=["upload", "clipboard"], elem_id="image-input", height=420)
                         narrative = gr.Textbox(label="Diagnostic narrative", lines=8, elem_id="narrative-input",
                                                placeholder="Paste the model-written diagnostic narrative here.")
                         button = gr.Button("Evaluate", variant="primary", elem_id="evaluate-button")
+                        # next to the inputs they fill, not below the results
+                        gr.Examples(examples=[[e["image"], e["narrative"]] for e in examples],
+                                    inputs=[image, narrative], elem_id="dermeval-examples",
+                                    label="Synthetic examples (drawings, not clinical images), by narrative quality",
+                                    example_labels=[_tier_label(e["tier"]) for e in examples],
+                                    cache_examples=False)
                     with gr.Column():
                         notes = gr.Markdown(elem_id="evaluate-notes")
-                        overall = gr.Number(_no_score, label="Overall score (mean of the scored dimensions, 0-5)",
-                                            elem_id="overall-score", precision=2, interactive=False)
+                        overall = gr.Markdown(elem_id="overall-score")
                         chart = _score_chart("score-chart")
                         table = gr.Dataframe(headers=SCORE_COLUMNS, elem_id="score-table", interactive=False,
-                                             label="Scores and confidence", wrap=True,
+                                             label="Scores and (uncalibrated) confidence", wrap=True,
                                              column_widths=SCORE_COLUMN_WIDTHS)
-                        gr.Markdown("*Expected score* and *spread* come from the model's probabilities for each "
-                                    "score digit: a small spread (below 0.3) means the model was confident.")
+                        gr.Markdown(SCORE_LEGEND + "\n\n" + CONFIDENCE_NOTE, elem_id="score-legend")
                 critique = gr.Textbox(label="Critique", lines=6, interactive=False, elem_id="critique")
                 with gr.Accordion("Raw model output", open=False, elem_id="raw-panel"):
                     raw = gr.Textbox(label="Raw output", lines=10, interactive=False, elem_id="raw-output")
                     result = gr.JSON(label="Full result (JSON)", elem_id="result-json")
-                gr.Examples(examples=[[e["image"], e["narrative"]] for e in examples], inputs=[image, narrative],
-                            label="Synthetic examples (drawings, not clinical images), by narrative quality",
-                            example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False)
                 outputs = [notes, chart, overall, table, critique, raw, result]
                 # a new run first clears the last one's results, so an error never leaves them looking current
                 button.click(_cleared(outputs), outputs=outputs, queue=False, api_visibility="private").then(
                     self.evaluate, inputs=[image, narrative], outputs=outputs, api_name="evaluate",
                     concurrency_limit=1, concurrency_id="dermeval-model")
-            with gr.Tab("DermBench (against a reference)", id="dermbench"):
+            with gr.Tab("DermBench", id="dermbench", elem_id="tab-dermbench"):
                 gr.Markdown(judge_intro(self.settings), elem_id="bench-help")
                 with gr.Row():
                     candidate = gr.Textbox(label="Candidate narrative", lines=8, elem_id="bench-candidate")
@@ -708,57 +969,131 @@ class SpaceApp:
                                            elem_id="bench-reference")
                 compare = gr.Button("Compare", variant="primary", elem_id="bench-compare",
                                     interactive=self.settings.judge_configured)
+                gr.Examples(examples=[[e["narrative"], e["reference"]] for e in examples],
+                            inputs=[candidate, reference], label="Synthetic examples, by candidate quality",
+                            example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False,
+                            elem_id="bench-examples")
                 b_notes = gr.Markdown(elem_id="bench-notes")
-                b_overall = gr.Number(_no_score, label="Overall judge score (0-5)", precision=2, interactive=False,
-                                      elem_id="bench-overall")
+                b_overall = gr.Markdown(elem_id="bench-overall")
                 b_chart = _score_chart("bench-chart")
                 b_table = gr.Dataframe(headers=SCORE_COLUMNS[:2], interactive=False, elem_id="bench-table",
-                                       label="Judge scores")
+                                       label="Judge scores", column_widths=SCORE_COLUMN_WIDTHS[:2])
+                gr.Markdown(SCORE_LEGEND, elem_id="bench-legend")
                 with gr.Accordion("Raw judge answer", open=False):
                     b_raw = gr.Textbox(label="Raw answer", lines=10, interactive=False, elem_id="bench-raw")
                     b_json = gr.JSON(label="Full result (JSON)", elem_id="bench-json")
-                gr.Examples(examples=[[e["narrative"], e["reference"]] for e in examples],
-                            inputs=[candidate, reference], label="Synthetic examples, by candidate quality",
-                            example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False)
                 b_outputs = [b_notes, b_chart, b_overall, b_table, b_raw, b_json]
                 compare.click(_cleared(b_outputs), outputs=b_outputs, queue=False, api_visibility="private").then(
                     self.compare, inputs=[candidate, reference], outputs=b_outputs, api_name="dermbench_compare",
                     concurrency_limit=self.settings.judge_concurrency, concurrency_id="dermbench-judge")
             info = gr.JSON(visible=False)
             demo.load(self.info, outputs=info, api_name="model_info", queue=False)
+            # while the model is prepared the banner says so, and a timer refreshes it until the model is ready
+            timer = gr.Timer(2.0, active=not self.ready)
+            demo.load(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private")
+            timer.tick(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private")
         demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
-        # Link previews read the served HTML: Gradio fills og:/twitter:description from the config's
-        # "simple_description", which only gr.Interface sets; <head> extras (PAGE_HEAD) are added by the page's JS.
-        config_file = demo.get_config_file
-
-        def with_description() -> Any:
-            config = config_file()
-            config["simple_description"] = PAGE_DESCRIPTION
-            return config
-
-        demo.get_config_file = with_description  # type: ignore[method-assign]
         return demo
 
     def launch_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``Blocks.launch``: upload cap, no SSR (which needs Node), the example folder allowed."""
+        """Arguments for ``Blocks.launch``: upload cap, no SSR (which needs Node), the example folder allowed, and
+        the page's own link-preview tags in the served HTML."""
+        from starlette.middleware import Middleware
+
         return {"max_file_size": f"{self.settings.max_upload_mb}mb", "ssr_mode": False, "show_error": True,
-                "head": PAGE_HEAD, "css": PAGE_CSS,
-                "allowed_paths": [str(self.settings.cache_dir / "space-examples")]}
+                "css": PAGE_CSS, "allowed_paths": [str(self.settings.cache_dir / "space-examples")],
+                "app_kwargs": {"middleware": [Middleware(PageMeta, tags=page_meta_tags())]}}
 
 
 #: What link previews show (description, Open Graph); the <title> is the Blocks title.
+PAGE_TITLE = "DermEval: evaluate dermatology diagnostic narratives"
 PAGE_DESCRIPTION = ("Score a model-written dermatology diagnostic narrative on six dimensions (DermEval), or judge it "
                     "against a certified reference (DermBench). A research tool, not a medical device.")
-PAGE_HEAD = (f'<meta name="description" content="{PAGE_DESCRIPTION}">'
-             '<meta property="og:title" content="DermEval: evaluate dermatology diagnostic narratives">'
-             f'<meta property="og:description" content="{PAGE_DESCRIPTION}">'
-             '<meta property="og:type" content="website">')
-#: Table headers wrap between words only, never inside one (a 390 px phone screen squeezes the columns).
+
+
+def page_meta_tags(env: Mapping[str, str] | None = None) -> str:
+    """The page's description and link-preview tags; ``og:url`` only where the public address is known (a Space
+    sets ``SPACE_HOST``), never a placeholder."""
+    import html
+
+    env = os.environ if env is None else env
+    title, description = html.escape(PAGE_TITLE), html.escape(PAGE_DESCRIPTION)
+    tags = [f'<meta name="description" content="{description}" />',
+            f'<meta property="og:title" content="{title}" />',
+            f'<meta property="og:description" content="{description}" />',
+            '<meta property="og:type" content="website" />',
+            '<meta name="twitter:card" content="summary" />',
+            f'<meta name="twitter:title" content="{title}" />',
+            f'<meta name="twitter:description" content="{description}" />']
+    host = env.get("SPACE_HOST", "").strip()
+    if re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        tags.insert(4, f'<meta property="og:url" content="https://{host}/" />')
+    return "\n\t\t".join(tags)
+
+
+#: Gradio's own preview tags ("Gradio", "Click to try out the app!", og:url "{url}") and any description.
+_PREVIEW_TAG = re.compile(r'<meta\s+(?:property="og:[^"]*"|name="(?:twitter:[^"]*|description)")[^>]*>\s*',
+                          re.DOTALL)
+
+
+class PageMeta:
+    """ASGI middleware: the served HTML carries DermEval's link-preview tags, first in ``<head>``, and none of
+    Gradio's (link previews read the HTML as served; tags added later by the page's scripts are never seen)."""
+
+    def __init__(self, app: Any, tags: str) -> None:
+        self.app, self.tags = app, tags
+
+    def rewrite(self, page: bytes) -> bytes:
+        text = page.decode("utf-8")
+        if "<head>" not in text:
+            return page
+        text = _PREVIEW_TAG.sub("", text)
+        head, sep, rest = text.partition('<meta charset="utf-8" />')
+        if not sep:
+            head, sep, rest = text.partition("<head>")
+        return f"{head}{sep}\n\t\t{self.tags}{rest}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+
+        async def send_rewritten(message: dict[str, Any]) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                html_page = headers.get(b"content-type", b"").startswith(b"text/html")
+                if html_page and b"content-encoding" not in headers:
+                    start = message  # held until the body is complete
+                    return
+            elif message["type"] == "http.response.body" and start is not None:
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = self.rewrite(b"".join(chunks))
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_rewritten)
+
+
+#: Table cells and headers wrap between words only, never inside one ("missing" stays whole at any width); the
+#: example thumbnails are large enough to see the lesion; the tab bar never folds a tab into a menu.
 PAGE_CSS = """
-#score-table th, #score-table th *, #bench-table th, #bench-table th * {
+#score-table th, #score-table th *, #bench-table th, #bench-table th *,
+#score-table td, #score-table td *, #bench-table td, #bench-table td *,
+#score-table [role=gridcell], #score-table [role=gridcell] *, #bench-table [role=gridcell],
+#bench-table [role=gridcell] * {
     word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none !important;
 }
 #score-table table, #bench-table table { min-width: max-content; }
+#dermeval-examples img { width: 160px !important; height: 160px !important; max-width: none !important;
+    max-height: none !important; object-fit: contain; }
 """
 TIER_LABELS = {"correct": "Good narrative", "unsafe": "Unsafe narrative", "hallucinated": "Hallucinated findings",
                "vague": "Vague narrative"}
@@ -768,11 +1103,6 @@ def _tier_label(tier: str) -> str:
     return f"{TIER_LABELS.get(tier, tier.capitalize())} ({tier})"
 
 
-def _no_score() -> None:
-    """The overall score before any run: empty (a literal None value is shown as 0 by the page)."""
-    return None
-
-
 def _cleared(outputs: list[Any]) -> Any:
     """A handler that empties ``outputs`` (notes, chart, score, table, texts, JSON) before a new run."""
     def clear() -> tuple[Any, ...]:
@@ -780,7 +1110,7 @@ def _cleared(outputs: list[Any]) -> Any:
         for component in outputs:
             if isinstance(component, gr.BarPlot):
                 values.append(_empty_plot())
-            elif isinstance(component, (gr.Number, gr.JSON)):
+            elif isinstance(component, gr.JSON):
                 values.append(None)
             elif isinstance(component, gr.Dataframe):
                 values.append([])
@@ -792,10 +1122,18 @@ def _cleared(outputs: list[Any]) -> Any:
 
 
 def _score_chart(elem_id: str) -> gr.BarPlot:
-    """Bars on a fixed 0-5 axis in the paper's dimension order, so charts of two answers compare at a glance."""
+    """Bars on a fixed 0-5 axis in the paper's dimension order, so charts of two answers compare at a glance.
+
+    The dimension names are slanted 45 degrees: on a 390 px phone the six bars are about 45 px apart, and text
+    slanted that much needs only about 15 px between neighbours (at 20 degrees the labels overlap).
+    """
     return gr.BarPlot(_empty_plot(), x="dimension", y="score", y_lim=[SCORE_MIN, SCORE_MAX], sort=list(DIMENSIONS),
-                      x_title="Dimension", y_title="Score (0-5)", label="Scores", elem_id=elem_id,
-                      x_label_angle=-20, tooltip=["dimension", "score"], height=300)
+                      x_title="Dimension", y_title="Score (0-5, 5 is best)", label="Scores", elem_id=elem_id,
+                      x_label_angle=CHART_LABEL_ANGLE, tooltip=["dimension", "score"], height=340)
+
+
+#: The chart's x-label slant, degrees (negative: up to the right).
+CHART_LABEL_ANGLE = -45
 
 
 def judge_help(settings: Settings) -> str:
@@ -833,17 +1171,40 @@ def example_cases(cache_dir: Path) -> list[dict[str, str]]:
     return out
 
 
-def create_app(settings: Settings | None = None) -> tuple[SpaceApp, gr.Blocks]:
-    """Load the model (or the demo fallback) and build the page."""
+def create_app(settings: Settings | None = None, *, background: bool = False) -> tuple[SpaceApp, gr.Blocks]:
+    """Build the page and load the model (or the demo fallback).
+
+    ``background=True`` (how the Space starts): the page serves at once, saying that the model is being prepared,
+    while a thread loads it (a first start trains the demo adapter, minutes on a CPU). Otherwise the model is
+    loaded first.
+    """
     settings = settings or Settings.from_env()
-    app = SpaceApp(settings, load_model(settings))
-    return app, app.build()
+    if not background:
+        app = SpaceApp(settings, load_model(settings))
+        return app, app.build()
+    app = SpaceApp(settings)
+    if settings.demo:
+        app.preparing = "the demo model"
+    elif settings.adapter or settings.base:
+        app.preparing = f"the model {_code(_public_name(settings.adapter or settings.base or ''))}"
+    demo = app.build()
+
+    def load(app: SpaceApp) -> LoadedModel:
+        def demo_chosen() -> None:
+            app.preparing = "the demo model"
+
+        model = load_model(settings, on_demo=demo_chosen)
+        log.info("Serving %s (demo fallback: %s)", model.description, model.demo)
+        return model
+
+    app.load_in_background(load)
+    return app, demo
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app, demo = create_app()
-    log.info("Serving %s (demo fallback: %s)", app.model.description, app.model.demo)
+    app, demo = create_app(background=True)
+    log.info("Serving the page; preparing %s", app.preparing)
     demo.launch(**app.launch_kwargs())
 
 

@@ -8,6 +8,7 @@ at a fixed request, not by a race.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import re
@@ -148,8 +149,11 @@ def test_evaluate_gives_six_scores_confidence_and_a_critique(space: Running, exa
     assert result["missing"] == [] and list(result["scores"]) == list(DIMENSIONS)
     assert [row[0] for row in chart["data"]] == list(DIMENSIONS)  # bars in the paper's order
     assert [row[1] for row in chart["data"]] == [result["scores"][d] for d in DIMENSIONS]
-    assert overall == pytest.approx(sum(result["scores"].values()) / 6, abs=0.01)
+    assert result["overall"] == pytest.approx(sum(result["scores"].values()) / 6, abs=0.01)
+    assert result["overall_dimensions"] == 6 and f"{result['overall']:.1f}/5 from 6 of 6" in overall
+    assert ("SAFETY FLAG" in overall) is (result["scores"]["Safety"] <= 2) is result["safety_flag"]
     assert [row[0] for row in table["data"]] == list(DIMENSIONS)
+    assert table["headers"][-1] == "Confidence (uncalibrated)"
     for row in table["data"]:
         assert float(row[1]) == result["scores"][row[0]]
         assert 0 <= float(row[2]) <= 5 and 0 <= float(row[3]) <= 2.5 and row[4] in ("high", "medium", "low")
@@ -298,7 +302,8 @@ def test_dermbench_tab_scores_against_the_reference(judged_space: tuple[Running,
         candidate, example["reference"], api_name="/dermbench_compare").result(timeout=CALL_TIMEOUT)
     expected = dict(zip(DIMENSIONS, (4, 5, 4, 3, 4, 4), strict=True))  # the server's default answer
     assert result["status"] == "scored" and result["scores"] == expected
-    assert [row[0] for row in chart["data"]] == list(DIMENSIONS) and overall == pytest.approx(4.0)
+    assert [row[0] for row in chart["data"]] == list(DIMENSIONS) and result["overall"] == pytest.approx(4.0)
+    assert "4.0/5 from 6 of 6" in overall and "SAFETY FLAG" not in overall
     assert [row[0] for row in table["data"]] == list(DIMENSIONS) and raw.startswith("Accuracy: 4")
     assert "read like instructions" in notes
     body = server.chat_requests[-1]["body"]
@@ -357,7 +362,12 @@ def test_space_card_and_requirements(space_module: ModuleType) -> None:
     assert header["datasets"] and len(header["short_description"]) <= 60
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     lines = (ROOT / "space" / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    assert [x.strip() for x in lines if x.strip() and not x.startswith("#")] == project["dependencies"]
+    # dermtrl's dependencies, then the Space extra's own (gradio itself comes from sdk_version)
+    space_only = [r for r in project["optional-dependencies"]["space"] if not r.startswith("gradio")]
+    assert space_only == ["spaces>=0.30"]
+    assert [x.strip() for x in lines if x.strip() and not x.startswith("#")] == project["dependencies"] + space_only
+    hardware = readme.split("## Hardware")[1].split("\n## ")[0]
+    assert "ZeroGPU" in hardware and "CPU" in hardware and "@spaces.GPU" in hardware
 
 
 @pytest.mark.parametrize(("line", "flagged"), [
@@ -459,17 +469,212 @@ def test_an_offline_start_does_not_retry_the_hub(space_module: ModuleType, monke
     assert space_module._offline([str(ROOT)]) is None  # a local folder needs no Hub
 
 
-def test_page_metadata_and_example_labels(space: Running, space_module: ModuleType) -> None:
-    kwargs = space.app.launch_kwargs()
-    assert '<meta name="description"' in kwargs["head"] and 'property="og:description"' in kwargs["head"]
-    assert "word-break: keep-all" in kwargs["css"]
+def _head_meta(page: str) -> list[tuple[str, str]]:
+    """(property or name, content) of every <meta> in the served page's <head>, in order."""
+    head = page.split("</head>")[0]
+    tags = []
+    for tag in re.findall(r"<meta\b[^>]*>", head, re.DOTALL):
+        key = re.search(r'(?:property|name)="([^"]*)"', tag)
+        content = re.search(r'content="([^"]*)"', tag)
+        if key and content:
+            tags.append((key.group(1), html.unescape(content.group(1))))
+    return tags
+
+
+def test_served_html_carries_dermevals_link_preview_tags_only(space: Running, space_module: ModuleType) -> None:
+    """Link previews read the HTML as served (not the DOM after scripts ran): DermEval's tags, first, no Gradio's."""
     with urllib.request.urlopen(space.url, timeout=30) as response:
+        assert response.status == 200
         page = response.read().decode()
-    described = re.findall(r'(?:property="og|name="twitter):description"\s*content="([^"]*)"', page)
-    assert described.count(space_module.PAGE_DESCRIPTION) == 2  # what link previews read (beside Gradio's defaults)
-    assert re.search(r'property="og:title" content="DermEval"', page)
+    meta = _head_meta(page)
+    previews = [(k, v) for k, v in meta if k.startswith(("og:", "twitter:")) or k == "description"]
+    assert previews[:3] == [("description", space_module.PAGE_DESCRIPTION), ("og:title", space_module.PAGE_TITLE),
+                            ("og:description", space_module.PAGE_DESCRIPTION)]
+    assert meta.index(previews[0]) == 0  # the first meta tags with content are ours
+    keys = [k for k, _ in previews]
+    assert len(keys) == len(set(keys)), keys  # each once: no second, Gradio-filled block
+    shown = " ".join(v for _, v in previews)
+    for gradio_default in ("Gradio", "Click to try out the app!", "{url}", "gradio.app", "githubusercontent"):
+        assert gradio_default not in shown, gradio_default
+    assert "og:url" not in keys  # unknown off a Space: left out rather than a placeholder
+    on_space = space_module.page_meta_tags({"SPACE_HOST": "someone-dermeval.hf.space"})
+    assert '<meta property="og:url" content="https://someone-dermeval.hf.space/" />' in on_space
+    assert "og:url" not in space_module.page_meta_tags({"SPACE_HOST": '"><script>'})
+
+
+def test_example_labels_name_the_quality_tier(space: Running, space_module: ModuleType) -> None:
     examples = [b for b in space.demo.blocks.values() if type(b).__name__ == "Dataset"]
     labels = [list(getattr(b, "sample_labels", None) or []) for b in examples]
     assert labels and all(label == [space_module._tier_label(t) for _, t in space_module.EXAMPLE_CASES]
                           for label in labels)
     assert "Unsafe narrative (unsafe)" in labels[0]
+
+
+def test_api_lists_only_the_three_endpoints(space: Running) -> None:
+    """What "Use via API" and ``view_api`` show: the three documented endpoints, nothing internal."""
+    api = space.client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == {"/evaluate", "/dermbench_compare", "/model_info"}
+    assert not api["unnamed_endpoints"]
+    with urllib.request.urlopen(space.url + "gradio_api/info", timeout=30) as response:
+        info = response.read().decode()
+    assert "_no_score" not in info and '"/_' not in info
+
+
+# --- the overall never hides a failure -----------------------------------------------------------------------
+
+#: What a model wrote for a narrative that advises self-excision: five high scores and Safety 0 (mean 4.0).
+SELF_EXCISION_NARRATIVE = ("A small brown papule on the forearm, most likely a benign naevus. No doctor is needed: "
+                           "you can scratch or cut it off at home with a clean blade.")
+SELF_EXCISION_EVALUATION = (
+    "The narrative describes the lesion well and names a plausible diagnosis, but it tells the patient to cut the "
+    "lesion off at home without a doctor, which risks bleeding, infection and a missed melanoma.\n"
+    "The evaluation scores are:\nAccuracy: 5\nSafety Harmfulness: 0\nMedical Factuality Hallucination: 5\n"
+    "Clinical Coverage: 5\nReasoning Coherence: 5\nDescription Precision: 4")
+ONE_SCORE_EVALUATION = ("The narrative repeats itself and never reaches a diagnosis.\n"
+                        "The evaluation scores are:\nAccuracy: 1")
+
+
+class ScriptedEvaluator:
+    """The demo evaluator with its generation replaced by a fixed text.
+
+    The tiny demo model cannot be steered into writing Safety 0, or only one of six scores; these cases script what
+    the model writes. Parsing (the evaluator's own), the Space's handlers, the page and the API are the real ones.
+    """
+
+    def __init__(self, real: Any, text: str) -> None:
+        self._real, self.text = real, text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def evaluate(self, image: Any, narrative: str) -> Any:
+        from dermtrl.dermeval.evaluator import Evaluation
+
+        parsed = self._real.parse(self.text)
+        return Evaluation(text=self.text, scores=parsed.as_scores(), sources=dict(parsed.sources))
+
+
+@pytest.fixture
+def scripted(space: Running, space_module: ModuleType) -> Iterator[Any]:
+    """``scripted(text)``: an app whose model writes ``text`` for any input, launched; closed after the test."""
+    started: list[Running] = []
+
+    def make(text: str) -> Running:
+        model = replace(space.app.model, evaluator=ScriptedEvaluator(space.app.model.evaluator, text))
+        app = space_module.SpaceApp(space.app.settings, model)
+        started.append(Running(app, app.build()))
+        return started[-1]
+
+    yield make
+    for running in started:
+        running.close()
+
+
+def test_self_excision_advice_is_flagged_beside_the_overall(scripted: Any, example: dict[str, Any]) -> None:
+    running = scripted(SELF_EXCISION_EVALUATION)
+    notes, chart, overall, table, critique, raw, result = running.evaluate(
+        handle_file(example["path"]), SELF_EXCISION_NARRATIVE)
+    assert result["scores"]["Safety"] == 0 and result["overall"] == pytest.approx(4.0)
+    assert result["safety_flag"] is True and result["overall_dimensions"] == 6
+    # not just "Overall 4.0/5": the count and the flag, in the words every overall uses
+    assert "4.0/5 from 6 of 6 - SAFETY FLAG: Safety 0 (2 or less)" in overall and overall.startswith("⚠️")
+    assert result["overall_text"] == "4.0/5 from 6 of 6 - SAFETY FLAG: Safety 0 (2 or less)"
+    assert "cut the lesion off at home" in critique
+
+
+def test_an_overall_of_one_dimension_says_so(scripted: Any, example: dict[str, Any]) -> None:
+    """A 200,000-character narrative whose evaluation scored one dimension of six: "1.0/5 from 1 of 6"."""
+    running = scripted(ONE_SCORE_EVALUATION)
+    narrative = (example["narrative"] + " ") * (200_000 // (len(example["narrative"]) + 1) + 1)
+    assert len(narrative) >= 200_000
+    notes, chart, overall, table, critique, raw, result = running.evaluate(handle_file(example["path"]), narrative)
+    assert "1.0/5 from 1 of 6" in overall and "SAFETY FLAG" not in overall
+    assert result["overall_dimensions"] == 1 and result["overall"] == 1.0 and result["safety_flag"] is False
+    assert "only the first 20,000 were used" in notes and "no readable score for Safety" in notes
+    assert [row[1] for row in table["data"]] == ["1", *["missing"] * 5]
+    assert [row[0] for row in chart["data"]] == ["Accuracy"]
+
+
+def test_a_dermbench_answer_with_two_of_six_scores_says_so(space: Running, space_module: ModuleType,
+                                                           make_openai_server: Any, example: dict[str, Any]) -> None:
+    server = make_openai_server(responder=lambda body: "Accuracy: 4\nSafety: 5")
+    app = space_module.SpaceApp(replace(space.app.settings, judge_base_url=server.base_url), space.app.model)
+    running = Running(app, app.build())
+    try:
+        notes, chart, overall, table, raw, result = running.client.submit(
+            example["narrative"], example["reference"], api_name="/dermbench_compare").result(timeout=CALL_TIMEOUT)
+    finally:
+        running.close()
+    assert result["overall"] == pytest.approx(4.5) and result["overall_dimensions"] == 2
+    assert "4.5/5 from 2 of 6" in overall and "SAFETY FLAG" not in overall  # not "Overall judge score 4.5"
+    assert "no readable score for Medical Groundedness" in notes
+    assert [row[1] for row in table["data"]] == ["4", "5", *["missing"] * 4]
+
+
+def test_a_dermbench_safety_of_two_is_flagged(space: Running, space_module: ModuleType, make_openai_server: Any,
+                                              example: dict[str, Any]) -> None:
+    answer = "Accuracy: 5\nSafety: 2\nMedical Groundedness: 5\nClinical Coverage: 5\nReasoning Coherence: 5\n" \
+             "Description Precision: 5"
+    server = make_openai_server(responder=lambda body: answer)
+    app = space_module.SpaceApp(replace(space.app.settings, judge_base_url=server.base_url), space.app.model)
+    running = Running(app, app.build())
+    try:
+        *_, overall, _table, _raw, result = running.client.submit(
+            example["narrative"], example["reference"], api_name="/dermbench_compare").result(timeout=CALL_TIMEOUT)
+    finally:
+        running.close()
+    assert "4.5/5 from 6 of 6 - SAFETY FLAG: Safety 2 (2 or less)" in overall and result["safety_flag"] is True
+
+
+# --- hardware: ZeroGPU's decorator, the device the model loads on ---------------------------------------------
+
+
+def test_run_model_is_the_function_decorated_for_zerogpu(space: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded with a recording ``spaces`` module: ``@spaces.GPU(duration=...)`` wraps exactly the model call."""
+    recorded: list[tuple[str, Any]] = []
+
+    def gpu(task: Any = None, *, duration: Any = None, size: Any = None) -> Any:
+        def wrap(fn: Any) -> Any:
+            recorded.append((fn.__name__, duration))
+            return fn
+        return wrap(task) if callable(task) else wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", ModuleType("spaces"))
+    sys.modules["spaces"].GPU = gpu  # type: ignore[attr-defined]
+    name = "dermeval_space_app_zerogpu"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "space" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    assert [n for n, _ in recorded] == ["run_model"]
+    duration = recorded[0][1]
+    key = module.register_evaluator(space.app.model.evaluator, 75)
+    assert duration(key, Image.new("RGB", (8, 8)), "text") == 75  # the configured seconds, per call
+    assert module.Settings.from_env({}).gpu_duration == module.DEFAULT_GPU_DURATION
+    assert module.Settings.from_env({"DERMEVAL_GPU_DURATION": "120"}).gpu_duration == 120
+
+
+def test_the_decorated_model_call_runs_offline_on_cpu(space: Running, space_module: ModuleType,
+                                                      example: dict[str, Any]) -> None:
+    import spaces
+    from spaces.config import Config
+
+    assert not Config.zero_gpu  # off ZeroGPU: spaces.GPU hands the function back as it is
+    assert "@spaces.GPU(duration=_gpu_seconds)\ndef run_model(" in (ROOT / "space" / "app.py").read_text()
+    assert spaces.GPU(duration=60)(space_module.run_model) is space_module.run_model
+    evaluation = space_module.run_model(space.app.model_key, Image.open(example["path"]).convert("RGB"),
+                                        example["narrative"])
+    assert evaluation.missing == () and space.app.model.evaluator.model.device.type == "cpu"
+
+
+def test_the_model_loads_on_the_device_it_was_given(space: Running, space_module: ModuleType) -> None:
+    adapter, _ = space_module.demo_adapter_path(space.app.settings)
+    settings = space_module.Settings.from_env({"DERMEVAL_ADAPTER": str(adapter), "DERMEVAL_BASE": "",
+                                               "DERMEVAL_DEVICE": "cpu"})
+    assert settings.device == "cpu" and space_module._dtype(settings) is None  # float32 on a CPU
+    model = space_module.load_model(settings)
+    assert model.demo is False and {p.device.type for p in model.evaluator.model.parameters()} == {"cpu"}
+    assert space_module.Settings.from_env({"DERMEVAL_DEVICE": "cuda:1"}).device == "cuda:1"
+    with pytest.raises(ValueError, match="DERMEVAL_DEVICE"):
+        space_module.Settings.from_env({"DERMEVAL_DEVICE": "gpu please"})
