@@ -11,7 +11,10 @@ import sys
 
 from rich.console import Console
 
-__all__ = ["console", "err_console"]
+__all__ = ["WIDTH", "console", "err_console"]
 
-console = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+#: The width every table is made to fit: a terminal's own when narrower, and this when output is piped to a log.
+WIDTH = 100
+
+console = Console(width=None if sys.stdout.isatty() else WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else WIDTH)

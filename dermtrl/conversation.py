@@ -138,13 +138,18 @@ class TrainingCollator:
     """Stage 1's ``data_collator`` for TRL's SFTTrainer: rows of cases -> :func:`training_batch`.
 
     Rows keep their ``image``, ``narrative`` and ``evaluation`` columns (the recipe sets
-    ``remove_unused_columns=False``), so Stage 1 tokenizes exactly as Stage 2 and inference do.
+    ``remove_unused_columns=False``), so Stage 1 tokenizes exactly as Stage 2 and inference do. Images are read by
+    the project's one reader (:func:`~dermtrl.cases.images.read_cell`: EXIF orientation, transparency on white,
+    16-bit scaled), whatever the cell holds (a path, encoded bytes, an ``Image`` cell or a PIL image), so Stage 1
+    trains on the pixels inference sees.
     """
 
     processor: Any
     max_length: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        images = [row["image"].convert("RGB") for row in rows]
+        from dermtrl.cases.images import read_cell
+
+        images = [read_cell(row["image"], where=f"case {row.get('case_id', '?')!r}").image for row in rows]
         return dict(training_batch(self.processor, images, [row["narrative"] for row in rows],
                                    [row["evaluation"] for row in rows], max_length=self.max_length))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["CLIError", "DermtrlError", "PublishError", "user_errors"]
+__all__ = ["CLIError", "DataError", "DermtrlError", "MissingInputError", "PublishError", "user_errors"]
 
 
 class DermtrlError(Exception):
@@ -23,6 +23,15 @@ class DermtrlError(Exception):
 
 class CLIError(DermtrlError):
     """A user-facing error raised by a command's argument handling: printed without a traceback, exit status 2."""
+
+
+class DataError(DermtrlError, ValueError):
+    """A data file or dataset the commands cannot use (a missing column, an out-of-range score, an empty
+    narrative); the message names the file, column and row, and the page that describes the format."""
+
+
+class MissingInputError(DermtrlError, FileNotFoundError):
+    """A file, folder, dataset or adapter the user named does not exist (or cannot be reached offline)."""
 
 
 class PublishError(DermtrlError, ValueError, RuntimeError):

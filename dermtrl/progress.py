@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -72,3 +74,25 @@ class JobBar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+@contextlib.contextmanager
+def library_bars_off() -> Iterator[None]:
+    """Within the block, the libraries' own progress bars ("Loading weights", "Generating train split", a
+    ``Dataset.map``'s description) stay hidden, so a short command shows only the project's bars and its results;
+    the previous state is restored after. The Trainer's training bar is not affected (``disable_tqdm`` decides it).
+    """
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets_on = datasets.is_progress_bar_enabled()
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()

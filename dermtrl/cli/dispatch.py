@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
+from dermtrl.cases.splits import TEST_START
 from dermtrl.cli._common import (
     EXIT_FAILURES,
     EXIT_USER_ERROR,
@@ -24,7 +28,21 @@ from dermtrl.cli._common import (
     finish,
     user_errors,
 )
-from dermtrl.dimensions import DIMENSIONS
+from dermtrl.cli.scores_view import baseline_report, score_table, summary_table
+from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES, Overall
+
+#: What ``dermtrl --help`` says first: what the tool is, and the three commands a first hour needs.
+DESCRIPTION = """\
+DermEval scores a diagnostic narrative against its skin image on six dimensions (0-5, higher is better);
+DermBench judges a model's narratives against reference narratives. A research tool, not a medical device.
+
+first steps:
+  dermtrl score IMAGE "NARRATIVE" --adapter ADAPTER     score one narrative
+  dermtrl eval --dataset cases.jsonl --adapter ADAPTER --out runs/eval
+  dermtrl sft --config recipes/configs/demo_sft.yaml    train Stage 1 (--help lists its options)
+
+Input formats: docs/source/data_formats.md. Bad input exits 2 with one "error:" line; failed records exit 1
+(--allow-failures: 0)."""
 
 __all__ = ["EXIT_FAILURES", "CLIError", "allow_failures_arg", "build_parser", "console", "err_console", "finish",
            "main"]
@@ -77,12 +95,15 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from dermtrl.cases.synthetic import generate_cases
+    from dermtrl.cases.loading import SYNTHETIC, load_cases
+    from dermtrl.cases.splits import split_of
 
-    with console.status(f"Generating {args.n} synthetic cases (seed {args.seed})"):
-        ds = generate_cases(args.n, seed=args.seed)
+    with user_errors():
+        ds = load_cases(SYNTHETIC, n=args.n, seed=args.seed, start=args.start)
+    with console.status(f"Writing {args.n} synthetic cases (seed {args.seed})"):
         ds.save_to_disk(args.out)
-    console.print(f"Wrote {len(ds)} synthetic cases (NOT clinical data) to [bold]{args.out}[/bold]")
+    console.print(f"Wrote {len(ds)} synthetic {split_of(args.start)} cases (indices {args.start:,}.."
+                  f"{args.start + len(ds) - 1:,}; NOT clinical data) to [bold]{args.out}[/bold]")
     table = Table(title="Quality tiers and mean expert scores")
     table.add_column("Tier")
     table.add_column("n", justify="right")
@@ -116,15 +137,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check_model_args(args)
     with user_errors():
-        ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
+        ds = load_cases(args.dataset, _eval_split(args), n=args.n, seed=args.seed, start=args.start)
         validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
     llm_parser = None
     if args.llm_parser_model:  # Figure 4's LLM parser: the bench CLI's endpoint flags, prefixed --llm-parser-
         with user_errors("--llm-parser-*", also=(TypeError,)):
             llm_parser = endpoint_config(args, prefix="llm-parser-")
-    evaluator = DermEval.from_pretrained(args.model, args.adapter, batch_size=args.batch_size,
-                                         max_new_tokens=args.max_new_tokens, llm_parser=llm_parser)
+    evaluator = _load_evaluator(args, DermEval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                llm_parser=llm_parser)
     out = Path(args.out)
     try:
         with user_errors(hint=" (--overwrite starts afresh)"):
@@ -145,26 +167,163 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if truncated:
         err_console.print(f"[yellow]{truncated} evaluation(s) hit the {evaluator.max_new_tokens}-token budget[/yellow] "
                           "(marked `truncated` in the records); raise --max-new-tokens")
+    if len(errors) < len(records):
+        console.print(summary_table(records))
     report = agreement_from_records(records, label=args.label, round_predictions=not args.raw)
     if report is not None:
-        paths = write_report([report], out)
-        console.print(render_table([report]))
+        reports = [report, _baseline(args, ds, records)]
+        title = "DermEval agreement with expert scores (MAE, lower is better; the constant baseline below)"
+        paths = write_report(reports, out)
+        console.print(render_table(reports, title=title))
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
 
+def _eval_split(args: argparse.Namespace) -> str | None:
+    """The split to read: ``--split``, else ``test`` (for synthetic cases only when no ``--start`` picks one)."""
+    from dermtrl.cases.loading import SYNTHETIC
+
+    if args.split:
+        return args.split
+    return None if args.dataset == SYNTHETIC and args.start is not None else "test"
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """Refuse a missing model or adapter before any data is read or weights are loaded (one line, exit 2)."""
+    if not args.model and not args.adapter:
+        raise CLIError("give --adapter (a DermEval adapter folder written by `dermtrl sft`, or a Hub id) or --model "
+                       "(a base model, e.g. dermtrl:tiny)")
+    for flag, value, marker in (("--adapter", args.adapter, "adapter_config.json"), ("--model", args.model, None)):
+        if not value or value.startswith("dermtrl:"):
+            continue
+        path = Path(value)
+        looks_local = value.startswith((".", "/", "~")) or path.exists() or value.count("/") != 1
+        if looks_local and not path.is_dir():
+            raise CLIError(f"{flag} {value}: no such folder (and not a Hub id of the form owner/name)")
+        if path.is_dir() and marker and not (path / marker).is_file():
+            raise CLIError(f"{flag} {value}: no {marker} in this folder; give the output_dir of `dermtrl sft` or "
+                           "`dermtrl soreb`")
+
+
+def _load_evaluator(args: argparse.Namespace, cls: Any, **kwargs: Any) -> Any:
+    """``DermEval.from_pretrained`` with what cannot be loaded (a Hub id offline, a broken folder) as one line."""
+    with user_errors(also=(OSError,)):
+        try:
+            return cls.from_pretrained(args.model, args.adapter, **kwargs)
+        except OSError as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise OSError(f"cannot load {args.adapter or args.model}: {first}") from exc
+
+
+#: The synthetic training cases the constant baseline averages: the demo recipe's 2,400.
+BASELINE_TRAIN_CASES = 2400
+
+
+def _baseline(args: argparse.Namespace, ds: Any, records: list[dict[str, Any]]) -> Any:
+    """The constant-baseline row for the eval report: the training set's mean expert scores for every case.
+
+    Synthetic cases: the mean of the demo's training cases. A dataset with a ``train`` split (other than the one
+    evaluated): that split's mean. Otherwise the evaluated cases' own mean, labelled in-sample (a constant that
+    knows the answers' average: harder to beat than a true training mean)."""
+    from dermtrl.cases.loading import SYNTHETIC, load_cases
+    from dermtrl.cases.splits import TRAIN
+    from dermtrl.cases.synthetic import generate_case
+
+    scored = [r for r in records if r.get("expert_scores") and "error" not in r]
+    experts = [r["expert_scores"] for r in scored]
+    train: list[Any] | None = None
+    if args.dataset == SYNTHETIC:
+        train = [generate_case(i, args.seed, render_image=False)["expert_scores"]
+                 for i in TRAIN[:BASELINE_TRAIN_CASES]]
+        label = f"Constant train mean ({len(train):,} synthetic training cases)"
+    elif _eval_split(args) != "train":
+        try:
+            train = list(load_cases(args.dataset, "train")["expert_scores"])
+            label = f"Constant train mean ({len(train):,} cases of the train split)"
+        except (ValueError, KeyError, OSError):
+            train = None
+    if not train:
+        train = experts
+        label = "Constant mean of these cases (in-sample)"
+    return baseline_report(train, experts, label=label)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``dermtrl score IMAGE NARRATIVE_OR_FILE``: one case, scored and shown with the legend."""
+    from dermtrl.cases.images import read_image
+    from dermtrl.dermeval.evaluator import DermEval
+
+    _check_model_args(args)
+    source = args.narrative
+    looks_like_file = not any(c.isspace() for c in source) and Path(source).suffix in (".txt", ".md", ".text")
+    if source == "-" or Path(source).is_file() or looks_like_file:
+        narrative = _read_text(source)  # a file name that does not exist is refused, never scored as the text
+    else:
+        narrative = source
+    if not narrative.strip():
+        raise CLIError("the narrative is empty: give its text, a UTF-8 text file, or - for standard input")
+    image = read_image(args.image).image  # a missing or unreadable image is refused before the model loads
+    evaluator = _load_evaluator(args, DermEval, batch_size=1, max_new_tokens=args.max_new_tokens)
+    result = evaluator.evaluate(image, narrative).to_dict()
+    overall = Overall.of(result["scores"])
+    if args.json:
+        result["overall_text"] = overall.text()
+        result["safety_flag"] = overall.unsafe
+        result["critique_names"] = dict(LABEL_NAMES)
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(score_table(result, title=f"DermEval scores for {Path(args.image).name}"))
+        console.print("[bold]Critique[/bold] (as DermEval wrote it)")
+        console.print(result["critique"] or "(none written)", markup=False, highlight=False)
+        if result["truncated"]:
+            err_console.print(f"[yellow]The evaluation hit the {evaluator.max_new_tokens}-token budget[/yellow]; "
+                              "raise --max-new-tokens")
+    return 0 if result["scores"] and not any(v is None for v in result["scores"].values()) else EXIT_FAILURES
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """``dermtrl sft|soreb ...``: the training script with its own parser (as ``trl sft``), in this process."""
+    """``dermtrl sft|soreb ...``: the training script with its own parser (as ``trl sft``), in this process.
+
+    ``--help`` lists dermtrl's own options first and the common TRL ones after them; ``--help-all`` prints the
+    script's full parser (every field of TRL's config)."""
     import importlib
 
+    from dermtrl.cli.train_help import train_help
+
     script = importlib.import_module(f"dermtrl.scripts.{args.script}")
-    script.main(*script.make_parser().parse_args_and_config(args=args.script_args)).end()
+    parser = script.make_parser()
+    parser.prog = f"dermtrl {args.script}"
+    if "--help-all" in args.script_args:
+        parser.print_help()
+        return 0
+    if "-h" in args.script_args or "--help" in args.script_args:
+        print(train_help(parser, args.script))
+        return 0
+    with user_errors(also=(TypeError,)), warnings.catch_warnings():  # a bad value in the YAML or flags: one line
+        # TRL's own config default trips transformers' rename warning; nothing the user set, nothing to act on
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        parsed = parser.parse_args_and_config(args=args.script_args)
+    script.main(*parsed).end()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dermtrl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dermtrl", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="score one narrative against one image: six scores, the critique, a legend",
+                       description="DermEval on one (image, narrative) pair: the six scores (0-5, higher is better), "
+                                   "the model's expected score and spread for each, and its critique.")
+    p.add_argument("image", metavar="IMAGE", help="the image file (any format PIL reads)")
+    p.add_argument("narrative", metavar="NARRATIVE_OR_FILE",
+                   help="the narrative's text, a UTF-8 text file holding it, or - for standard input")
+    p.add_argument("--adapter", help="DermEval LoRA adapter: a folder written by `dermtrl sft`, or a Hub id")
+    p.add_argument("--model", help="base model: Hub id, folder, or dermtrl:tiny (default: the adapter's base)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default: the one recorded beside the adapter, else 512)")
+    p.add_argument("--json", action="store_true", help="print the evaluation as JSON instead of a table")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("parse", help="parse six-dimension scores from an evaluation or judge text")
     p.add_argument("file", help="a text file, or - for standard input")
@@ -174,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write synthetic cases (for demos and tests, not clinical data)")
     p.add_argument("--n", type=_count, default=100, help="number of cases")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=int, default=TEST_START,
+                   help=f"first case index (default: {TEST_START:,}, the test cases; training uses 0-49,999, "
+                        "validation 50,000-199,999)")
     p.add_argument("--out", required=True, help="folder for datasets.save_to_disk")
     p.set_defaults(func=cmd_synth)
 
@@ -189,21 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("script_args", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_train, script=name)
 
-    p = sub.add_parser("eval", help="run DermEval over a dataset; agreement with experts when it has scores")
+    p = sub.add_parser("eval", help="run DermEval over a dataset: a summary of the scores; agreement with experts "
+                       "and a constant baseline when it has expert scores")
     p.add_argument("--model", help="base model: Hub id, folder, or dermtrl:tiny (default: the adapter's base)")
     p.add_argument("--adapter", help="DermEval LoRA adapter: Hub id or folder")
     p.add_argument("--dataset", required=True, help="Hub id, local folder or file, or dermtrl:synthetic")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=None,
+                   help="split to read (default: test; synthetic cases: train, validation or test)")
     p.add_argument("--n", type=_count, default=None, help="evaluate the first N cases (synthetic: generate N)")
     p.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
-    p.add_argument("--start", type=int, default=100_000, help="synthetic cases: first index (held out)")
+    p.add_argument("--start", type=int, default=None,
+                   help=f"synthetic cases: first index (default: {TEST_START:,}, the first test case)")
     p.add_argument("--out", required=True, help="folder for evaluations.jsonl (resumable) and the report")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (default: the one recorded beside the adapter, else 512)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
-    p.add_argument("--label", default="DermEval", help="row label in the report")
+    p.add_argument("--label", default="DermEval", help="the model's row label in the agreement report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     allow_failures_arg(p)
     # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on
@@ -221,15 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dermtrl.progress import library_bars_off
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("sft", "soreb"):  # every flag after it belongs to the script's own parser
         args = argparse.Namespace(func=cmd_train, script=argv[0], script_args=argv[1:])
     else:
         args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with library_bars_off():  # no "Loading weights" / "Generating train split" bars: our own bars only
+            return args.func(args)
     except DermtrlError as exc:  # CLIError and every other user-facing error of the package
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         err_console.print("interrupted; finished work is saved where the command writes incrementally")

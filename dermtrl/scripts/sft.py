@@ -19,13 +19,18 @@ accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml --num_tr
 
 from __future__ import annotations
 
+from accelerate import PartialState
+from datasets import Image as ImageFeature
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from dermtrl import lengths
+from dermtrl.cases.images import read_cell
+from dermtrl.console import err_console
 from dermtrl.conversation import TrainingCollator, use_training_template
 from dermtrl.script_args import (
     DermEvalScriptArguments,
+    epochs_warning,
     load_model,
     load_training_cases,
     lora_config,
@@ -39,6 +44,17 @@ from dermtrl.tiny import resolve_model_name
 def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     setup_threads(script_args)
 
+    # Dataset first: a missing column or file is refused before the model is loaded. (image, narrative, y*),
+    # tokenized by the collator exactly as Stage 2 and inference tokenize; images stay undecoded until the
+    # collator reads them with the project's one reader (EXIF orientation, alpha on white, 16-bit scaled).
+    train = load_training_cases(script_args)
+    if isinstance(train.features.get("image"), ImageFeature):
+        train = train.cast_column("image", ImageFeature(decode=False))
+    state = PartialState()
+    warning = epochs_warning(len(train), training_args, state.num_processes)
+    if warning and state.is_main_process:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}")
+
     # Model and processor (a Hub id, a folder, or 'dermtrl:tiny' for the locally built tiny LLaVA)
     processor = AutoProcessor.from_pretrained(resolve_model_name(model_args.model_name_or_path),
                                               revision=model_args.model_revision)
@@ -46,9 +62,9 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
     model = load_model(model_args)
     peft_config = lora_config(script_args, model_args)  # LoRA on the language model (+ projector if asked)
 
-    # Dataset: (image, narrative, y*), tokenized by the collator exactly as Stage 2 and inference tokenize
-    train = load_training_cases(script_args)
-    label_lengths = lengths.measure_cases(processor, train)  # y* and prompt token lengths, for the record
+    # y* and prompt token lengths, for the record (one image tokenized to count its tokens)
+    first_image = read_cell(train[0]["image"], where="case 0").image
+    label_lengths = lengths.measure(processor, [first_image], train["narrative"], train["evaluation"])
     training_args.remove_unused_columns = False  # the collator reads image, narrative and evaluation
     # The collator puts labels on y* and its EOS only (eq. 1) whatever `assistant_only_loss` says; TRL's own check
     # of that flag expects a conversational dataset, so it is switched off here.
