@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from trl import ModelConfig, ScriptArguments
 
-from dermtrl.cases.loading import SYNTHETIC, load_cases, validate_cases
+from dermtrl.cases.loading import FORMATS_PAGE, SYNTHETIC, load_cases, validate_cases
+from dermtrl.errors import DataError
 from dermtrl.tiny import resolve_model_name
 
 
@@ -92,10 +93,14 @@ def load_model(model_args: ModelConfig) -> Any:
 
 
 def load_training_cases(script_args: DermEvalScriptArguments, *, scores: bool = False) -> Any:
-    """The training cases, validated: image, narrative and y* (and the expert scores for Stage 2)."""
+    """The training cases, validated: image, narrative and y* (and the expert scores for Stage 2).
+
+    Called before the model is loaded, so a missing column is refused in seconds with a :class:`DataError`
+    naming it and the page of formats. Image paths in a data file resolve against the file's folder.
+    """
     name = script_args.dataset_name
     if not name:
-        raise ValueError(f"dataset_name is required (a Hub id, a local path, or '{SYNTHETIC}')")
+        raise DataError(f"dataset_name is required (a Hub id, a local path, or '{SYNTHETIC}'); see {FORMATS_PAGE}")
     n = script_args.synthetic_train_cases if name == SYNTHETIC else None
     cases = load_cases(name, script_args.dataset_train_split, n=n, seed=script_args.synthetic_seed)
     validate_cases(cases, ("image", "narrative", "evaluation"), scores=scores, source=name)
@@ -133,6 +138,25 @@ def recorded_stage1_settings(adapter: str) -> dict[str, Any] | None:
         return json.loads((Path(adapter) / STAGE1_SETTINGS_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+#: More passes than this over the training cases draw a warning: the adapter learns the cases by heart.
+MAX_QUIET_EPOCHS = 20
+
+
+def epochs_warning(n_cases: int, training_args: Any, world_size: int = 1) -> str | None:
+    """A warning when training would pass over its ``n_cases`` more than :data:`MAX_QUIET_EPOCHS` times, else
+    ``None``. ``max_steps`` (when set) decides the passes, as it does in the Trainer."""
+    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                * max(1, world_size))
+    steps = training_args.max_steps if training_args.max_steps and training_args.max_steps > 0 else None
+    epochs = steps * per_step / n_cases if steps is not None else float(training_args.num_train_epochs)
+    if n_cases < 1 or epochs <= MAX_QUIET_EPOCHS:
+        return None
+    how = f"{steps} steps of {per_step} cases" if steps is not None else f"num_train_epochs {epochs:g}"
+    return (f"{how} pass over the {n_cases} training cases {epochs:.0f} times (more than {MAX_QUIET_EPOCHS}): "
+            "the adapter will learn these cases by heart rather than how to evaluate; use fewer steps or epochs, "
+            "or more cases, and compare with the constant baseline in the eval report")
 
 
 def save_stage1_settings(settings: dict[str, Any], adapter: str) -> None:
