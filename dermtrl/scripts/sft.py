@@ -20,6 +20,7 @@ accelerate launch recipes/sft.py --config recipes/configs/demo_sft.yaml --num_tr
 from __future__ import annotations
 
 from accelerate import PartialState
+from datasets import Dataset
 from datasets import Image as ImageFeature
 from transformers import AutoProcessor
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
@@ -41,15 +42,21 @@ from dermtrl.script_args import (
 from dermtrl.tiny import resolve_model_name
 
 
-def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    setup_threads(script_args)
-
-    # Dataset first: a missing column or file is refused before the model is loaded. (image, narrative, y*),
-    # tokenized by the collator exactly as Stage 2 and inference tokenize; images stay undecoded until the
-    # collator reads them with the project's one reader (EXIF orientation, alpha on white, 16-bit scaled).
+def stage1_cases(script_args: DermEvalScriptArguments) -> Dataset:
+    """Stage 1's cases (image, narrative, y*), validated, with their images left undecoded: the collator reads
+    each with the project's one reader (EXIF orientation, transparency on white, 16-bit scaled), so training sees
+    the pixels inference sees. Image paths in a data file resolve against its folder."""
     train = load_training_cases(script_args)
     if isinstance(train.features.get("image"), ImageFeature):
         train = train.cast_column("image", ImageFeature(decode=False))
+    return train
+
+
+def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    setup_threads(script_args)
+
+    # Dataset first: a missing column or file is refused before the model is loaded
+    train = stage1_cases(script_args)
     state = PartialState()
     warning = epochs_warning(len(train), training_args, state.num_processes)
     if warning and state.is_main_process:
