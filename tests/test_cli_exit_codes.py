@@ -161,3 +161,87 @@ def test_eval_exit_status_and_a_bar_that_counts_every_case(tmp_path, capsys):
     err = flat(captured.err)
     assert "resumed: 3 of 4 already done" in err and re.search(r"4/4", err) and re.search(r"skipped 1\b", err)
     assert "3 of 4 cases evaluated, 1 skipped" in flat(captured.out)
+
+
+# --- bad input: exit status 2, one `error:` line, no traceback, in every command -------------------------------
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, monkeypatch):
+    """A folder of the mistakes a newcomer makes: a file without the needed columns, a broken JSONL, a text file
+    given as data, a folder that is not an adapter, an empty image."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (16, 16), (200, 90, 90)).save(tmp_path / "lesion.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "no_eval.jsonl").write_text(json.dumps({"image": "lesion.png", "narrative": "Red plaques."}) + "\n")
+    (tmp_path / "no_narrative.jsonl").write_text(json.dumps({"image": "lesion.png", "text": "Red plaques."}) + "\n")
+    (tmp_path / "broken.jsonl").write_text('{"image": "lesion.png", "narrative": "Red plaques."\n')
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    (tmp_path / "not_an_adapter").mkdir()
+    (tmp_path / "runs").mkdir()  # so runs/nothing is a missing local folder, not a Hub id
+    return tmp_path
+
+
+TRAIN = ["--model_name_or_path", "dermtrl:tiny", "--output_dir", "out", "--use_cpu", "true", "--bf16", "false"]
+BAD_INPUTS = {
+    "score without a model": (["score", "lesion.png", "Red plaques."], "give --adapter"),
+    "score, missing adapter": (["score", "lesion.png", "Red plaques.", "--adapter", "runs/nothing"],
+                               "--adapter runs/nothing: no such folder"),
+    "score, not an adapter": (["score", "lesion.png", "Red plaques.", "--adapter", "not_an_adapter"],
+                              "no adapter_config.json"),
+    "score, missing image": (["score", "missing.png", "Red plaques.", "--model", "dermtrl:tiny"],
+                             "missing.png: no such image file"),
+    "score, empty image": (["score", "empty.png", "Red plaques.", "--model", "dermtrl:tiny"], "zero-byte"),
+    "score, missing narrative file": (["score", "lesion.png", "narrative.txt", "--model", "dermtrl:tiny"],
+                                      "narrative.txt: no such file"),
+    "eval, missing dataset": (["eval", "--dataset", "nonexistent_dir", "--model", "dermtrl:tiny", "--out", "o"],
+                              "nonexistent_dir: no such file or folder"),
+    "eval, missing column": (["eval", "--dataset", "no_narrative.jsonl", "--model", "dermtrl:tiny", "--out", "o"],
+                             "missing column 'narrative'"),
+    "eval, wrong format": (["eval", "--dataset", "notes.txt", "--model", "dermtrl:tiny", "--out", "o"],
+                           "unsupported data file type '.txt'"),
+    "eval, broken jsonl": (["eval", "--dataset", "broken.jsonl", "--model", "dermtrl:tiny", "--out", "o"],
+                           "broken.jsonl: not a readable jsonl data file"),
+    "eval, missing adapter": (["eval", "--dataset", "no_eval.jsonl", "--adapter", "./gone", "--out", "o"],
+                              "--adapter ./gone: no such folder"),
+    "eval, test split from a training index": (["eval", "--dataset", "dermtrl:synthetic", "--split", "test",
+                                                "--start", "0", "--model", "dermtrl:tiny", "--out", "o"],
+                                               "are train cases, not test"),
+    "eval, missing --out": (["eval", "--dataset", "no_eval.jsonl"], "the following arguments are required: --out"),
+    "synth across two splits": (["synth", "--n", "5", "--start", "49998", "--out", "s"], "run from the train into"),
+    "parse, missing file": (["parse", "gone.txt"], "gone.txt: no such file"),
+    "unknown command": (["scroe", "lesion.png"], "invalid choice: 'scroe'"),
+    "sft, missing dataset": (["sft", "--dataset_name", "nonexistent_dir", *TRAIN], "nonexistent_dir: no such file"),
+    "sft, missing column": (["sft", "--dataset_name", "no_eval.jsonl", *TRAIN],
+                            "missing column 'evaluation'"),
+    "sft, unknown option": (["sft", "--dataset_name", "no_eval.jsonl", "--learnig_rate", "1e-3", *TRAIN],
+                            "--learnig_rate"),
+    "sft, bad value": (["sft", "--dataset_name", "no_eval.jsonl", "--num_train_epochs", "many", *TRAIN],
+                       "--num_train_epochs"),
+    "soreb, unknown option": (["soreb", "--dataset_name", "no_eval.jsonl", "--no_such_flag", "1", *TRAIN],
+                              "--no_such_flag"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_error_line(bad_inputs, capsys, monkeypatch, case):
+    """The contract of docs/source/cli.md, walked through every command's common mistakes; training refuses its
+    data before any model or processor is loaded."""
+    import dermtrl.scripts.sft as sft
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(sft, "load_model", never)
+    monkeypatch.setattr(sft.AutoProcessor, "from_pretrained", never)
+    import dermtrl.dermeval.evaluator as evaluator
+
+    monkeypatch.setattr(evaluator.DermEval, "from_pretrained", never)  # every case here fails before loading
+    argv, message = BAD_INPUTS[case]
+    assert dermtrl_main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert message in lines[0] and "Traceback" not in captured.err + captured.out
+    if "column" in case:
+        assert "docs/source/data_formats.md" in lines[0]

@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.markup import escape
 from rich.table import Table
@@ -197,7 +197,9 @@ def _check_model_args(args: argparse.Namespace) -> None:
         if not value or value.startswith("dermtrl:"):
             continue
         path = Path(value)
-        looks_local = value.startswith((".", "/", "~")) or path.exists() or value.count("/") != 1
+        # owner/name is a Hub id, unless "owner" is a local folder (runs/my-sft, a typo of a local output)
+        looks_local = (value.startswith((".", "/", "~")) or path.exists() or value.count("/") != 1
+                       or path.parent.is_dir())
         if looks_local and not path.is_dir():
             raise CLIError(f"{flag} {value}: no such folder (and not a Hub id of the form owner/name)")
         if path.is_dir() and marker and not (path / marker).is_file():
@@ -293,6 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     script = importlib.import_module(f"dermtrl.scripts.{args.script}")
     parser = script.make_parser()
     parser.prog = f"dermtrl {args.script}"
+    _one_line_usage_errors(parser)
     if "--help-all" in args.script_args:
         parser.print_help()
         return 0
@@ -307,9 +310,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as every other bad input is: one ``error:`` line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make an existing parser's usage mistakes :class:`CLIError` (one line) instead of usage text and exit."""
+
+    def error(message: str) -> NoReturn:
+        raise CLIError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dermtrl", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="dermtrl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("score", help="score one narrative against one image: six scores, the critique, a legend",
@@ -389,11 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dermtrl.progress import library_bars_off
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("sft", "soreb"):  # every flag after it belongs to the script's own parser
-        args = argparse.Namespace(func=cmd_train, script=argv[0], script_args=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] in ("sft", "soreb"):  # every flag after it belongs to the script's own parser
+            args = argparse.Namespace(func=cmd_train, script=argv[0], script_args=argv[1:])
+        else:
+            args = build_parser().parse_args(argv)
         with library_bars_off():  # no "Loading weights" / "Generating train split" bars: our own bars only
             return args.func(args)
     except DermtrlError as exc:  # CLIError and every other user-facing error of the package
