@@ -3,9 +3,12 @@
 DermBench and DermEval are both judged by the same yardstick (Section 4.1): per-dimension mean absolute
 error against physician scores, with the evaluator's scores "rounded to the nearest integer on the 0 to 5
 scale", and the "macro average MAE" over the six dimensions. Keeping that definition in one function means
-the two evaluators can never drift onto subtly different metrics. Rank correlations, quadratic-weighted
-kappa and seeded bootstrap confidence intervals are reported alongside, and missing or skipped cases are
-counted and reported rather than silently scored.
+the two evaluators can never drift onto subtly different metrics. Beside the MAE every report gives the
+statistics clinical agreement studies use (ICC(2,1), ICC(3,1), Krippendorff's ordinal alpha), quadratic-weighted
+kappa and Spearman's rho, per dimension and macro-averaged, each with a seeded bootstrap CI over cases
+(:mod:`dermtrl.reliability`); a constant-mean baseline row; and, when the cases keep every rater's scores, the
+expert ceiling (:mod:`dermtrl.ceiling`). Missing or skipped cases are counted and reported rather than silently
+scored.
 """
 
 from __future__ import annotations
@@ -13,38 +16,40 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
-from sklearn.metrics import cohen_kappa_score
+from scipy.stats import kendalltau
 
+from dermtrl.ceiling import Ceiling, expert_ceiling
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, Scores, canonical_dimension, valid_score
+from dermtrl.reliability import (
+    STATISTICS,
+    Estimate,
+    agreement_statistics,
+    bootstrap_counts,
+    estimate,
+    finite_or_none,
+    round_half_up,
+)
 
-__all__ = ["AgreementReport", "DimensionAgreement", "agreement", "round_half_up"]
+__all__ = ["AgreementReport", "DimensionAgreement", "agreement", "constant_predictions", "round_half_up"]
 
-#: The integer labels of the 0-5 scale (for Cohen's kappa).
+#: The integer labels of the 0-5 scale (for Cohen's kappa and the ordinal alpha).
 LABELS: tuple[int, ...] = tuple(range(int(SCORE_MIN), int(SCORE_MAX) + 1))
+TRAIN_MEAN_LABEL = "Constant train-mean baseline"
+LOO_MEAN_LABEL = "Constant mean baseline (leave-one-case-out)"
+
+_finite_or_none = finite_or_none
 
 
-def round_half_up(values: np.ndarray | float) -> np.ndarray:
-    """Round to the nearest integer with halves going *up*: ``floor(x + 0.5)`` (2.5 -> 3, 4.5 -> 5).
-
-    Not ``round``/``np.round``: those round half to even (2.5 -> 2, 3.5 -> 4, 4.5 -> 4), so a judge score
-    of exactly x.5 would go down or up depending on the parity of x, an arbitrary bias on a 0-5 scale
-    where x.5 is a common score. The paper only says "nearest integer"; the ordinary (school / clinical)
-    convention, and the one that treats every half-point alike, rounds halves up. All scores are >= 0,
-    so half-up and half-away-from-zero coincide.
-    """
-    return np.floor(np.asarray(values, dtype=float) + 0.5)
+def _ci_list(ci: tuple[float, float] | None) -> list[float | None] | None:
+    return None if ci is None else [_finite_or_none(v) for v in ci]
 
 
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _ci_tuple(ci: Sequence[float] | None) -> tuple[float, float] | None:
+    return None if ci is None else (float(ci[0]), float(ci[1]))
 
 
 @dataclass(frozen=True)
@@ -58,30 +63,34 @@ class DimensionAgreement:
     qwk: float | None
     n: int  # pairs scored
     n_missing: int  # cases whose prediction lacks this dimension (not scored, not in the MAE denominator)
+    spearman_ci: tuple[float, float] | None = None
+    qwk_ci: tuple[float, float] | None = None
+    icc21: float | None = None  # ICC(2,1): absolute agreement, raters random
+    icc21_ci: tuple[float, float] | None = None
+    icc31: float | None = None  # ICC(3,1): consistency, raters fixed
+    icc31_ci: tuple[float, float] | None = None
+    alpha: float | None = None  # Krippendorff's alpha, ordinal, on scores rounded to integers
+    alpha_ci: tuple[float, float] | None = None
+
+    def stat(self, name: str) -> Estimate:
+        """One statistic of :data:`~dermtrl.reliability.STATISTICS` with its interval."""
+        return Estimate(getattr(self, name), getattr(self, f"{name}_ci"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mae": _finite_or_none(self.mae),
-            "mae_ci": None if self.mae_ci is None else [_finite_or_none(v) for v in self.mae_ci],
-            "spearman": _finite_or_none(self.spearman),
-            "kendall": _finite_or_none(self.kendall),
-            "qwk": _finite_or_none(self.qwk),
-            "n": int(self.n),
-            "n_missing": int(self.n_missing),
-        }
+        out: dict[str, Any] = {"kendall": _finite_or_none(self.kendall), "n": int(self.n),
+                               "n_missing": int(self.n_missing)}
+        for name in STATISTICS:
+            out[name] = _finite_or_none(getattr(self, name))
+            out[f"{name}_ci"] = _ci_list(getattr(self, f"{name}_ci"))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DimensionAgreement:
-        ci = data.get("mae_ci")
-        return cls(
-            mae=data.get("mae"),
-            mae_ci=None if ci is None else (float(ci[0]), float(ci[1])),
-            spearman=data.get("spearman"),
-            kendall=data.get("kendall"),
-            qwk=data.get("qwk"),
-            n=int(data["n"]),
-            n_missing=int(data["n_missing"]),
-        )
+        values: dict[str, Any] = {}
+        for name in STATISTICS:
+            values[name] = data.get(name)
+            values[f"{name}_ci"] = _ci_tuple(data.get(f"{name}_ci"))
+        return cls(kendall=data.get("kendall"), n=int(data["n"]), n_missing=int(data["n_missing"]), **values)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,9 @@ class AgreementReport:
     n_bootstrap: int = 1000
     seed: int = 0
     truncated: int = 0  # evaluations that hit the generation budget (their score block may be cut)
+    macro: dict[str, Estimate] = field(default_factory=dict)  # every statistic averaged over the six dimensions
+    baseline: AgreementReport | None = None  # a constant predictor on the same cases, scored the same way
+    ceiling: Ceiling | None = None  # rater-to-rater agreement beside this evaluator's, when raters are known
 
     @property
     def n_missing(self) -> dict[str, int]:
@@ -116,20 +128,20 @@ class AgreementReport:
             "seed": int(self.seed),
             "truncated": int(self.truncated),
             "macro_mae": _finite_or_none(self.macro_mae),
-            "macro_mae_ci": None
-            if self.macro_mae_ci is None
-            else [_finite_or_none(v) for v in self.macro_mae_ci],
+            "macro_mae_ci": _ci_list(self.macro_mae_ci),
             "per_dimension": {d: a.to_dict() for d, a in self.per_dimension.items()},
+            "macro": {s: e.to_dict() for s, e in self.macro.items()},
+            "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "ceiling": None if self.ceiling is None else self.ceiling.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgreementReport:
-        ci = data.get("macro_mae_ci")
         per = {d: DimensionAgreement.from_dict(a) for d, a in data["per_dimension"].items()}
         return cls(
             per_dimension=per,
             macro_mae=data.get("macro_mae"),
-            macro_mae_ci=None if ci is None else (float(ci[0]), float(ci[1])),
+            macro_mae_ci=_ci_tuple(data.get("macro_mae_ci")),
             n_cases=int(data["n_cases"]),
             skipped=int(data["skipped"]),
             rounded=bool(data["rounded"]),
@@ -138,6 +150,9 @@ class AgreementReport:
             n_bootstrap=int(data.get("n_bootstrap", 1000)),
             seed=int(data.get("seed", 0)),
             truncated=int(data.get("truncated", 0)),
+            macro={s: Estimate.from_dict(e) for s, e in (data.get("macro") or {}).items()},
+            baseline=None if not data.get("baseline") else cls.from_dict(data["baseline"]),
+            ceiling=None if not data.get("ceiling") else Ceiling.from_dict(data["ceiling"]),
         )
 
 
@@ -210,42 +225,33 @@ def _expert_matrix(experts: Sequence[Mapping[str, float]]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def _correlation(func: Any, x: np.ndarray, y: np.ndarray) -> float | None:
+def _kendall(x: np.ndarray, y: np.ndarray) -> float | None:
     if x.size < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConstantInputWarning etc.: an undefined statistic becomes None
-        return _finite_or_none(func(x, y).statistic)
+        return _finite_or_none(kendalltau(x, y).statistic)
 
 
-def _qwk(expert: np.ndarray, pred: np.ndarray) -> float | None:
-    if expert.size == 0:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined kappa (single shared label) -> NaN -> None
-        value = cohen_kappa_score(
-            round_half_up(expert).astype(int),
-            round_half_up(pred).astype(int),
-            labels=list(LABELS),
-            weights="quadratic",
-        )
-    return _finite_or_none(value)
+def constant_predictions(experts: Sequence[Mapping[str, float]],
+                         train_experts: Sequence[Mapping[str, float]] | None = None) -> tuple[list[dict], str]:
+    """The constant baseline's predictions and its label.
 
-
-def _percentile_ci(samples: np.ndarray, ci: float) -> np.ndarray:
-    """Percentile interval per column, ignoring NaN resamples; NaN where a column has no finite resample."""
-    out = np.full((2, samples.shape[1]), np.nan)
-    q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
-    for j in range(samples.shape[1]):
-        col = samples[:, j]
-        col = col[np.isfinite(col)]
-        if col.size:
-            out[:, j] = np.percentile(col, q)
-    return out
-
-
-def _as_ci(lo: float, hi: float) -> tuple[float, float] | None:
-    return (float(lo), float(hi)) if math.isfinite(lo) and math.isfinite(hi) else None
+    With ``train_experts``: every case gets the training set's mean expert score per dimension (what an evaluator
+    that ignores image and text would learn). Without: each case gets the mean of the *other* cases' expert scores
+    (leave one case out), so no case's own answer leaks into its prediction.
+    """
+    exp = _expert_matrix(experts)
+    if train_experts is not None:
+        train = _expert_matrix(train_experts)
+        if not len(train):
+            raise ValueError("train_experts is empty: the constant baseline needs the training cases' expert scores")
+        means = train.mean(axis=0)
+        return [dict(zip(DIMENSIONS, map(float, means), strict=True))] * len(exp), TRAIN_MEAN_LABEL
+    if len(exp) < 2:
+        return [], LOO_MEAN_LABEL
+    loo = (exp.sum(axis=0)[None, :] - exp) / (len(exp) - 1)
+    return [dict(zip(DIMENSIONS, map(float, row), strict=True)) for row in loo], LOO_MEAN_LABEL
 
 
 def agreement(
@@ -259,6 +265,9 @@ def agreement(
     skipped: int = 0,
     label: str = "",
     truncated: int = 0,
+    raters: Sequence[Sequence[Any] | None] | None = None,
+    train_experts: Sequence[Mapping[str, float]] | None = None,
+    baseline: bool = True,
 ) -> AgreementReport:
     """Agreement of evaluator ``predictions`` with ``experts``, case by case (row ``i`` with row ``i``).
 
@@ -266,11 +275,17 @@ def agreement(
       prediction has that dimension (raw ``pred`` when ``round_predictions=False``). A missing score (absent
       key, ``None``, NaN, or a ``None`` prediction row) is counted in ``n_missing`` and left out of the
       denominator, never scored as 0.
-    - Macro MAE: mean of the six per-dimension MAEs (``None`` if any dimension has no scored pair).
-    - Spearman / Kendall (tau-b) on the same (rounded or raw) scores the MAE uses; ``None`` when undefined.
-    - Quadratic-weighted Cohen's kappa on half-up-rounded predictions and experts over the labels 0..5.
-    - Percentile bootstrap CIs (``ci`` level, ``n_bootstrap`` resamples of whole cases, seeded) for each
-      dimension's MAE and for the macro MAE (dimensions resampled jointly). ``n_bootstrap=0`` gives no CIs.
+    - Spearman, ICC(2,1) and ICC(3,1) on the same (rounded or raw) scores the MAE uses; Kendall (tau-b) likewise.
+    - Quadratic-weighted Cohen's kappa and Krippendorff's ordinal alpha on half-up-rounded predictions and experts
+      over the labels 0..5.
+    - Macro: each statistic's mean over the six dimensions (``None`` if any dimension's is undefined).
+    - Percentile bootstrap CIs (``ci`` level, ``n_bootstrap`` resamples of whole cases, seeded, the same resamples
+      for every statistic and dimension). ``n_bootstrap=0`` gives no CIs.
+    - ``baseline``: a nested report of a constant predictor on the same cases (the training mean when
+      ``train_experts`` is given, else each case's leave-one-out mean of the others), so a model is never read
+      without what a constant achieves.
+    - ``raters``: per case, every rater's scores (``rater_scores`` or the pipeline's ``ratings``); gives the nested
+      expert ceiling (:func:`dermtrl.ceiling.expert_ceiling`) on the same bootstrap resamples.
 
     ``skipped`` counts cases dropped before scoring (e.g. undecodable images); it is carried into the
     report so that it is never lost; ``truncated`` likewise counts evaluations that hit the generation budget.
@@ -282,6 +297,9 @@ def agreement(
             f"predictions and experts must have the same length: got {len(predictions)} predictions "
             f"and {len(experts)} expert rows"
         )
+    if raters is not None and len(raters) != len(experts):
+        raise ValueError(f"raters and experts must have the same length: got {len(raters)} rater rows "
+                         f"and {len(experts)} expert rows")
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci!r}")
     if n_bootstrap < 0:
@@ -294,44 +312,41 @@ def agreement(
     n_cases = len(exp)
     used = round_half_up(pred) if round_predictions else pred  # NaN stays NaN
     mask = ~np.isnan(used)
-    err = np.where(mask, np.abs(used - exp), 0.0)
     n = mask.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mae = err.sum(axis=0) / n  # NaN where n == 0
+    counts = bootstrap_counts(n_cases, n_bootstrap, seed) if n_bootstrap and n_cases else None
+    # row 0: the cases as given (the point estimate); rows 1..: the bootstrap resamples
+    weights = np.ones((1, n_cases)) if counts is None else np.vstack([np.ones((1, n_cases)), counts])
+    per_stat = {s: np.full((len(weights), len(DIMENSIONS)), np.nan) for s in STATISTICS}
+    for j in range(len(DIMENSIONS)):
+        x = np.where(mask[:, j], used[:, j], 0.0)  # a missing score takes no part: weight 0
+        for s, values in agreement_statistics(x, exp[:, j], weights * mask[:, j], len(LABELS)).items():
+            per_stat[s][:, j] = values
 
-    # Bootstrap: an (n_bootstrap, n_cases) index matrix of resampled cases, turned into per-resample case
-    # counts so each resample's per-dimension sums are one matrix product (cases resampled jointly).
-    boot_ci = np.full((2, len(DIMENSIONS) + 1), np.nan)
-    if n_bootstrap and n_cases:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n_cases, size=(n_bootstrap, n_cases))
-        offsets = (np.arange(n_bootstrap) * n_cases)[:, None]
-        counts = np.bincount((idx + offsets).ravel(), minlength=n_bootstrap * n_cases)
-        counts = counts.reshape(n_bootstrap, n_cases).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mae_b = (counts @ err) / (counts @ mask.astype(float))  # (n_bootstrap, 6)
-        macro_b = mae_b.mean(axis=1)  # NaN where some dimension had no pair in that resample
-        boot_ci = _percentile_ci(np.column_stack([mae_b, macro_b]), ci)
+    def est(s: str, j: int | None) -> Estimate:
+        col = per_stat[s].mean(axis=1) if j is None else per_stat[s][:, j]
+        return estimate(col[0], col[1:] if counts is not None else None, ci)
 
     per_dimension: dict[str, DimensionAgreement] = {}
     for j, dim in enumerate(DIMENSIONS):
         m = mask[:, j]
-        x, y = used[m, j], exp[m, j]
-        per_dimension[dim] = DimensionAgreement(
-            mae=_finite_or_none(mae[j]),
-            mae_ci=_as_ci(boot_ci[0, j], boot_ci[1, j]),
-            spearman=_correlation(spearmanr, x, y),
-            kendall=_correlation(kendalltau, x, y),
-            qwk=_qwk(y, pred[m, j]),
-            n=int(n[j]),
-            n_missing=int(n_cases - n[j]),
-        )
-
-    macro = float(mae.mean()) if bool(np.all(n > 0)) else None
+        fields = {}
+        for s in STATISTICS:
+            e = est(s, j)
+            fields[s], fields[f"{s}_ci"] = e.value, e.ci
+        per_dimension[dim] = DimensionAgreement(kendall=_kendall(used[m, j], exp[m, j]), n=int(n[j]),
+                                                n_missing=int(n_cases - n[j]), **fields)
+    macro = {s: est(s, None) for s in STATISTICS}
+    base = None
+    if baseline:
+        constant, base_label = constant_predictions(experts, train_experts)
+        if constant:
+            base = agreement(constant, experts, round_predictions=round_predictions, n_bootstrap=n_bootstrap,
+                             seed=seed, ci=ci, label=base_label, baseline=False)
+    ceiling = expert_ceiling(used, raters, counts, ci=ci) if raters is not None else None
     return AgreementReport(
         per_dimension=per_dimension,
-        macro_mae=macro,
-        macro_mae_ci=_as_ci(boot_ci[0, -1], boot_ci[1, -1]),
+        macro_mae=macro["mae"].value,
+        macro_mae_ci=macro["mae"].ci,
         n_cases=n_cases,
         skipped=int(skipped),
         rounded=bool(round_predictions),
@@ -340,6 +355,9 @@ def agreement(
         n_bootstrap=int(n_bootstrap),
         seed=int(seed),
         truncated=int(truncated),
+        macro=macro,
+        baseline=base,
+        ceiling=ceiling,
     )
 
 

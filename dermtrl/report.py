@@ -12,27 +12,38 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.table import Table
 
+from dermtrl.ceiling import MACRO, Ceiling
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, DimensionAgreement
+from dermtrl.reliability import STATISTIC_NAMES, STATISTICS, Estimate
 
-__all__ = ["CSV_FIELDS", "NA", "cell", "md_row", "md_table", "render_table", "rich_table", "to_csv", "to_json",
-           "to_markdown", "write_report"]
+__all__ = ["CSV_FIELDS", "NA", "ceiling_lines", "cell", "md_row", "md_table", "render_table", "rich_table", "to_csv",
+           "to_json", "to_markdown", "write_report"]
 
 DEFAULT_TITLE = "Agreement with expert scores (MAE, lower is better)"
+#: Shown statistics, agreement coefficients first; the ceiling table shows the first of them and the MAE.
+SHOWN: tuple[str, ...] = ("icc21", "icc31", "alpha", "qwk", "spearman", "mae")
+CEILING_SHOWN: tuple[str, ...] = ("mae", "icc21", "alpha")
 CSV_FIELDS: tuple[str, ...] = (
-    "label", "dimension", "mae", "mae_lo", "mae_hi", "spearman", "kendall", "qwk", "n", "n_missing",
+    "section", "label", "dimension",
+    *(f"{s}{suffix}" for s in STATISTICS for suffix in ("", "_lo", "_hi")),
+    "kendall", "n", "n_missing",
 )
 NA = "n/a"
+LEGEND = ("Scores 0-5, higher is better. MAE: lower is better. ICC(2,1) (absolute agreement), ICC(3,1) "
+          "(consistency), Krippendorff's ordinal alpha, QWK and Spearman: 1 is perfect agreement, 0 is chance.")
 
 
 def cell(value: float | None, ci: tuple[float, float] | None = None, digits: int = 3) -> str:
     """'0.117 [0.09, 0.14]'; just the value when there is no interval; 'n/a' when there is no value."""
     if value is None:
         return NA
+    value = 0.0 if abs(value) < 0.5 * 10**-digits else value  # no "-0.000"
     return f"{value:.{digits}f}" if ci is None else f"{value:.{digits}f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
@@ -58,6 +69,27 @@ def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
 
 def _reports(reports: Sequence[AgreementReport] | AgreementReport) -> list[AgreementReport]:
     return [reports] if isinstance(reports, AgreementReport) else list(reports)
+
+
+def _with_baselines(reports: list[AgreementReport]) -> list[AgreementReport]:
+    """Each report (its placeholder label filled in) followed by its constant baseline; a baseline equal to one
+    already listed is listed once."""
+    out: list[AgreementReport] = []
+    seen: list[AgreementReport] = []
+    for i, report in enumerate(reports):
+        out.append(report if report.label else replace(report, label=_label(report, i)))
+        if report.baseline is not None and report.baseline not in seen:
+            seen.append(report.baseline)
+            out.append(report.baseline)
+    return out
+
+
+def _est(report: AgreementReport, stat: str, dim: str | None) -> Estimate:
+    if dim is None:
+        if stat == "mae":
+            return Estimate(report.macro_mae, report.macro_mae_ci)
+        return report.macro.get(stat, Estimate(None))
+    return report.per_dimension[dim].stat(stat)
 
 
 def _label(report: AgreementReport, i: int) -> str:
@@ -89,13 +121,50 @@ def _note(report: AgreementReport, i: int) -> str:
     )
 
 
+def _macro_line(report: AgreementReport, i: int) -> str:
+    """The agreement coefficients' macro averages in one line (the terminal shows no per-dimension detail)."""
+    parts = [f"{STATISTIC_NAMES[s]} {cell(e.value, e.ci)}" for s in SHOWN if s != "mae"
+             for e in [_est(report, s, None)]]
+    return f"{_label(report, i)}, macro: " + "; ".join(parts)
+
+
+def _ratio_verdict(ratio: Estimate, ci_level: float) -> str:
+    if ratio.value is None:
+        return "undefined"
+    if ratio.ci is None:
+        return "no interval"
+    if ratio.ci[1] < 1:
+        return "closer to the experts' mean than one expert is to the others'"
+    if ratio.ci[0] > 1:
+        return "further from the experts than they are from each other"
+    return f"as close to the experts as they are to each other (the {ci_level:.0%} CI includes 1)"
+
+
+def ceiling_lines(report: AgreementReport, i: int = 0) -> list[str]:
+    """The expert ceiling as sentences: raters' and the model's macro MAE and their ratio, with the verdict."""
+    c = report.ceiling
+    if c is None:
+        return []
+    raters, model, ratio = c.raters[MACRO]["mae"], c.model[MACRO]["mae"], c.ratio[MACRO]["mae"]
+    low, high = c.raters_per_case
+    return [f"Expert ceiling ({low}-{high} raters per case, {min(c.n_cases.values())}-{max(c.n_cases.values())} "
+            f"cases per dimension): macro MAE of each rater vs the mean of the others {cell(raters.value, raters.ci)}; "
+            f"{_label(report, i)} vs the mean of all raters {cell(model.value, model.ci)}; ratio "
+            f"{cell(ratio.value, ratio.ci, digits=2)}: {_label(report, i)} is "
+            f"{_ratio_verdict(ratio, c.ci_level)}"]
+
+
 def render_table(
     reports: Sequence[AgreementReport] | AgreementReport, title: str = DEFAULT_TITLE
 ) -> Table:
-    """Table 1 layout: one row per evaluator, MAE [CI] per dimension and the macro average."""
+    """Table 1 layout: one row per evaluator (and its constant baseline), MAE [CI] per dimension and the macro
+    average; the caption holds the notes, the macro agreement coefficients and the expert ceiling."""
     reports = _reports(reports)
-    return rich_table(title, _header(), [_row(r, i) for i, r in enumerate(reports)],
-                      caption="\n".join(_note(r, i) for i, r in enumerate(reports)))
+    rows = _with_baselines(reports)
+    caption = [_note(r, i) for i, r in enumerate(reports)]
+    caption += [_macro_line(r, i) for i, r in enumerate(reports)]
+    caption += [line for i, r in enumerate(reports) for line in ceiling_lines(r, i)]
+    return rich_table(title, _header(), [_row(r, i) for i, r in enumerate(rows)], caption="\n".join(caption))
 
 
 def _detail_cells(label: str, dim: str, a: DimensionAgreement) -> list[str]:
@@ -106,27 +175,100 @@ def _detail_cells(label: str, dim: str, a: DimensionAgreement) -> list[str]:
     ]
 
 
+def _stat_rows(reports: list[AgreementReport]) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(reports):
+        for s in SHOWN:
+            rows.append([_label(r, i), STATISTIC_NAMES[s],
+                         *(cell(e.value, e.ci) for d in (*DIMENSIONS, None) for e in [_est(r, s, d)])])
+    return rows
+
+
+def _ceiling_rows(report: AgreementReport, i: int) -> list[list[str]]:
+    c = report.ceiling
+    assert c is not None
+    label = _label(report, i)
+    sides = (("Raters, each vs the mean of the others", c.raters), (f"{label} vs the mean of all raters", c.model),
+             (f"Ratio {label} / raters", c.ratio))
+    return [[name, STATISTIC_NAMES[s], *(cell(e.value, e.ci, digits=2 if table is c.ratio else 3)
+                                         for k in (*DIMENSIONS, MACRO) for e in [table[k][s]])]
+            for s in CEILING_SHOWN for name, table in sides]
+
+
+def _ceiling_markdown(reports: list[AgreementReport]) -> list[str]:
+    lines: list[str] = []
+    header = ["", "Statistic", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Macro"]
+    for i, r in enumerate(reports):
+        if r.ceiling is None:
+            continue
+        c = r.ceiling
+        n = ", ".join(f"{ABBREVIATIONS[d]} {c.n_cases[d]} cases / {c.n_ratings[d]} ratings" for d in DIMENSIONS)
+        lines += ["", f"#### Expert ceiling: {_label(r, i)} beside rater-to-rater agreement", "",
+                  *md_table(header, _ceiling_rows(r, i), left=2), "", *(f"- {x}" for x in ceiling_lines(r, i)),
+                  f"- Cases with two or more raters and a score: {n}. Ratio = model / raters, each with a "
+                  f"{c.ci_level:.0%} paired percentile bootstrap CI over cases (the same resamples for both). MAE "
+                  "ratio below 1, or agreement ratio above 1: the model is closer to the experts' mean than one "
+                  "expert is to the others'. Each rater is compared with the mean of one rater fewer than the model "
+                  "is, so at equal skill the MAE ratio sits a little under 1."]
+    return lines
+
+
 def to_markdown(reports: Sequence[AgreementReport] | AgreementReport, title: str = DEFAULT_TITLE) -> str:
-    """A Table 1 style MAE table, notes per evaluator, then a per-dimension detail table of all metrics."""
+    """A Table 1 style MAE table (with the constant baseline), notes per evaluator, the agreement statistics with
+    CIs, the expert ceiling when raters are known, then a per-dimension detail table of all metrics."""
     reports = _reports(reports)
-    lines = [f"### {title}", "", *md_table(_header(), [_row(r, i) for i, r in enumerate(reports)])]
-    lines += [""] + [f"- {_note(r, i)}" for i, r in enumerate(reports)]
+    rows = _with_baselines(reports)
+    lines = [f"### {title}", "", *md_table(_header(), [_row(r, i) for i, r in enumerate(rows)])]
+    lines += [""] + [f"- {_note(r, i)}" for i, r in enumerate(rows)] + [f"- {LEGEND}"]
+    header = ["Evaluator", "Statistic", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Macro"]
+    lines += ["", "#### Agreement statistics [CI]", "", *md_table(header, _stat_rows(rows), left=2)]
+    lines += _ceiling_markdown(reports)
     detail = ["Evaluator", "Dimension", "MAE", "MAE CI", "Spearman", "Kendall", "QWK", "n", "missing"]
-    rows = [_detail_cells(_label(r, i), d, a) for i, r in enumerate(reports) for d, a in r.per_dimension.items()]
-    lines += ["", "#### All metrics", "", *md_table(detail, rows, left=2)]
+    rows_detail = [_detail_cells(_label(r, i), d, a) for i, r in enumerate(rows) for d, a in r.per_dimension.items()]
+    lines += ["", "#### All metrics", "", *md_table(detail, rows_detail, left=2)]
     return "\n".join(lines) + "\n"
 
 
+def _stat_cells(get: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for s in STATISTICS:
+        e: Estimate = get(s)  # type: ignore[operator]
+        lo, hi = e.ci if e.ci is not None else (None, None)
+        out.update({s: e.value, f"{s}_lo": lo, f"{s}_hi": hi})
+    return out
+
+
+def _ceiling_csv_rows(report: AgreementReport, i: int, ceiling: Ceiling) -> list[dict[str, object]]:
+    rows = []
+    for section, table in (("ceiling: raters", ceiling.raters), ("ceiling: model", ceiling.model),
+                           ("ceiling: ratio model/raters", ceiling.ratio)):
+        for key in (*DIMENSIONS, MACRO):
+            n = ceiling.n_ratings.get(key) if section == "ceiling: raters" else ceiling.n_cases.get(key)
+            rows.append({"section": section, "label": _label(report, i), "dimension": key,
+                         **_stat_cells(lambda s, t=table, k=key: t[k][s]), "n": n})
+    return rows
+
+
 def to_csv(reports: Sequence[AgreementReport] | AgreementReport) -> str:
-    """One row per (report, dimension) with every metric; empty cells for undefined values."""
+    """One row per (report or its baseline, dimension) with every statistic and its CI, then the expert ceiling's
+    rows (``section`` says which); empty cells for undefined values."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for i, report in enumerate(_reports(reports)):
+    reports = _reports(reports)
+    rows: list[dict[str, object]] = []
+    for i, report in enumerate(_with_baselines(reports)):
+        section = "baseline" if any(report is r.baseline for r in reports) else "agreement"
         for dim, a in report.per_dimension.items():
-            lo, hi = a.mae_ci if a.mae_ci is not None else (None, None)
-            values = (_label(report, i), dim, a.mae, lo, hi, a.spearman, a.kendall, a.qwk, a.n, a.n_missing)
-            writer.writerow({k: "" if v is None else v for k, v in zip(CSV_FIELDS, values, strict=True)})
+            rows.append({"section": section, "label": _label(report, i), "dimension": dim, **_stat_cells(a.stat),
+                         "kendall": a.kendall, "n": a.n, "n_missing": a.n_missing})
+        rows.append({"section": section, "label": _label(report, i), "dimension": MACRO,
+                     **_stat_cells(lambda s, r=report: _est(r, s, None))})
+    for i, report in enumerate(reports):
+        if report.ceiling is not None:
+            rows += _ceiling_csv_rows(report, i, report.ceiling)
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
     return buf.getvalue()
 
 

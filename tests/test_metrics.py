@@ -294,10 +294,11 @@ def test_markdown_table1_layout(two: list[AgreementReport]):
 
 def test_csv_rows(two: list[AgreementReport]):
     rows = list(csv.DictReader(io.StringIO(to_csv(two))))
-    assert len(rows) == 6 * len(two)
-    assert list(rows[0]) == [
-        "label", "dimension", "mae", "mae_lo", "mae_hi", "spearman", "kendall", "qwk", "n", "n_missing",
-    ]
+    # each report and its (different: rounded vs raw) constant baseline, six dimensions and the macro row each
+    assert len(rows) == 7 * 2 * len(two)
+    assert list(rows[0])[:6] == ["section", "label", "dimension", "mae", "mae_lo", "mae_hi"]
+    assert {"spearman_lo", "qwk_hi", "icc21", "icc31_lo", "alpha_hi", "kendall", "n", "n_missing"} <= set(rows[0])
+    assert {r["section"] for r in rows} == {"agreement", "baseline"}
     by_key = {(r["label"], r["dimension"]): r for r in rows}
     medg = by_key[("Fixture", MEDG)]
     assert float(medg["mae"]) == pytest.approx(0.25) and medg["n"] == "4" and medg["n_missing"] == "1"
