@@ -227,14 +227,20 @@ def _baseline(args: argparse.Namespace, ds: Any, records: list[dict[str, Any]]) 
     Synthetic cases: the mean of the demo's training cases. A dataset with a ``train`` split (other than the one
     evaluated): that split's mean. Otherwise the evaluated cases' own mean, labelled in-sample (a constant that
     knows the answers' average: harder to beat than a true training mean)."""
-    from dermtrl.cases.loading import SYNTHETIC, load_cases
+    from dermtrl.cases.loading import SYNTHETIC, load_cases, validate_cases
     from dermtrl.cases.splits import TRAIN
     from dermtrl.cases.synthetic import generate_case
 
     scored = [r for r in records if r.get("expert_scores") and "error" not in r]
     experts = [r["expert_scores"] for r in scored]
     train: list[Any] | None = None
-    if args.dataset == SYNTHETIC:
+    if args.baseline_train:
+        with user_errors("--baseline-train"):
+            baseline_cases = load_cases(args.baseline_train, "train")
+            validate_cases(baseline_cases, ("narrative",), scores=True, source=args.baseline_train)
+        train = list(baseline_cases["expert_scores"])
+        label = f"Constant train mean ({len(train):,} cases of {Path(args.baseline_train).name})"
+    elif args.dataset == SYNTHETIC:
         train = [generate_case(i, args.seed, render_image=False)["expert_scores"]
                  for i in TRAIN[:BASELINE_TRAIN_CASES]]
         label = f"Constant train mean ({len(train):,} synthetic training cases)"
@@ -387,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("--raw", action="store_true", help="do not round scores to integers before the MAE")
     p.add_argument("--label", default="DermEval", help="the model's row label in the agreement report")
+    p.add_argument("--baseline-train", default=None, metavar="DATASET",
+                   help="training data whose mean expert scores make the constant-baseline row (default: synthetic "
+                        "cases: the demo's training cases; a dataset with a train split: that split; else the "
+                        "evaluated cases' own mean, labelled in-sample)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     allow_failures_arg(p)
     # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on
