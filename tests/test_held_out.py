@@ -5,7 +5,7 @@ import pytest
 
 from dermtrl.cases.controls import blanked, derangement, mismatched
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, generate_cases
-from dermtrl.dermeval.held_out import HeldOut, record_errors, summary_lines
+from dermtrl.dermeval.held_out import HeldOut, constant_baseline, record_errors, summary_lines
 from dermtrl.dimensions import DIMENSIONS
 
 
@@ -36,6 +36,21 @@ def test_summary_says_better_worse_or_no_difference_and_the_vision_ratio():
     mis[:, cols] *= 3  # three times the error on the image-dependent dimensions only
     line = summary_lines(_held(before), _held(before), _held(mis), IMAGE_DEPENDENT)[1]
     assert line.startswith("Vision reliance (image-dependent dimensions)") and "(3.00x [3.00, 3.00])" in line
+
+
+def test_the_constant_baseline_row_and_the_model_against_it():
+    train = [dict.fromkeys(DIMENSIONS, 4.0), dict.fromkeys(DIMENSIONS, 2.0)]  # mean 3.0 everywhere
+    cases = {"case_id": ["a", "b"], "expert_scores": [dict.fromkeys(DIMENSIONS, 3.5), dict.fromkeys(DIMENSIONS, 1.0)]}
+    base = constant_baseline(train, cases, n_bootstrap=0)
+    assert base.report.label == "Constant train mean" and base.report.macro_mae == pytest.approx(1.25)  # never rounded
+    assert base.errors.tolist() == [[0.5] * 6, [2.0] * 6]
+    model = _held(base.errors - 0.4)
+    line = summary_lines(model, model, baseline=base)[-1]
+    assert line.startswith("Macro MAE after - constant train-mean baseline: -0.400")
+    assert line.endswith("better than the constant")
+    assert summary_lines(model, _held(base.errors), baseline=base)[-1].endswith("not shown to beat the constant")
+    with pytest.raises(ValueError, match="at least one training case"):
+        constant_baseline([], cases)
 
 
 def test_image_controls_keep_narratives_and_scores_and_change_only_the_picture():

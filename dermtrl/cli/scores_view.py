@@ -82,7 +82,8 @@ def baseline_report(train_experts: Sequence[Mapping[str, float]], experts: Seque
                     label: str, **kwargs: Any) -> Any:
     """The Table-1 agreement of a constant evaluator that always answers ``train_experts``' mean per dimension:
     the row a model must beat before its MAE means anything (raw means, never rounded)."""
+    from dermtrl.dermeval.held_out import train_means
     from dermtrl.metrics import agreement
 
-    means = {d: sum(float(e[d]) for e in train_experts) / len(train_experts) for d in DIMENSIONS}
+    means = train_means(train_experts)
     return agreement([means] * len(experts), list(experts), round_predictions=False, label=label, **kwargs)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dermtrl.metrics import AgreementReport, case_errors, macro_mae, paired_bootstrap
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.metrics import AgreementReport, agreement, case_errors, macro_mae, paired_bootstrap
 
 
 @dataclass
@@ -43,9 +44,29 @@ def evaluate_held_out(evaluator: Any, cases: Any, out_path: str | Path, label: s
     return HeldOut(agreement_from_records(records, label=label), errors, records)
 
 
+def train_means(train_experts: Sequence[Any]) -> dict[str, float]:
+    """The training set's mean expert score per dimension: what a constant evaluator answers for every case."""
+    if not train_experts:
+        raise ValueError("the constant baseline needs at least one training case with expert scores")
+    return {d: float(np.mean([float(e[d]) for e in train_experts])) for d in DIMENSIONS}
+
+
+def constant_baseline(train_experts: Sequence[Any], cases: Any, label: str = "Constant train mean",
+                      **kwargs: Any) -> HeldOut:
+    """The row every agreement report shows beside the model: a constant evaluator answering the training set's
+    mean expert scores for every case (raw, never rounded). A model whose macro MAE is not below it has learnt
+    nothing usable about these cases. ``cases`` needs ``case_id`` and ``expert_scores``."""
+    means = train_means(train_experts)
+    case_ids, experts = list(cases["case_id"]), list(cases["expert_scores"])
+    records = [{"case_id": c, "scores": dict(means)} for c in case_ids]
+    report = agreement([means] * len(experts), experts, round_predictions=False, label=label, **kwargs)
+    return HeldOut(report, record_errors(records, case_ids, experts), records)
+
+
 def summary_lines(before: HeldOut, after: HeldOut, mismatched: HeldOut | None = None,
-                  image_dims: Sequence[str] | None = None) -> list[str]:
-    """The paired difference after - before, and true vs mismatched images on the image-dependent dimensions."""
+                  image_dims: Sequence[str] | None = None, baseline: HeldOut | None = None) -> list[str]:
+    """The paired difference after - before, and true vs mismatched images on the image-dependent dimensions;
+    with ``baseline`` (:func:`constant_baseline`), the paired difference after - the constant baseline too."""
     diff = paired_bootstrap(lambda a, b: macro_mae(b) - macro_mae(a), [before.errors, after.errors])
     verdict = ("Stage 2 is better" if diff[2] < 0 else "Stage 2 is worse" if diff[1] > 0
                else "no difference shown")
@@ -61,4 +82,10 @@ def summary_lines(before: HeldOut, after: HeldOut, mismatched: HeldOut | None = 
         scope = "image-dependent dimensions" if dims else "all dimensions"
         lines.append(f"Vision reliance ({scope}): macro MAE {true:.3f} with the true images, {mis:.3f} with "
                      f"mismatched images ({ratio[0]:.2f}x [{ratio[1]:.2f}, {ratio[2]:.2f}])")
+    if baseline is not None:
+        gap = paired_bootstrap(lambda a, b: macro_mae(b) - macro_mae(a), [baseline.errors, after.errors])
+        verdict = ("better than the constant" if gap[2] < 0 else "worse than the constant" if gap[1] > 0
+                   else "not shown to beat the constant")
+        lines.append(f"Macro MAE after - constant train-mean baseline: {gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}] "
+                     f"(95% paired bootstrap CI): {verdict}")
     return lines
