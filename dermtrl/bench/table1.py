@@ -4,12 +4,15 @@ The protocol: many models' narratives per image, each rated by dermatologists on
 certified reference per image. DermBench's judge compares each narrative with the reference; DermEval reads the
 image and the narrative alone. Both are scored against the experts with Table 1's metric
 (:func:`dermtrl.metrics.agreement`: per-dimension MAE on scores rounded to integers, the macro average, with
-bootstrap CIs), and the two are compared case by case: the paired difference of their MAEs (DermEval minus
-DermBench) with a paired bootstrap CI over the narratives both scored.
+bootstrap CIs, ICC, Krippendorff's alpha, QWK and Spearman beside it, and a constant-mean baseline row), and the two
+are compared case by case: the paired difference of their MAEs (DermEval minus DermBench) with a paired bootstrap CI
+over the narratives both scored. When the rows keep every rater's scores (``rater_scores``, or the data pipeline's
+``ratings``), both rows are read against the expert ceiling; when they carry a ``skin_tone`` column (or the column
+named by ``by``), both are sliced by it (:mod:`dermtrl.subgroups`).
 
 Columns of the dataset (one row per rated narrative; several rows may share an image): ``image``, ``narrative``,
 ``reference`` (the image's certified reference), ``expert_scores`` (six 0-5 scores), and optionally ``case_id``
-(unique per row), ``category`` and ``model``.
+(unique per row), ``category``, ``model``, ``rater_scores`` / ``ratings`` and any column to slice by.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, agreement, case_errors, macro_mae, paired_bootstrap
+from dermtrl.subgroups import Slices, default_column, slice_agreement, write_slices
 
 if TYPE_CHECKING:
     from dermtrl.dermeval.evaluator import DermEval
@@ -44,11 +48,13 @@ class Table1:
     dermeval: AgreementReport
     difference: dict[str, tuple[float, float, float] | None]  # dimension or "Macro" -> (value, lo, hi)
     n_paired: int
+    slices: list[Slices] = field(default_factory=list)  # DermBench's and DermEval's MAE by a column, when sliced
 
     def to_dict(self) -> dict[str, Any]:
         return {"dermbench": self.dermbench.to_dict(), "dermeval": self.dermeval.to_dict(), "n_paired": self.n_paired,
                 "difference_dermeval_minus_dermbench": {k: None if v is None else list(v)
-                                                        for k, v in self.difference.items()}}
+                                                        for k, v in self.difference.items()},
+                "slices": [s.to_dict() for s in self.slices]}
 
 
 def _predictions(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, float] | None]:
@@ -56,8 +62,14 @@ def _predictions(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, floa
 
 
 def table1_from_records(judged: Sequence[Mapping[str, Any]], dermeval: Sequence[Mapping[str, Any]], *,
-                        n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95) -> Table1:
-    """Table 1 from judge and DermEval records of the same rated narratives (each record with ``expert_scores``)."""
+                        n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
+                        raters: Mapping[str, Sequence[Any]] | None = None,
+                        groups: Mapping[str, Any] | None = None, by: str = "skin_tone") -> Table1:
+    """Table 1 from judge and DermEval records of the same rated narratives (each record with ``expert_scores``).
+
+    ``raters`` (case id -> every rater's scores) adds the expert ceiling to both rows; ``groups`` (case id -> the
+    value of column ``by``) slices both rows' MAE by it.
+    """
     by_case = {str(r["case_id"]): r for r in dermeval}
     missing = [str(r["case_id"]) for r in judged if str(r["case_id"]) not in by_case]
     if missing:
@@ -68,9 +80,16 @@ def table1_from_records(judged: Sequence[Mapping[str, Any]], dermeval: Sequence[
     paired = [by_case[str(r["case_id"])] for r in judged]
     experts = [r["expert_scores"] for r in judged]
     reports = []  # a failed record counts as missing on the dimensions it lacks, never as a 0
+    ids = [str(r["case_id"]) for r in judged]
+    case_raters = None if raters is None else [raters.get(i) for i in ids]
+    slices = []
     for label, records in (("DermBench", judged), ("DermEval", paired)):
         reports.append(agreement(_predictions(records), experts, n_bootstrap=n_bootstrap, seed=seed, ci=ci,
-                                 label=label, truncated=sum(1 for r in records if r.get("truncated"))))
+                                 label=label, truncated=sum(1 for r in records if r.get("truncated")),
+                                 raters=case_raters))
+        if groups is not None:
+            slices.append(slice_agreement(_predictions(records), experts, [groups.get(i) for i in ids], column=by,
+                                          label=label, n_bootstrap=n_bootstrap, seed=seed, ci=ci))
     bench_err = case_errors([p or {} for p in _predictions(judged)], experts)
     eval_err = case_errors([p or {} for p in _predictions(paired)], experts)
     both = ~np.isnan(bench_err) & ~np.isnan(eval_err)
@@ -85,7 +104,8 @@ def table1_from_records(judged: Sequence[Mapping[str, Any]], dermeval: Sequence[
                                                n_bootstrap=n_bootstrap, seed=seed, ci=ci)
     else:
         difference = dict.fromkeys([*DIMENSIONS, "Macro"])
-    return Table1(dermbench=reports[0], dermeval=reports[1], difference=difference, n_paired=int(keep.sum()))
+    return Table1(dermbench=reports[0], dermeval=reports[1], difference=difference, n_paired=int(keep.sum()),
+                  slices=slices)
 
 
 def difference_markdown(table: Table1) -> str:
@@ -102,25 +122,36 @@ def difference_markdown(table: Table1) -> str:
 
 
 def write_table1(table: Table1, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """``table1.md`` (Table 1 as the paper lays it out, plus notes, all metrics and the paired difference),
-    ``table1.csv``, ``table1.json``."""
+    """``table1.md`` (Table 1 as the paper lays it out, plus notes, the agreement statistics, the expert ceiling,
+    the paired difference and the slices), ``table1.csv``, ``table1.json``; when sliced, also
+    ``table1_slices_<column>.{md,csv,json,png}``."""
     from dermtrl.report import to_csv, to_markdown
+    from dermtrl.subgroups import markdown as slices_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "table1.md", "csv": out / "table1.csv", "json": out / "table1.json"}
     title = "Table 1: MAE between evaluator scores and expert annotations (scores rounded to integers)"
+    sliced = ("\n" + slices_markdown(table.slices)) if table.slices else ""
     paths["md"].write_text(to_markdown([table.dermbench, table.dermeval], title=title) + "\n"
-                           + difference_markdown(table), encoding="utf-8")
+                           + difference_markdown(table) + sliced, encoding="utf-8")
     paths["csv"].write_text(to_csv([table.dermbench, table.dermeval]), encoding="utf-8", newline="")
     paths["json"].write_text(json.dumps(table.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if table.slices:
+        for ext, path in write_slices(table.slices, out, stem=f"table1_slices_{table.slices[0].column}").items():
+            paths[f"slices_{ext}"] = path
     return paths
 
 
 def run_table1(cases: Any, judge: ClientConfig, evaluator: DermEval, out: str | os.PathLike[str], *,
                parse_retries: int = 2, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
-               overwrite: bool = False, progress: bool = True) -> tuple[Table1, dict[str, Path]]:
-    """Judge and DermEval every rated narrative (resumable JSONL under ``out``), then write Table 1."""
+               overwrite: bool = False, progress: bool = True, by: str | None = None) -> tuple[Table1, dict[str, Path]]:
+    """Judge and DermEval every rated narrative (resumable JSONL under ``out``), then write Table 1.
+
+    ``by`` names a column to slice by (default ``skin_tone`` when the data has it); ``rater_scores`` or ``ratings``
+    columns add the expert ceiling.
+    """
+    from dermtrl.bench.cases import case_rows
     from dermtrl.bench.dermbench import DermBench
     from dermtrl.bench.dermeval_scoring import score_candidates
     from dermtrl.bench.generate import candidates_from_dataset
@@ -135,5 +166,12 @@ def run_table1(cases: Any, judge: ClientConfig, evaluator: DermEval, out: str | 
     with DermBench(judge, parse_retries=parse_retries, progress=progress) as bench:
         judged = bench.judge(cases, sets, out / "judgments.jsonl", overwrite=overwrite)
     scored = score_candidates(cases, sets, evaluator, out / "dermeval.jsonl", overwrite=overwrite, progress=progress)
-    table = table1_from_records(judged, scored, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
+    column = default_column(sorted(columns), by)
+    rater_column = next((c for c in ("rater_scores", "ratings") if c in columns), None)
+    extra = [c for c in (column, rater_column) if c]
+    rows = list(case_rows(cases, extra)) if extra else []
+    raters = {str(r["case_id"]): r.get(rater_column) for r in rows} if rater_column else None
+    groups = {str(r["case_id"]): r.get(column) for r in rows} if column else None
+    table = table1_from_records(judged, scored, n_bootstrap=n_bootstrap, seed=seed, ci=ci, raters=raters,
+                                groups=groups, by=column or "skin_tone")
     return table, write_table1(table, out)
