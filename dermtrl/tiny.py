@@ -26,6 +26,7 @@ picture, the scores from the checks), it learns in Stage 1 and Stage 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -393,17 +394,39 @@ def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain
     if (path / "dermtrl_tiny.json").exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    try:
-        build_tiny_llava(tmp, seed, pretrain_steps, compare_steps)
+    # One build per cache at a time: a second process (another test worker, the Space, a second terminal) waits for
+    # the first instead of starting its own 12-minute build on the same cores.
+    with _build_lock(root / f".{path.name}.lock"):
+        if (path / "dermtrl_tiny.json").exists():
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         try:
-            tmp.rename(path)
-        except OSError:  # another process won the race; its copy is identical
-            if not (path / "dermtrl_tiny.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny_llava(tmp, seed, pretrain_steps, compare_steps)
+            try:
+                tmp.rename(path)
+            except OSError:  # another process won the race; its copy is identical
+                if not (path / "dermtrl_tiny.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def _build_lock(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` (released by the OS if the holder dies); a no-op where
+    ``fcntl`` is missing (Windows), where the atomic rename above still keeps concurrent builds from clashing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: Model name that selects the locally built tiny LLaVA in recipes and configs (a colon is never in a Hub id).
