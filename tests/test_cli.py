@@ -127,3 +127,25 @@ def test_dermtrl_sft_runs_the_training_script_with_its_own_flags(tmp_path):
     assert main(["sft", "--config", str(config), "--output_dir", str(out), "--synthetic_train_cases", "8",
                  "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true"]) == 0
     assert (out / "adapter_config.json").is_file() and (out / "generation_config.json").is_file()
+
+
+def test_help_is_written_for_users(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "not a medical device" in top and "dermtrl score IMAGE" in top and "data_formats.md" in top
+    assert ":func:" not in top and "``" not in top and "build_parser" not in top
+
+
+@pytest.mark.parametrize("script", ["sft", "soreb"])
+def test_training_help_lists_dermtrls_own_options_first(capsys, script):
+    assert main([script, "--help"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0] == f"usage: dermtrl {script} [--config YAML] [--OPTION VALUE ...]"
+    assert max(len(line) for line in lines) <= 100 and len(lines) < 200
+    own, trl = text.index("dermtrl options:"), text.index("common TRL options:")
+    assert own < text.index("--dataset_name") < trl < text.index("--learning_rate")
+    assert f"dermtrl {script} --help-all" in text and "docs/source/data_formats.md" in text
+    assert main([script, "--help-all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) > 3 * len(lines)  # every TRL option, for those who need it

@@ -30,6 +30,20 @@ _ABOUT = {
 }
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """100 columns; each option under its first spelling only (TRL also accepts the dashed one)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100, max_help_position=36)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return action.option_strings[0]
+        return f"{action.option_strings[0]} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+
 def own_fields(dataclass_type: type) -> list[str]:
     """The fields a dataclass of the ``dermtrl`` package declares itself (not the ones TRL's base class has)."""
     names: list[str] = []
@@ -52,10 +66,10 @@ def train_help(parser: Any, script: str) -> str:
     rest = sum(1 for a in parser._actions if a.dest not in listed and a.option_strings and a.help != argparse.SUPPRESS)
     config_names = ", ".join(t.__name__ for t in parser.dataclass_types[1:])
     shown = argparse.ArgumentParser(
-        prog=f"dermtrl {script}", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"dermtrl {script}", add_help=False, formatter_class=_Formatter,
         usage=f"dermtrl {script} [--config YAML] [--OPTION VALUE ...]",
         description=f"{textwrap.fill(about, 100)}\n"
-                    f"The training data needs the columns {columns}: docs/source/data_formats.md.\n"
+                    f"The training data needs the columns {columns}\n(docs/source/data_formats.md).\n"
                     f"Any option can be set in the --config YAML file or on the command line (which wins).",
         epilog=f"{rest} more options of TRL's {config_names}: dermtrl {script} --help-all\n"
                f"Several processes or GPUs: accelerate launch recipes/{script}.py --config YAML",
