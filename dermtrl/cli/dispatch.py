@@ -244,16 +244,27 @@ def _baseline(args: argparse.Namespace, ds: Any, records: list[dict[str, Any]]) 
         train = [generate_case(i, args.seed, render_image=False)["expert_scores"]
                  for i in TRAIN[:BASELINE_TRAIN_CASES]]
         label = f"Constant train mean ({len(train):,} synthetic training cases)"
-    elif _eval_split(args) != "train":
+    elif _eval_split(args) != "train" and _has_splits(args.dataset):
         try:
-            train = list(load_cases(args.dataset, "train")["expert_scores"])
+            train_cases = load_cases(args.dataset, "train")
+            validate_cases(train_cases, ("narrative",), scores=True, source=args.dataset)
+            train = list(train_cases["expert_scores"])
             label = f"Constant train mean ({len(train):,} cases of the train split)"
-        except (ValueError, KeyError, OSError):
+        except (ValueError, OSError):  # no usable train split: the in-sample mean below, labelled as such
             train = None
     if not train:
         train = experts
         label = "Constant mean of these cases (in-sample)"
     return baseline_report(train, experts, label=label)
+
+
+def _has_splits(source: str) -> bool:
+    """True for a source that holds named splits: a ``DatasetDict`` folder or a Hub id (a single data file or
+    ``Dataset`` folder has one set of rows, whatever split is asked for)."""
+    path = Path(source)
+    if path.exists():
+        return (path / "dataset_dict.json").is_file()
+    return ":" not in source
 
 
 def cmd_score(args: argparse.Namespace) -> int:
