@@ -82,13 +82,16 @@ def rater_matrix(raters: Sequence[Sequence[Any] | None]) -> np.ndarray:
     """(cases, most raters, 6) scores, NaN where a case has fewer raters or a rater skipped a dimension."""
     width = max((len(r) for r in raters if r), default=0)
     cube = np.full((len(raters), width, len(DIMENSIONS)), np.nan)
+    columns: dict[str, int] = {}  # dimension spelling -> column, resolved once
     for i, row in enumerate(raters):
         for r, rater in enumerate(row or ()):
             for key, value in _rater_scores(rater, i, r).items():
-                try:
-                    j = DIMENSIONS.index(canonical_dimension(key))
-                except KeyError:
-                    raise ValueError(f"raters row {i}, rater {r}: unknown dimension {key!r}") from None
+                if key not in columns:
+                    try:
+                        columns[key] = DIMENSIONS.index(canonical_dimension(key))
+                    except KeyError:
+                        raise ValueError(f"raters row {i}, rater {r}: unknown dimension {key!r}") from None
+                j = columns[key]
                 if value is None:
                     continue
                 ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

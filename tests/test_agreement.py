@@ -70,8 +70,10 @@ def _reference_statistics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "alpha": krippendorff_alpha([a, b], "ordinal", domain=range(6))}
 
 
-def test_weighted_statistics_equal_explicit_resamples():
+@pytest.mark.parametrize("cells", [4096, 0], ids=["counted cells", "every case ranked"])
+def test_weighted_statistics_equal_explicit_resamples(monkeypatch, cells):
     """A bootstrap row of case counts gives exactly the statistic of the resampled data set."""
+    monkeypatch.setattr("dermtrl.reliability.JOINT_CELLS", cells)
     rng = np.random.default_rng(3)
     y = rng.integers(0, 6, 40) + rng.choice([0, 0.5, 1 / 3], 40)
     y = np.clip(y, 0, 5)
