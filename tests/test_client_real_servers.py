@@ -57,7 +57,7 @@ def test_content_a_server_drops_fails_the_item_and_is_never_recorded_as_an_answe
         assert not isinstance(fine, CallError) and client.usage.failures == 1
     with ResponseCache(tmp_path / "c.sqlite") as cache:
         assert len(cache) == 1  # the garbage answer was not cached as a success
-    with client_for(server) as client, pytest.raises(LLMError, match="reports a prompt of 0 tokens"):
+    with client_for(server) as client, pytest.raises(LLMError, match="does not read text sent as content parts"):
         client.complete([message])
 
 

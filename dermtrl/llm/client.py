@@ -43,6 +43,8 @@ Secrets
 from __future__ import annotations
 
 import dataclasses
+import http
+import json
 import logging
 import math
 import os
@@ -52,16 +54,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-
-import openai
-from openai.types.chat import ChatCompletion
 
 from dermtrl.cases.images import image_to_data_url  # re-exported: user_message encodes images with it
 from dermtrl.errors import DermtrlError
 from dermtrl.llm.cache import ResponseCache, cache_key
 from dermtrl.llm.concurrency import AdaptiveLimit
+from dermtrl.llm.endpoint import DROPPED, EndpointHealth, is_unsupported, probe_content_parts
+from dermtrl.llm.transport import HTTPTransport, TransportError
 from dermtrl.llm.usage import Usage
 from dermtrl.progress import JobBar
 from dermtrl.prompts import PROMPT_VERSION
@@ -124,6 +126,7 @@ class ClientConfig:
     max_concurrency: int = 8
     max_retries: int = 5
     timeout: float = 120.0  # a long answer from a slow local server takes a minute
+    deadline: float | None = None  # seconds one call may take in all: waits, retries and backoff included
     temperature: float = 0.0
     max_tokens: int | None = 1024
     seed: int | None = None
@@ -157,6 +160,8 @@ class ClientConfig:
             raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         if not _is_number(self.timeout) or self.timeout <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if self.deadline is not None and (not _is_number(self.deadline) or self.deadline <= 0):
+            raise ValueError(f"deadline must be None or a number of seconds > 0, got {self.deadline!r}")
         _check_generation(self.temperature, self.max_tokens, self.seed)
         if self.cache_path is not None and (not isinstance(self.cache_path, str) or not self.cache_path):
             raise ValueError(f"cache_path must be None or a non-empty path, got {self.cache_path!r}")
@@ -269,7 +274,24 @@ class LLMError(DermtrlError):
 
 
 class _BadResponse(Exception):
-    """A 200 answer that is not a usable chat completion (openai does not retry these; we do)."""
+    """A 200 answer that is not a usable chat completion (retried, like a 5xx)."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One attempt that brought no completion: why it may be sent again (``kind``; ``None``: it may not), what to
+    tell the user, and what makes two failures "the same error" (:class:`~dermtrl.llm.endpoint.EndpointHealth`)."""
+
+    kind: str | None
+    what: str
+    status: int | None = None
+    headers: Mapping[str, str] | None = None
+    echoed_key: bool = False
+
+    @property
+    def signature(self) -> str | None:
+        """HTTP errors only: a slow or unreachable server is not "an error that retrying cannot fix"."""
+        return self.what if self.status is not None else None
 
 
 def _retry_delay(retry_index: int, headers: Mapping[str, str] | None) -> float:
@@ -289,32 +311,26 @@ def _retry_delay(retry_index: int, headers: Mapping[str, str] | None) -> float:
     return delay * (1 - 0.25 * random.random())
 
 
-def _retry_kind(err: BaseException) -> str | None:
-    """Why a failed request may be sent again (``None``: it may not): openai's own rule, counted by kind."""
-    if isinstance(err, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(err, openai.APIConnectionError):
-        return "connection error"
-    if isinstance(err, openai.APIStatusError):
-        should = err.response.headers.get("x-should-retry")
-        if should == "false":
-            return None
-        status = err.status_code
-        if should == "true" or status in (408, 409, 429) or status >= 500:
-            return f"HTTP {status}"
+def _status_kind(status: int, headers: Mapping[str, str], line: str) -> str | None:
+    """Whether an HTTP error may be sent again: openai's rule (408/409/429/5xx, ``x-should-retry``), except an
+    answer that says the input is unsupported, which no retry can change."""
+    should = headers.get("x-should-retry")
+    if should == "false" or is_unsupported(line):
+        return None
+    if should == "true" or status in (408, 409, 429) or status >= 500:
+        return f"HTTP {status}"
     return None
 
 
-def _body_line(err: BaseException) -> str:
+def _body_line(body: bytes) -> str:
     """The first line of an HTTP error's body, the server's ``error.message`` when it is JSON (at most 200 chars)."""
-    response = getattr(err, "response", None)
+    text = body.decode("utf-8", "replace")
     try:
-        text = response.text if response is not None else ""
-    except Exception:  # a streamed or closed body
-        text = ""
-    body = getattr(err, "body", None)
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, Mapping):
+        inner = parsed.get("error", parsed)
         message = inner.get("message") if isinstance(inner, Mapping) else inner
         if isinstance(message, str) and message.strip():
             text = message
@@ -322,9 +338,10 @@ def _body_line(err: BaseException) -> str:
     return line[:200] + ("…" if len(line) > 200 else "")
 
 
-def _text_chars(messages: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Characters of text and number of images in a conversation."""
+def _text_chars(messages: Sequence[Mapping[str, Any]]) -> tuple[int, int, bool]:
+    """Characters of text, number of images, and whether any text is sent as content parts."""
     chars = images = 0
+    parts = False
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
@@ -333,9 +350,10 @@ def _text_chars(messages: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
             for part in content:
                 if isinstance(part, Mapping) and part.get("type") == "text":
                     chars += len(str(part.get("text") or ""))
+                    parts = True
                 elif isinstance(part, Mapping) and part.get("type") == "image_url":
                     images += 1
-    return chars, images
+    return chars, images, parts
 
 
 class LLMClient:
@@ -357,20 +375,24 @@ class LLMClient:
         else:
             self.cache = None
         self.usage = Usage()
-        self._openai = openai.OpenAI(
-            base_url=self.config.base_url,
-            api_key=self._api_key or "EMPTY",
-            max_retries=0,  # every retry is ours: counted by kind, one budget (module docstring)
-            timeout=self.config.timeout,
-        )
+        base = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self._base_url = base.rstrip("/")
+        self._transport = HTTPTransport(self._base_url, {
+            "Authorization": f"Bearer {self._api_key or 'EMPTY'}",  # the header is the only place the key goes
+            "User-Agent": "dermtrl-llm-client",
+        })
         self._gate = AdaptiveLimit(self.config.max_concurrency)
         self._in_flight: dict[str, Future[Completion]] = {}
         self._in_flight_lock = threading.Lock()
+        self._health = EndpointHealth()
+        self._probe_lock = threading.Lock()
+        self._parts_verdict: tuple[str | None, str] = (None, "")
+        self._low_usage_warned = False
 
     # --- small helpers --------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return str(self._openai.base_url).rstrip("/")
+        return self._base_url
 
     def redact(self, text: str) -> str:
         """``text`` with this client's API key replaced by ``***``."""
@@ -393,6 +415,9 @@ class LLMClient:
         if self._gate.lowest < self._gate.limit:
             lines.append(f"the server fell behind (answers slowed by its queue, or timeouts): requests in flight "
                          f"lowered from {self._gate.limit} to as few as {self._gate.lowest} (see --max-concurrency)")
+        stopped = self._health.note()
+        if stopped is not None:
+            lines.append(self.redact(stopped))
         return lines
 
     def _resolve(self, overrides: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -487,7 +512,7 @@ class LLMClient:
                             "(Ctrl-C again to drop them)", self.config.timeout, self._gate.working_count)
                 self._gate.drain(self.config.timeout)
         finally:
-            self._openai.close()
+            self._transport.close()
             if self._owns_cache and self.cache is not None:
                 self.cache.close()
 
@@ -506,8 +531,9 @@ class LLMClient:
         self, messages: Sequence[Mapping[str, Any]], model: str, settings: dict[str, Any]
     ) -> Completion:
         messages = _check_messages(messages)
+        deadline = None if self.config.deadline is None else time.monotonic() + self.config.deadline
         if not self.is_deterministic(settings):
-            return self._request(messages, model, settings)  # sampling: every request is its own draw
+            return self._request(messages, model, settings, deadline)  # sampling: every request is its own draw
         key = cache_key(self.config.prompt_version, model, messages, settings)
         if self.cache is not None:
             record = self.cache.get(key)
@@ -527,12 +553,15 @@ class LLMClient:
             if pending is None:
                 self._in_flight[key] = mine = Future()
         if pending is not None:
-            shared = pending.result()  # its LLMError, if it failed, is this item's too
+            try:  # its LLMError, if it failed, is this item's too
+                shared = pending.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise self._late(model, 0) from None
             self.usage.add(shared=1)
             return dataclasses.replace(shared, cached=True)
         with self._gate.working():  # close() waits for this, the cache write included
             try:
-                completion = self._request(messages, model, settings)
+                completion = self._request(messages, model, settings, deadline)
             except BaseException as exc:
                 mine.set_exception(exc)
                 raise
@@ -562,7 +591,20 @@ class LLMClient:
             except Exception as exc:  # the answer is still good; say loudly that resuming will redo it
                 log.warning(self.redact(f"could not write the response cache {self.cache.path}: {exc}"))
 
-    def _request(self, messages: list[dict[str, Any]], model: str, settings: dict[str, Any]) -> Completion:
+    def _payload(self, messages: list[dict[str, Any]], model: str, settings: dict[str, Any]) -> bytes:
+        payload: dict[str, Any] = {"model": model, "messages": messages, "temperature": settings["temperature"]}
+        if settings["max_tokens"] is not None:
+            payload["max_tokens"] = settings["max_tokens"]
+        if settings["seed"] is not None:
+            payload["seed"] = settings["seed"]
+        if settings.get("response_format") is not None:
+            payload["response_format"] = settings["response_format"]
+        if settings["extra_body"]:
+            payload.update(settings["extra_body"])  # as openai's extra_body: merged into the request's JSON
+        return json.dumps(payload, ensure_ascii=False).encode()
+
+    def _request(self, messages: list[dict[str, Any]], model: str, settings: dict[str, Any],
+                 deadline: float | None, *, probe: bool = False) -> Completion:
         if self._api_key is None and "api.openai.com" in self.base_url:
             self.usage.add(failures=1)
             raise LLMError(
@@ -571,122 +613,148 @@ class LLMClient:
                 base_url=self.base_url,
                 model=model,
             )
-        kwargs: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": settings["temperature"],
-        }
-        if settings["max_tokens"] is not None:
-            kwargs["max_tokens"] = settings["max_tokens"]
-        if settings["seed"] is not None:
-            kwargs["seed"] = settings["seed"]
-        if settings["extra_body"]:
-            kwargs["extra_body"] = settings["extra_body"]
-        if settings.get("response_format") is not None:
-            kwargs["response_format"] = settings["response_format"]
+        chars, images, parts = _text_chars(messages)
+        if parts and not probe and self._parts_verdict[0] == DROPPED:  # known: no request would be read
+            self.usage.add(failures=1)
+            raise self._dropped(model, chars, images, 0)
+        body = self._payload(messages, model, settings)
         budget = self.config.max_retries
         retries = timeouts = 0
         while True:
-            raw: Any = None
-            error: openai.OpenAIError | None = None
-            with self._gate.slot():
-                sent = time.monotonic()
-                try:
-                    # after a timeout the server is still busy with the abandoned request: wait longer for it
-                    timeout = self.config.timeout * _TIMEOUT_GROWTH ** min(timeouts, 2)
-                    raw = self._openai.chat.completions.with_raw_response.create(**kwargs, timeout=timeout)
-                except openai.OpenAIError as err:
-                    error = err
-            if error is not None:
-                kind = _retry_kind(error)
-                if kind == "timeout":
-                    self._gate.timed_out()
-                    timeouts += 1
-                if kind is not None and retries < budget:
-                    headers = getattr(getattr(error, "response", None), "headers", None)
-                    self._retry_later(kind, retries, headers, model)
-                    retries += 1
-                    continue
-                self.usage.add(failures=1)
-                wrapped = self._wrap(error, model, retries)
-                log.debug("%s", wrapped)
-                if self._api_key is not None and self._api_key in _describe_fully(error):
-                    raise wrapped from None  # the server echoed the key: keep it out of tracebacks
-                raise wrapped from error
+            # after a timeout the server is still busy with the abandoned request: wait longer for it
+            timeout = self.config.timeout * _TIMEOUT_GROWTH ** min(timeouts, 2)
+            cut = deadline is not None and deadline - time.monotonic() < timeout
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise self._late(model, retries)
             try:
-                completion = _to_completion(raw.parse(), model)
-            except Exception as exc:
-                if retries < budget:
-                    self._retry_later("unusable body", retries, raw.headers, model)
+                with self._gate.slot(deadline):
+                    sent = time.monotonic()
+                    outcome = self._attempt(body, model, timeout)
+            except TimeoutError:  # no slot before the deadline
+                raise self._late(model, retries) from None
+            if isinstance(outcome, Completion):
+                break
+            if outcome.kind == "timeout":
+                if cut:  # the caller's deadline, not a sign of a server falling behind: the limit stays
+                    raise self._late(model, retries)
+                self._gate.timed_out()
+                timeouts += 1
+            retriable = outcome.kind is not None and retries < budget
+            hopeless = retriable and self._health.hopeless(outcome.signature)
+            if retriable and not hopeless:
+                delay = _retry_delay(retries, outcome.headers)
+                if deadline is None or time.monotonic() + delay < deadline:
+                    self._retry_later(outcome.kind, retries, delay, model)
                     retries += 1
                     continue
-                problem = self.redact(f"{type(exc).__name__}: {exc}")[:300]
-                self.usage.add(failures=1)
-                raise LLMError(
-                    f"request to {self.base_url} (model {model!r}) got HTTP {raw.status_code} with an "
-                    f"unusable body after {retries} retries: {problem}",
-                    status=raw.status_code,
-                    base_url=self.base_url,
-                    model=model,
-                    retries=retries,
-                ) from None
-            self._gate.answered(time.monotonic() - sent, timeout)
-            self._check_prompt_size(messages, completion, model, retries)
-            self.usage.add(
-                calls=1,
-                prompt_tokens=completion.prompt_tokens or 0,
-                completion_tokens=completion.completion_tokens or 0,
-            )
-            return completion
+            self.usage.add(failures=1)
+            if not probe:
+                self._health.failed(outcome.signature)
+            error = self._wrap(outcome, model, retries, hopeless=hopeless)
+            log.debug("%s", error)
+            raise error
+        completion = outcome
+        self._gate.answered(time.monotonic() - sent, timeout)
+        self._health.success()
+        if not probe:
+            self._check_prompt_size(model, completion, chars, images, parts, retries)
+        self.usage.add(calls=1, prompt_tokens=completion.prompt_tokens or 0,
+                       completion_tokens=completion.completion_tokens or 0)
+        return completion
 
-    def _retry_later(self, kind: str, retries: int, headers: Mapping[str, str] | None, model: str) -> None:
+    def _attempt(self, body: bytes, model: str, timeout: float) -> Completion | _Failure:
+        """Send the request once: its completion, or why it failed."""
+        try:
+            status, headers, data = self._transport.post("/chat/completions", body, timeout)
+        except TransportError as err:
+            return _Failure(err.kind, "timed out" if err.kind == "timeout" else f"connection error ({err})")
+        if not 200 <= status < 300:
+            line = self.redact(_body_line(data))
+            what = f"HTTP {status}: {line}" if line else f"HTTP {status} {_status_phrase(status)}"
+            return _Failure(_status_kind(status, headers, line), what, status, headers)
+        try:
+            return _to_completion(data, model)
+        except (_BadResponse, ValueError) as exc:
+            problem = self.redact(f"{type(exc).__name__}: {exc}")[:300]
+            return _Failure("unusable body", f"got HTTP {status} with an unusable body: {problem}", status, headers)
+
+    def _retry_later(self, kind: str, retries: int, delay: float, model: str) -> None:
         self.usage.add_retry(kind)
-        delay = _retry_delay(retries, headers)
         log.debug("%s from %s (model %s): retry %d of %d in %.2f s", kind, self.base_url, model, retries + 1,
                   self.config.max_retries, delay)
         time.sleep(delay)
 
-    def _check_prompt_size(self, messages: list[dict[str, Any]], completion: Completion, model: str,
+    def _check_prompt_size(self, model: str, completion: Completion, chars: int, images: int, parts: bool,
                            retries: int) -> None:
-        """Fail an answer to a prompt the server reports as far shorter than what was sent (dropped content)."""
-        chars, images = _text_chars(messages)
+        """A reported prompt far shorter than what was sent is a hint, never a failure by itself (prompt caches
+        and gateways report less): it triggers the content-part probe when parts were sent, and a warning."""
         expected = chars // _CHARS_PER_TOKEN_MAX
         reported = completion.prompt_tokens
         if reported is None or expected < _MIN_TOKENS_CHECKED or reported >= expected:
             return
-        self.usage.add(failures=1)
+        if parts and self._probe(model)[0] == DROPPED:
+            self.usage.add(failures=1)
+            raise self._dropped(model, chars, images, retries)
+        with self._probe_lock:
+            first, self._low_usage_warned = not self._low_usage_warned, True
+        if first:
+            message = (f"{self.base_url} (model {model!r}) reported {reported} prompt tokens for {chars:,} characters "
+                       f"(at least {expected} tokens): its usage figures are taken as a hint only (prompt caches "
+                       "count only new tokens; some gateways report 0), and its answers are kept")
+            log.warning(message)
+            self.usage.set_check("reported prompt tokens", f"lower than sent (e.g. {reported} for >= {expected}): "
+                                                           "a hint only, answers kept")
+
+    def _probe(self, model: str) -> tuple[str, str]:
+        """The content-part probe's verdict, run once per client (one endpoint) at the first need."""
+        with self._probe_lock:
+            if self._parts_verdict[0] is None:
+                settings = {"temperature": 0.0, "max_tokens": 16, "seed": None, "extra_body": self.config.extra_body}
+
+                def ask(messages: list[dict[str, Any]]) -> tuple[str, int | None]:
+                    answer = self._request(messages, model, settings, None, probe=True)
+                    return answer.text, answer.prompt_tokens
+
+                self._parts_verdict = probe_content_parts(ask)
+                self.usage.set_check("text as content parts", "{} ({})".format(*self._parts_verdict))
+            return self._parts_verdict  # type: ignore[return-value]
+
+    def _dropped(self, model: str, chars: int, images: int, retries: int) -> LLMError:
         sent = f"{chars:,} characters of text" + (f" and {images} image(s)" if images else "")
-        why = "its chat template may take only string content" + (
-            ", or the model may have no image support" if images else "")
-        raise LLMError(
-            f"the server dropped the content: {self.base_url} (model {model!r}) reports a prompt of {reported} "
-            f"tokens for {sent} (at least {expected} tokens); {why}",
+        return LLMError(
+            f"the server dropped the content: {self.base_url} (model {model!r}) does not read text sent as content "
+            f"parts ({self._parts_verdict[1]}), so it never saw the {sent} of this request; its chat template may "
+            "take only string content" + (", or the model may have no image support" if images else ""),
             status=None, base_url=self.base_url, model=model, retries=retries,
         )
 
-    def _wrap(self, err: BaseException, model: str, retries: int) -> LLMError:
-        status = getattr(err, "status_code", None)
-        if isinstance(err, openai.APITimeoutError):
-            what = f"timed out (timeout {self.config.timeout:g} s, longer for requests sent again)"
-        elif isinstance(err, openai.APIConnectionError):
-            cause = err.__cause__
-            what = f"connection error ({type(cause).__name__}: {cause})" if cause else "connection error"
-        elif isinstance(err, openai.APIStatusError):
-            line = _body_line(err)
-            what = f"HTTP {status}" + (f": {line}" if line else f" {type(err).__name__}")
-        else:
-            what = f"{type(err).__name__}: {err}"
-        message = f"request to {self.base_url} (model {model!r}) failed: {what} (after {retries} retries)"
+    def _late(self, model: str, retries: int) -> LLMError:
         return LLMError(
-            self.redact(message), status=status, base_url=self.base_url, model=model, retries=retries
+            f"request to {self.base_url} (model {model!r}) did not answer within {self.config.deadline:g} s "
+            f"(the deadline; the call and its retries were stopped after {retries} retries)",
+            status=None, base_url=self.base_url, model=model, retries=retries,
         )
 
+    def _wrap(self, failure: _Failure, model: str, retries: int, *, hopeless: bool) -> LLMError:
+        what = failure.what
+        if failure.kind == "timeout":
+            what = f"timed out (timeout {self.config.timeout:g} s, longer for requests sent again)"
+        elif failure.status is not None and is_unsupported(what):
+            what += " (not retried: the server says the input is unsupported)"
+        elif hopeless:
+            what += " (not retried: every request to this endpoint so far got this error)"
+        message = f"request to {self.base_url} (model {model!r}) failed: {what} (after {retries} retries)"
+        return LLMError(self.redact(message), status=failure.status, base_url=self.base_url, model=model,
+                        retries=retries)
 
-def _describe_fully(err: BaseException) -> str:
-    parts = [str(err), repr(getattr(err, "body", None))]
-    if err.__cause__ is not None:
-        parts.append(str(err.__cause__))
-    return "\n".join(parts)
+
+def _status_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
 
 
 def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -702,23 +770,37 @@ def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def _to_completion(chat: Any, model: str) -> Completion:
-    if not isinstance(chat, ChatCompletion):
+def _to_completion(data: bytes, model: str) -> Completion:
+    """A chat completion's JSON body as a :class:`Completion`; :class:`_BadResponse` for anything else."""
+    try:
+        chat = json.loads(data)
+    except ValueError as exc:
+        raise _BadResponse(f"not JSON ({exc}): {data[:80]!r}") from None
+    if not isinstance(chat, dict):
         raise _BadResponse(f"expected a chat completion, got {type(chat).__name__}: {str(chat)[:80]!r}")
-    if not chat.choices:
+    choices = chat.get("choices")
+    if not isinstance(choices, list) or not choices:
         raise _BadResponse("the completion has no choices")
-    choice = chat.choices[0]
-    if choice.message is None:
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
         raise _BadResponse("the first choice has no message")
-    usage = chat.usage
+    text = message.get("content")
+    if text is not None and not isinstance(text, str):
+        raise _BadResponse(f"the message content is a {type(text).__name__}, not text")
+    usage = chat.get("usage") if isinstance(chat.get("usage"), dict) else {}
     return Completion(
-        text=choice.message.content or "",
+        text=text or "",
         cached=False,
-        model=chat.model or model,
-        prompt_tokens=usage.prompt_tokens if usage is not None else None,
-        completion_tokens=usage.completion_tokens if usage is not None else None,
-        finish_reason=choice.finish_reason,
+        model=str(chat.get("model") or model),
+        prompt_tokens=_token_count(usage.get("prompt_tokens")),
+        completion_tokens=_token_count(usage.get("completion_tokens")),
+        finish_reason=choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
     )
+
+
+def _token_count(value: object) -> int | None:
+    return value if _is_int(value) and value >= 0 else None  # type: ignore[return-value, operator]
 
 
 class _BatchProgress(JobBar):

@@ -42,10 +42,15 @@ class AdaptiveLimit:
         self._cond = threading.Condition()
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold one of the :attr:`current` places; ``TimeoutError`` if none frees before ``deadline``
+        (a :func:`time.monotonic` time; ``None``: wait as long as it takes)."""
         with self._cond:
             while self.active >= self.current:
-                self._cond.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("no request slot became free before the deadline")
+                self._cond.wait(left)
             self.active += 1
         try:
             yield

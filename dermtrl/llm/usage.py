@@ -35,7 +35,8 @@ class Usage:
     ``calls`` counts completions the API returned (not cache hits, not failed attempts); ``shared`` counts
     answers taken from an identical request already in flight (no request of their own); ``retries`` counts
     re-sent requests, of every kind, and :attr:`retry_kinds` splits them by kind (``"HTTP 429"``, ``"HTTP 503"``,
-    ``"timeout"``, ``"connection error"``, ``"unusable body"``).
+    ``"timeout"``, ``"connection error"``, ``"unusable body"``). :attr:`checks` holds what checks of the endpoint
+    found (:mod:`dermtrl.llm.endpoint`), shown in :meth:`table`.
     """
 
     calls: int = 0
@@ -46,6 +47,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_kinds: dict[str, int] = field(default_factory=dict)
+    checks: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -61,6 +63,15 @@ class Usage:
         with self._lock:
             self.retries += 1
             self.retry_kinds[kind] = self.retry_kinds.get(kind, 0) + 1
+
+    def set_check(self, name: str, verdict: str) -> None:
+        """Record what a check of the endpoint found (e.g. whether it reads text sent as content parts)."""
+        with self._lock:
+            self.checks[name] = verdict
+
+    def checks_found(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.checks)
 
     def as_dict(self) -> dict[str, int]:
         with self._lock:
@@ -90,6 +101,8 @@ class Usage:
             if name == "retries":
                 for kind, n in self.retries_by_kind().items():
                     table.add_row(f"  after {kind}", f"{n:,}")
+        for name, verdict in self.checks_found().items():
+            table.add_row(f"endpoint check: {name}", verdict)
         return table
 
     def summary(self) -> str:
