@@ -5,7 +5,8 @@ them as ``dermtrl/templates/datasets_cards/``, see :func:`_templates_dir`): Hub 
 metadata (license, task categories, tags) and the prose sections (intended use, limitations, a not-a-medical-
 device statement, citation), with ``str.format`` placeholders. :func:`render_card` fills them from the dataset
 itself: counts per split, the Figure 5 category distribution, score distributions, raters, the Fitzpatrick
-distribution when the metadata records one, and generated YAML (``size_categories``, ``configs`` and
+distribution when the metadata records one, the licence and terms of the named public datasets the rows come
+from (:mod:`dermtrl.data.sources`), and generated YAML (``size_categories``, ``configs`` and
 ``dataset_info`` with the features). :func:`validate_card` parses the result with huggingface_hub's
 :class:`~huggingface_hub.DatasetCard` and checks what the Hub's metadata needs; with ``remote=True`` it also asks
 the Hub's ``validate-yaml`` endpoint (:meth:`~huggingface_hub.RepoCard.validate`).
@@ -71,7 +72,9 @@ KNOWN_TASK_CATEGORIES = frozenset({
 REQUIRED_SECTIONS = ("## Intended use", "## Limitations", "## Not a medical device", "## Citation")
 _SECRET = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
 _PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
-_FITZPATRICK_KEYS = ("fitzpatrick", "fitzpatrick_skin_type", "fitzpatrick_type", "skin_type")
+#: Where a row's skin tone is recorded: the normalised ``skin_tone`` of a named dataset first, then the raw
+#: field names a generic table may use.
+_FITZPATRICK_KEYS = ("skin_tone", "fitzpatrick", "fitzpatrick_skin_type", "fitzpatrick_type", "skin_type")
 
 
 def size_category(n: int) -> str:
@@ -131,19 +134,41 @@ def _meta(text: str) -> dict[str, Any]:
 
 def _fitzpatrick(metadata: list[str]) -> str:
     counts: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
     recorded = 0
     for text in metadata:
         meta = _meta(text)
-        value = next((meta[k] for k in _FITZPATRICK_KEYS if meta.get(k) not in (None, "")), None)
+        value = next((meta[k] for k in _FITZPATRICK_KEYS if meta.get(k) not in (None, "", "unknown")), None)
         if value is not None:
             recorded += 1
             counts[str(value).strip()] += 1
+            if meta.get("skin_tone_source"):
+                sources[f"{meta.get('dataset', 'data')}: {meta['skin_tone_source']}"] += 1
     if not recorded:
         return ("### Fitzpatrick skin type\n\nNot recorded in the source metadata: the skin-type mix of this "
                 "dataset is unknown.")
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
-    return (f"### Fitzpatrick skin type\n\nRecorded for {recorded} of {len(metadata)} rows.\n\n| type | rows |\n"
+    text = (f"### Fitzpatrick skin type\n\nRecorded for {recorded} of {len(metadata)} rows.\n\n| type | rows |\n"
             f"|---|---:|\n{rows}")
+    if sources:
+        text += "\n\nTaken from: " + "; ".join(f"{k} ({v} rows)" for k, v in sorted(sources.items())) + "."
+    return text
+
+
+def _sources_section(metadata: list[str], license: str) -> str:
+    """The named public datasets the rows come from, with their licence and terms (empty for other data)."""
+    from dermtrl.data.sources.registry import SOURCES
+
+    counts = Counter(str(_meta(m).get("dataset")) for m in metadata)
+    named = [(SOURCES[name], n) for name, n in sorted(counts.items()) if name in SOURCES]
+    if not named:
+        return ""
+    lines = ["### Source datasets", "",
+             "| dataset | rows | licence | terms | how to get it |", "|---|---:|---|---|---|"]
+    lines += [f"| {spec.title} | {n} | {spec.licence} | {spec.terms} | {spec.access} |" for spec, n in named]
+    lines += ["", f"This card declares `{license}`; the images remain under their datasets' terms above, which "
+                  "bind every user of this dataset. Do not publish it where those terms forbid redistribution."]
+    return "\n".join(lines)
 
 
 def _raters(ds: Any) -> str:
@@ -217,6 +242,7 @@ def render_card(kind: str, ds: Any, *, license: str = "cc-by-nc-4.0", template: 
         "license": license, "generated_yaml": _generated_yaml(ds), "prompt_version": PROMPT_VERSION,
         "synthetic_notice": SYNTHETIC_NOTICE if synthetic else "", "category_rows": category_rows,
         "categories_absent": absent, "fitzpatrick_section": _fitzpatrick(metadata), "raters": _raters(ds),
+        "sources_section": _sources_section(metadata, license),
         "citation": CITATION, "evaluation_images": _evaluation_images(build_info or {}),
         "selection_section": _selection_section(build_info or {}),
     }

@@ -72,14 +72,38 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def _ingest(args: argparse.Namespace, source: str, *, overwrite: bool) -> None:
     from dermtrl.data.inputs import ingest
 
+    dataset = args.dataset_source
+    if dataset is not None:
+        from dermtrl.data.sources.registry import get_source
+
+        spec = _guard(get_source, dataset)
+        dataset = spec.name
+        err.print(spec.describe(), markup=False, highlight=False)
+        if args.vocabulary:
+            err.print(f"Labels are checked against {args.vocabulary} instead of the shipped mapping table.")
     summary = _guard(ingest, source, args.run, vocabulary=_vocabulary(args.vocabulary), split=args.split,
                      max_pixels=args.max_pixels, oversize="refuse" if args.refuse_oversize else "downscale",
-                     overwrite=overwrite, progress=True)
+                     overwrite=overwrite, progress=True, dataset=dataset)
     _finish(summary)
+    if summary.extra.get("unmapped labels"):
+        err.print(f"Labels not in the mapping table ({summary.extra['unmapped labels']}): their items were skipped. "
+                  "Map them in a label,category CSV (see dermtrl/data/label_map.csv) and pass it with --vocabulary.",
+                  markup=False, highlight=False)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     _ingest(args, args.source, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from dermtrl.data.sources.registry import SOURCES
+
+    for spec in SOURCES.values():
+        out.print(spec.describe(), markup=False, highlight=False)
+        out.print(f"  Files: {spec.layout}", markup=False, highlight=False)
+        out.print(f"  Command: dermtrl data ingest --source {spec.name} "
+                  f"{spec.hub_id or 'PATH'} --run RUN", markup=False, highlight=False)
     return 0
 
 
@@ -241,16 +265,23 @@ def register(subparsers: Any) -> Any:
     def ingest_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--vocabulary", default=None,
                        help="label vocabulary: CSV label,category / JSON / text (default: the synthetic labels)")
+        p.add_argument("--source", dest="dataset_source", default=None, metavar="NAME",
+                       help="read a public dataset in its own layout: fitzpatrick17k, ddi, scin, pad-ufes-20, "
+                            "ham10000, skincap (see `dermtrl data sources`)")
         p.add_argument("--split", default="train", help="split to read from a dataset folder or Hub id")
         p.add_argument("--max-pixels", type=int, default=50_000_000, help="larger images are downscaled or refused")
         p.add_argument("--refuse-oversize", action="store_true", help="refuse images over --max-pixels")
 
     p = steps.add_parser("ingest", help="check and store labelled images: folder, CSV/JSONL, dataset folder, Hub id")
-    p.add_argument("source", help="image folder, .csv/.jsonl table, save_to_disk folder or Hub dataset id")
+    p.add_argument("source", help="image folder, .csv/.jsonl table, save_to_disk folder or Hub dataset id (with "
+                                  "--source NAME: the named dataset's folder or Hub id)")
     _add_run(p)
     ingest_options(p)
     _add_overwrite(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = steps.add_parser("sources", help="the public datasets ingest reads by name: licence, access, skin tone")
+    p.set_defaults(func=cmd_sources)
 
     p = steps.add_parser("caption", help="observation-only captions (the paper's captioning prompt)")
     _add_run(p)

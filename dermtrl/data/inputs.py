@@ -8,7 +8,11 @@ Accepted sources (:func:`read_source` tells them apart):
 * a **CSV or JSONL table** with ``path`` (or ``file_name``/``image``), ``label``, optional ``category`` and any
   further columns kept as metadata; relative paths are read from the table's folder;
 * a ``save_to_disk`` **dataset folder** or a **Hub dataset id** with an ``image`` column and a label column
-  (``label``, ``dx`` or ``diagnosis``; a ``ClassLabel`` is read by name).
+  (``label``, ``dx`` or ``diagnosis``; a ``ClassLabel`` is read by name);
+* a **named public dataset** (``dataset="ddi"``, ``--source ddi``: Fitzpatrick17k, DDI, SCIN, PAD-UFES-20,
+  HAM10000, SkinCAP) in its own layout, read by :mod:`dermtrl.data.sources`: its labels are checked against the
+  shipped mapping table (``label_map.csv``) unless a vocabulary is given, and each item records its normalised
+  ``skin_tone``, the dataset and its licence.
 
 :func:`ingest` decodes every image through :mod:`dermtrl.cases.images`, checks the label against the
 vocabulary, drops duplicates by pixel hash, stores the normalised image in the run folder and writes one record
@@ -21,13 +25,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dermtrl.cases.images import MAX_PIXELS, ImageError, Oversize, image_value, read_image
 from dermtrl.data.run import RunDir
+from dermtrl.data.sources.raw import IMAGE_SUFFIXES, RawItem
 from dermtrl.data.summary import StepSummary
 from dermtrl.data.vocabulary import Vocabulary, canonical_category
 from dermtrl.jsonl import RecordLog
@@ -35,22 +40,9 @@ from dermtrl.progress import JobBar
 
 __all__ = ["IMAGE_SUFFIXES", "RawItem", "ingest", "read_source"]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _PATH_COLUMNS = ("path", "file_name", "image", "filepath", "file")
 _LABEL_COLUMNS = ("label", "dx", "diagnosis")
 _METADATA_FILES = ("metadata.csv", "metadata.jsonl")
-
-
-@dataclass
-class RawItem:
-    """One source item before checks: where it came from, its label and metadata, how to get its image."""
-
-    source: str
-    label: str | None
-    category: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    load: Callable[[], str | bytes] | None = None  # a path or encoded bytes
-    problem: str | None = None  # a problem found while reading the source row
 
 
 def _clean_metadata(row: dict[str, Any], skip: set[str]) -> dict[str, Any]:
@@ -184,8 +176,13 @@ def _from_dataset(ds: Any, name: str, folder: Path | None = None) -> Iterator[Ra
                       load=load)
 
 
-def read_source(source: str, *, split: str = "train") -> Iterator[RawItem]:
-    """Raw items of any accepted source (see the module docstring), in a deterministic order."""
+def read_source(source: str, *, split: str = "train", dataset: str | None = None) -> Iterator[RawItem]:
+    """Raw items of any accepted source (see the module docstring), in a deterministic order; ``dataset`` names a
+    public dataset whose own layout ``source`` (a folder, its table, or a Hub id) has."""
+    if dataset is not None:
+        from dermtrl.data.sources.registry import read_named
+
+        return read_named(dataset, source, split=split)
     path = Path(source)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
@@ -224,15 +221,26 @@ def ingest(
     oversize: Oversize = "downscale",
     overwrite: bool = False,
     progress: bool = True,
+    dataset: str | None = None,
 ) -> StepSummary:
-    """Check and store every item of ``source`` in ``run`` (``items.jsonl`` + ``images/``), resumably."""
+    """Check and store every item of ``source`` in ``run`` (``items.jsonl`` + ``images/``), resumably.
+
+    ``dataset`` names a public dataset (:data:`dermtrl.data.sources.registry.SOURCES`): ``source`` is read in its
+    layout and, without a ``vocabulary``, its labels are mapped through the shipped ``label_map.csv``. Labels
+    outside the vocabulary are listed in the summary (``unmapped labels``) and their items skipped by name.
+    """
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if vocabulary is None and dataset is not None:
+        from dermtrl.data.sources.labels import vocabulary_for
+        from dermtrl.data.sources.registry import get_source
+
+        vocabulary = vocabulary_for(get_source(dataset).label_datasets)
     vocabulary = vocabulary or Vocabulary.default()
     run.images_dir.mkdir(parents=True, exist_ok=True)
     settings = {"step": "ingest", "vocabulary": vocabulary.fingerprint(), "max_pixels": max_pixels,
                 "oversize": oversize}
     summary = StepSummary("ingest")
-    raw_items = list(read_source(source, split=split))
+    raw_items = list(read_source(source, split=split, dataset=dataset))
     summary.total = len(raw_items)
     with RecordLog(run.items_path, settings, key="source", overwrite=overwrite) as log:
         run.save_vocabulary(vocabulary)  # the records agree with it (RecordLog refused any other)
@@ -254,6 +262,10 @@ def ingest(
                     if record["notes"]:
                         summary.flag(raw.source, "converted", "; ".join(record["notes"]))
                 bar.advance()
+    unmapped = Counter(str(raw.label).strip() for raw in raw_items
+                       if not raw.problem and raw.label and vocabulary.canonical(raw.label) is None)
+    if unmapped:
+        summary.extra["unmapped labels"] = "; ".join(f"{label} ({n})" for label, n in sorted(unmapped.items()))
     return summary
 
 
