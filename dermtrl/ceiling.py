@@ -28,9 +28,11 @@ import numpy as np
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, canonical_dimension
 from dermtrl.reliability import STATISTICS, Estimate, agreement_statistics, estimate
 
-__all__ = ["Ceiling", "expert_ceiling", "rater_matrix"]
+__all__ = ["RATER_COLUMNS", "Ceiling", "expert_ceiling", "rater_matrix", "record_raters"]
 
 MACRO = "Macro"
+#: Where cases keep every rater's scores: synthetic cases, then the data pipeline's records.
+RATER_COLUMNS: tuple[str, ...] = ("rater_scores", "ratings")
 LABELS = int(SCORE_MAX - SCORE_MIN) + 1
 
 
@@ -76,6 +78,13 @@ def _rater_scores(rater: Any, i: int, r: int) -> Mapping[str, Any]:
     if isinstance(rater, Mapping):
         return rater
     raise ValueError(f"raters row {i}, rater {r}: expected a mapping of dimension -> score, got {rater!r}")
+
+
+def record_raters(records: Sequence[Mapping[str, Any]]) -> list[Any] | None:
+    """Each record's raters (``rater_scores`` or ``ratings``), for ``agreement(..., raters=...)``; ``None`` when no
+    record carries any, so a report without raters simply has no ceiling."""
+    raters = [next((r[c] for c in RATER_COLUMNS if r.get(c)), None) for r in records]
+    return raters if any(raters) else None
 
 
 def rater_matrix(raters: Sequence[Sequence[Any] | None]) -> np.ndarray:

@@ -33,7 +33,8 @@ from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS, Scores
 from dermtrl.metrics import case_errors
 from dermtrl.reliability import Estimate, bootstrap_counts, finite_or_none, percentile_ci
 
-__all__ = ["DEFAULT_COLUMN", "Group", "Slices", "default_column", "slice_agreement", "slice_table", "write_slices"]
+__all__ = ["DEFAULT_COLUMN", "Group", "Slices", "default_column", "slice_agreement", "slice_records", "slice_table",
+           "write_slices"]
 
 DEFAULT_COLUMN = "skin_tone"
 UNKNOWN = "unknown"
@@ -185,6 +186,16 @@ def slice_agreement(predictions: Sequence[Mapping[str, float | None] | Scores | 
     """Table 1's MAE (scores rounded as the report rounds them) sliced by ``groups``, one value per case."""
     errors = case_errors([p or {} for p in predictions], experts, round_predictions=round_predictions)
     return slice_table(errors, groups, column=column, statistic="MAE", **kwargs)
+
+
+def slice_records(records: Sequence[Mapping[str, Any]], column: str, *, label: str = "", **kwargs: Any) -> Slices:
+    """:func:`slice_agreement` over evaluation records (``scores``, ``expert_scores`` and ``column`` in each);
+    records without expert scores or with an ``error`` are left out, as the agreement report leaves them out."""
+    scored = [r for r in records if r.get("expert_scores") and "error" not in r]
+    if not scored:
+        raise ValueError(f"slicing by {column!r}: no record carries expert scores")
+    return slice_agreement([r.get("scores") for r in scored], [r["expert_scores"] for r in scored],
+                           [r.get(column) for r in scored], column=column, label=label, **kwargs)
 
 
 def default_column(columns: Sequence[str], by: str | None = None) -> str | None:

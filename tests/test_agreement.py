@@ -212,3 +212,13 @@ def test_old_report_json_still_loads(report):
     loaded = AgreementReport.from_dict(old)
     assert loaded.ceiling is None and loaded.per_dimension["Safety"].icc21 is None
     assert "n/a" in to_markdown(loaded)
+
+
+def test_record_raters_reads_either_column():
+    from dermtrl.ceiling import record_raters
+
+    scores = {d: 1.0 for d in DIMENSIONS}
+    synthetic = {"rater_scores": [scores, scores]}
+    pipeline = {"ratings": [{"rater_id": "a", "scores": scores}, {"rater_id": "b", "scores": scores}]}
+    assert record_raters([synthetic, pipeline, {}]) == [synthetic["rater_scores"], pipeline["ratings"], None]
+    assert record_raters([{}, {"rater_scores": []}]) is None

@@ -106,3 +106,15 @@ def test_table1_with_raters_and_skin_tone(tmp_path):
     md = paths["md"].read_text()
     assert "MAE by skin_tone" in md and "Expert ceiling: DermEval" in md and "#### Agreement statistics" in md
     assert paths["slices_png"].is_file() and json.loads(paths["json"].read_text())["slices"][1]["label"] == "DermEval"
+
+
+def test_slice_records_leaves_out_errors_and_unrated():
+    from dermtrl.subgroups import slice_records
+
+    records = [{"case_id": "a", "scores": _scores(3.0), "expert_scores": _scores(2.0), "skin_tone": "VI"},
+               {"case_id": "b", "error": "image: broken", "expert_scores": _scores(2.0), "skin_tone": "I"},
+               {"case_id": "c", "scores": _scores(3.0), "expert_scores": None, "skin_tone": "I"}]
+    s = slice_records(records, "skin_tone", label="DermEval", n_bootstrap=10)
+    assert [(g.value, g.n, g.macro.value) for g in s.groups] == [("VI", 1, 1.0)]
+    with pytest.raises(ValueError, match="slicing by 'skin_tone': no record carries expert scores"):
+        slice_records(records[1:], "skin_tone")
