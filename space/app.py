@@ -83,7 +83,7 @@ CONFIDENCE_BANDS: tuple[tuple[float, str], ...] = ((0.3, "high"), (0.8, "medium"
 SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence (uncalibrated)"]
 #: Wide enough for each header's and each cell's longest word ("missing", "uncalibrated"): on a narrow (phone)
 #: screen the table scrolls sideways instead of clipping its headers or breaking words.
-SCORE_COLUMN_WIDTHS = ["150px", "84px", "92px", "84px", "128px"]
+SCORE_COLUMN_WIDTHS = ["150px", "84px", "92px", "84px", "164px"]
 #: What the numbers mean, shown under every score table (one short line per dimension).
 SCORE_LEGEND = (
     "**Reading the scores:** 0-5 on every dimension, **5 is best** (0: fails it entirely, 5: fully meets it); "
@@ -701,7 +701,9 @@ def _overall_fields(summary: Overall) -> dict[str, Any]:
 
 
 def _empty_plot() -> pd.DataFrame:
-    return pd.DataFrame({"dimension": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
+    """No bars, but all six names on the axis: the chart lays out its axis once, for its first data, so it starts
+    with every label (a chart that starts empty would draw later labels past its bottom edge)."""
+    return pd.DataFrame({"dimension": list(DIMENSIONS), "score": [float("nan")] * len(DIMENSIONS)})
 
 
 def _score_outputs(scores: Mapping[str, float], expected: Mapping[str, float] | None = None,
@@ -865,6 +867,7 @@ class SpaceApp:
                     base_url=self.settings.judge_base_url, model=self.settings.judge_model,
                     api_key_env=self.settings.judge_api_key_env, max_concurrency=self.settings.judge_concurrency,
                     max_retries=1, timeout=float(self.settings.judge_timeout), temperature=0.0, cache_path=None,
+                    deadline=float(self.settings.judge_timeout),  # the call and its retries end with the user's wait
                 ))
                 self._judge = Judge(client, parse_retries=1)
             except Exception as exc:  # a bad URL or model name in the environment: say so, keep serving
@@ -876,17 +879,20 @@ class SpaceApp:
         return self._judge
 
     def _judge_within(self, judge: Any, item: Any) -> dict[str, Any]:
-        """The judge's record, or a clear error once ``judge_timeout`` seconds have passed (the call itself ends
-        within its client's timeout, in the background)."""
+        """The judge's record, or a clear error once ``judge_timeout`` seconds have passed. The client's deadline is
+        the same, so the call and its retries stop then too: nothing keeps running for a user who was told no."""
         import concurrent.futures
 
         future = self._judge_pool.submit(judge.score, item)
         try:
-            return future.result(timeout=self.settings.judge_timeout)
+            record = future.result(timeout=self.settings.judge_timeout + 1)  # the client stops itself first
         except concurrent.futures.TimeoutError:
+            record = {"raw": None, "error": "did not answer within the deadline"}
+        if record.get("raw") is None and "did not answer within" in str(record.get("error")):
             log.warning("DermBench judge gave no answer within %d s", self.settings.judge_timeout)
             raise gr.Error(f"The judge did not answer within {self.settings.judge_timeout} s; it may be busy or "
                            "down. Try again later.", title="No answer from the judge", print_exception=False) from None
+        return record
 
     def compare(self, candidate: str | None, reference: str | None) -> tuple[Any, ...]:
         """DermBench: the judge scores the candidate narrative against the reference (no image needed)."""
@@ -945,8 +951,8 @@ class SpaceApp:
                                     example_labels=[_tier_label(e["tier"]) for e in examples],
                                     cache_examples=False)
                     with gr.Column():
-                        notes = gr.Markdown(elem_id="evaluate-notes")
-                        overall = gr.Markdown(elem_id="overall-score")
+                        notes = gr.Markdown(elem_id="evaluate-notes", label="Notes")
+                        overall = gr.Markdown(elem_id="overall-score", label="Overall score")
                         chart = _score_chart("score-chart")
                         table = gr.Dataframe(headers=SCORE_COLUMNS, elem_id="score-table", interactive=False,
                                              label="Scores and (uncalibrated) confidence", wrap=True,
@@ -973,8 +979,8 @@ class SpaceApp:
                             inputs=[candidate, reference], label="Synthetic examples, by candidate quality",
                             example_labels=[_tier_label(e["tier"]) for e in examples], cache_examples=False,
                             elem_id="bench-examples")
-                b_notes = gr.Markdown(elem_id="bench-notes")
-                b_overall = gr.Markdown(elem_id="bench-overall")
+                b_notes = gr.Markdown(elem_id="bench-notes", label="Notes")
+                b_overall = gr.Markdown(elem_id="bench-overall", label="Overall judge score")
                 b_chart = _score_chart("bench-chart")
                 b_table = gr.Dataframe(headers=SCORE_COLUMNS[:2], interactive=False, elem_id="bench-table",
                                        label="Judge scores", column_widths=SCORE_COLUMN_WIDTHS[:2])
@@ -986,12 +992,14 @@ class SpaceApp:
                 compare.click(_cleared(b_outputs), outputs=b_outputs, queue=False, api_visibility="private").then(
                     self.compare, inputs=[candidate, reference], outputs=b_outputs, api_name="dermbench_compare",
                     concurrency_limit=self.settings.judge_concurrency, concurrency_id="dermbench-judge")
-            info = gr.JSON(visible=False)
+            info = gr.JSON(visible=False, label="Model info")
             demo.load(self.info, outputs=info, api_name="model_info", queue=False)
             # while the model is prepared the banner says so, and a timer refreshes it until the model is ready
             timer = gr.Timer(2.0, active=not self.ready)
-            demo.load(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private")
-            timer.tick(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private")
+            demo.load(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private",
+                      show_progress="hidden")
+            timer.tick(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private",
+                       show_progress="hidden")
         demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
         return demo
 
@@ -1083,7 +1091,8 @@ class PageMeta:
 
 
 #: Table cells and headers wrap between words only, never inside one ("missing" stays whole at any width); the
-#: example thumbnails are large enough to see the lesion; the tab bar never folds a tab into a menu.
+#: image preview fills its box (the synthetic examples are 96 px drawings: shown as they are, too small to check a
+#: critique against).
 PAGE_CSS = """
 #score-table th, #score-table th *, #bench-table th, #bench-table th *,
 #score-table td, #score-table td *, #bench-table td, #bench-table td *,
@@ -1092,7 +1101,7 @@ PAGE_CSS = """
     word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none !important;
 }
 #score-table table, #bench-table table { min-width: max-content; }
-#dermeval-examples img { width: 160px !important; height: 160px !important; max-width: none !important;
+#image-input img { width: 100% !important; height: 100% !important; max-width: none !important;
     max-height: none !important; object-fit: contain; }
 """
 TIER_LABELS = {"correct": "Good narrative", "unsafe": "Unsafe narrative", "hallucinated": "Hallucinated findings",

@@ -8,6 +8,7 @@ page needs nothing from outside. Never ``playwright install``: ``.ci/run`` insta
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -76,6 +77,17 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pytest.fail(f"space/app.py did not serve within {START_TIMEOUT:.0f} s:\n"
                             f"{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
+        # the page serves at once; the model is prepared meanwhile (a cold cache trains the demo adapter)
+        from gradio_client import Client
+
+        client = Client(url, verbose=False, download_files=False)
+        try:
+            while not client.predict(api_name="/model_info")["ready"]:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"space/app.py did not prepare its model:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.5)
+        finally:
+            client.close()
         yield url
     finally:
         proc.terminate()
@@ -129,8 +141,9 @@ def test_upload_type_evaluate_shows_six_scores_and_a_critique(
     assert [r[0] for r in cells] == list(DIMENSIONS)
     assert all(0 <= float(r[1]) <= 5 for r in cells), cells  # six scores, none missing
     assert pg.input_value("#critique textarea").strip()
-    overall = float(pg.input_value("#overall-score input"))
-    assert overall == pytest.approx(sum(float(r[1]) for r in cells) / 6, abs=0.01)
+    overall = re.search(r"Overall (\d\.\d)/5 from (\d) of 6", pg.inner_text("#overall-score"))
+    assert overall and overall.group(2) == "6", pg.inner_text("#overall-score")  # says what it averages
+    assert float(overall.group(1)) == pytest.approx(sum(float(r[1]) for r in cells) / 6, abs=0.05)
     pg.wait_for_selector("#score-chart canvas, #score-chart svg")  # the chart rendered, offline
     assert not pg.is_visible("#raw-output")  # the raw output stays in its collapsed panel
 
@@ -195,10 +208,8 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     assert pg.title() == "DermEval"
     description = pg.get_attribute("meta[name=description]", "content")
     assert description and "DermBench" in description and pg.locator("meta[property='og:description']").count()
-    pg.wait_for_selector("#overall-score input")
-    # before a run: empty, not 0 (the empty value arrives with the page's load event, later on a busy machine)
-    pg.wait_for_function("() => document.querySelector('#overall-score input').value === ''", timeout=20_000)
-    assert pg.input_value("#overall-score input") == ""
+    pg.wait_for_selector("#overall-score")
+    assert pg.inner_text("#overall-score").strip() == ""  # before a run: empty, not 0
     labels = pg.locator("text=Unsafe narrative (unsafe)")  # example rows named by quality tier
     assert labels.count() >= 1
 
@@ -224,4 +235,4 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     pg.wait_for_selector("text=not an image this app can read")
     pg.wait_for_function("() => !(document.querySelector('#critique textarea') || {}).value", polling=100)
     assert "control tokens" not in pg.inner_text("#evaluate-notes")  # the last run's note is gone
-    assert pg.input_value("#overall-score input") == ""
+    pg.wait_for_function("() => !document.querySelector('#overall-score').innerText.trim()", polling=100)
