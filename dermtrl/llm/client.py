@@ -4,12 +4,20 @@ Captioning, hierarchical reasoning, judging, score parsing and candidate generat
 :class:`LLMClient`, so they share one policy for each of the things that are easy to get subtly wrong:
 
 Retries
-    Every retry is ours (the ``openai`` package is told to make none), so each kind is counted and reported
+    Every retry is ours (requests go out over :mod:`dermtrl.llm.transport`), so each kind is counted and reported
     the same way (:class:`~dermtrl.llm.usage.Usage`: one line per kind, never a warning per retry): 408/409/429
     and 5xx answers, timeouts, dropped connections, and 200s whose body is not a usable completion (not
     JSON, no choices). Backoff is openai's (0.5 s doubling, at most 8 s, 0-25 % jitter), honouring
     ``Retry-After``/``retry-after-ms`` and ``x-should-retry``. At most ``max_retries`` retries, so at most
     ``max_retries + 1`` HTTP requests per completion. An error names the status and the body's first line.
+    Errors that retrying cannot fix are not retried (:mod:`dermtrl.llm.endpoint`): an answer saying the input
+    is unsupported, and, once an endpoint has answered every request so far with one and the same HTTP error,
+    that error.
+Deadline
+    ``deadline`` bounds one call in all: the wait for a slot, every attempt, every backoff. When it passes the
+    call stops, its retries with it, and an attempt cut short by it does not count as a timeout against the
+    concurrency (it is the caller giving up, not the server falling behind), so one caller's hung request
+    never lowers what others get. A user-facing service sets it to the time it promises to answer in.
 Concurrency
     At most ``max_concurrency`` requests are in flight. A single-process server (llama.cpp) queues what it
     cannot answer at once, and a request's timeout runs while it waits in that queue (the protocol gives no
@@ -24,9 +32,11 @@ Concurrency
 Dropped content
     A server whose chat template takes only string content silently drops a message made of content parts
     (llama.cpp's built-in formats do). Text-only turns are therefore sent as plain strings
-    (:func:`user_message`), and an answer whose reported ``usage.prompt_tokens`` is far below what the text
-    sent must take (one token per 10 characters) fails that item with a message saying the server dropped
-    the content, instead of recording an answer to a prompt the model never saw.
+    (:func:`user_message`). A reported ``usage.prompt_tokens`` far below what the text sent must take (one
+    token per 10 characters) is only a hint, warned about once: prompt caches count only new tokens and some
+    gateways report 0. For a request with content parts it triggers one probe of the endpoint (the same text as
+    parts and as a string, compared: :mod:`dermtrl.llm.endpoint`); only a probe showing the parts dropped fails
+    such items, with a message saying so, instead of recording answers to prompts the model never saw.
 Caching
     Only *deterministic* requests are cached: temperature 0, or a fixed ``seed``. Sampling at a temperature
     above 0 without a seed is meant to vary (e.g. drawing several candidates), so it always reaches the

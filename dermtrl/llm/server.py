@@ -25,7 +25,7 @@ Beyond faults, the server behaves like the real ones the client meets (llama.cpp
 
 * an answer longer than the request's ``max_tokens`` (counted in words) is cut there with
   ``finish_reason="length"``; a responder may also return a :class:`Reply` to set the finish reason or the
-  reported ``prompt_tokens`` itself;
+  reported ``prompt_tokens`` itself, or leave ``usage`` out of the answer;
 * ``string_content_only=True`` is a chat template that takes only string content: a message whose content is
   a list of parts is dropped before the "model" (the responder) sees it, and the prompt tokens reported
   shrink accordingly (what llama.cpp's built-in chat formats do);
@@ -72,16 +72,19 @@ class Reply:
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int | None = None  # None: the server's own count
+    usage: bool = True  # False: no "usage" in the answer at all (some gateways and proxies)
 
 
 class Fault(Exception):
-    """Raise from a responder to answer that request with a fault (one of :data:`FAULT_KINDS`)."""
+    """Raise from a responder to answer that request with a fault (one of :data:`FAULT_KINDS`); ``message`` replaces
+    the error body's message of an HTTP fault (e.g. llama.cpp's ``image input is not supported``)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, message: str | None = None) -> None:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
         super().__init__(kind)
         self.kind = kind
+        self.message = message
 
 
 def last_user_text(body: Mapping[str, Any]) -> str:
@@ -215,16 +218,18 @@ class _Handler(BaseHTTPRequestHandler):
         text = ""
         finish_reason = "stop"
         prompt_tokens = _count_tokens(body, owner.image_tokens)
+        report_usage = True
+        message = None
         if kind is None:
             try:
                 reply = owner.responder(body)
                 if isinstance(reply, Reply):
-                    text, finish_reason = reply.text, reply.finish_reason
+                    text, finish_reason, report_usage = reply.text, reply.finish_reason, reply.usage
                     prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else prompt_tokens
                 else:
                     text = reply
             except Fault as fault:
-                kind = fault.kind
+                kind, message = fault.kind, fault.message
             except Exception as exc:  # a bug in a test's responder: answer 500, do not retry, keep it
                 owner._note_responder_error(exc)
                 error = {"message": f"responder raised {type(exc).__name__}: {exc}", "type": "responder"}
@@ -232,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if kind is not None:
             owner._count_fault(kind)
-            self._fault(owner, kind)
+            self._fault(owner, kind, message)
             return
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         words = list(re.finditer(r"\S+", text))
@@ -252,18 +257,16 @@ class _Handler(BaseHTTPRequestHandler):
                     "logprobs": None,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(text.split()),
-                "total_tokens": prompt_tokens + len(text.split()),
-            },
         }
+        if report_usage:
+            payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                                "total_tokens": prompt_tokens + len(text.split())}
         self._send_json(200, payload)
 
-    def _fault(self, owner: FakeOpenAIServer, kind: str) -> None:
+    def _fault(self, owner: FakeOpenAIServer, kind: str, message: str | None = None) -> None:
         retry_headers = {"Retry-After": "0", "retry-after-ms": str(owner.retry_after_ms)}
         if kind in _STATUS_TEXT:
-            error = {"message": _STATUS_TEXT[kind], "type": "server_error", "code": kind}
+            error = {"message": message or _STATUS_TEXT[kind], "type": "server_error", "code": kind}
             self._send_json(int(kind), {"error": error}, retry_headers)
         elif kind == "malformed":
             self._send_bytes(200, b'{"id": "chatcmpl-broken", "choices": [ <<not json', retry_headers)
