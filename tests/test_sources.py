@@ -404,3 +404,22 @@ def test_ingest_without_source_is_unchanged(tmp_path: Path) -> None:
     assert summary.done == 2 and "unmapped labels" not in summary.extra
     records = [json.loads(line) for line in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
     assert all(r["metadata"] == {"fitzpatrick": "IV"} for r in records)
+
+
+def test_renamed_and_tab_separated_tables_are_read(tmp_path: Path) -> None:
+    from dermtrl.data.inputs import read_source
+
+    # a PAD-UFES-20 copy whose skin-tone column was renamed to the usual spelling
+    root, _, expected = standin("pad-ufes-20", tmp_path / "pad")
+    text = (root / "metadata.csv").read_text().replace("fitspatrick", "fitzpatrick")
+    (root / "metadata.csv").write_text(text)
+    tones = {i.label: i.metadata["skin_tone"] for i in read_source(str(root), dataset="pad-ufes-20") if not i.problem}
+    assert all(tones[label] == tone for label, tone in expected.items())
+    # HAM10000's metadata as Dataverse serves it: tab-separated, no .csv extension
+    root, _, _ = standin("ham10000", tmp_path / "ham")
+    table = root / "HAM10000_metadata.csv"
+    (root / "HAM10000_metadata").write_text(table.read_text().replace(",", "\t"))
+    table.unlink()
+    items = list(read_source(str(root), dataset="ham10000"))
+    assert [i.label for i in items if not i.problem] == ["mel", "nv", "bkl", "vasc", "zzz"]
+    assert {i.metadata["skin_tone"] for i in items} == {"unknown"}

@@ -264,7 +264,8 @@ def register(subparsers: Any) -> Any:
 
     def ingest_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--vocabulary", default=None,
-                       help="label vocabulary: CSV label,category / JSON / text (default: the synthetic labels)")
+                       help="label vocabulary: CSV label,category / JSON / text (default: the synthetic labels; "
+                            "with --source, the shipped mapping table dermtrl/data/label_map.csv)")
         p.add_argument("--source", dest="dataset_source", default=None, metavar="NAME",
                        help="read a public dataset in its own layout: fitzpatrick17k, ddi, scin, pad-ufes-20, "
                             "ham10000, skincap (see `dermtrl data sources`)")
