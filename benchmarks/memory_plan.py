@@ -21,6 +21,7 @@ them. The longest prompt and the longest y* are used (the longest batch sets the
 
     python benchmarks/memory_plan.py [--lengths outputs/dermeval-7b-sft] [--max-completion-length 512]
     python benchmarks/memory_plan.py --device cuda
+    python benchmarks/memory_plan.py --passes full   # SOREB with full-length logits, to see what keeping saves
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def recorded_lengths(source: str | None) -> tuple[int, int, str]:
     return measured.prompt.max, measured.label.max, "500 synthetic cases, 7B-shaped tokenizer"
 
 
-def plan_cpu(settings: list[Shape], console: Console) -> tuple[dict, list, dict, int]:
+def plan_cpu(settings: list[Shape], console: Console, fused: bool = True) -> tuple[dict, list, dict, int]:
     probes, vision = [], 0
     for layers in (1, 2):
         start = time.perf_counter()
         measured, vision = measure(llava15_7b_config(num_hidden_layers=layers), {"sft": PROBES, "soreb": PROBES},
-                                   image=False)
+                                   image=False, fused=fused)
         probes += measured
         console.print(f"measured {layers} decoder layer(s) in {time.perf_counter() - start:.0f} s")
     fit = fits(probes)
@@ -82,7 +83,7 @@ def plan_cpu(settings: list[Shape], console: Console) -> tuple[dict, list, dict,
     return peaks, probes, fit, vision
 
 
-def plan_cuda(settings: list[Shape]) -> tuple[dict, dict]:
+def plan_cuda(settings: list[Shape], fused: bool = True) -> tuple[dict, dict]:
     from dermtrl.memory import build, step
 
     config = llava15_7b_config()
@@ -91,8 +92,8 @@ def plan_cuda(settings: list[Shape]) -> tuple[dict, dict]:
     for mode in ("sft", "soreb"):
         for shape in settings:
             try:
-                step(model, optimizer, config, mode, shape, "cuda", None)  # warm-up
-                m = step(model, optimizer, config, mode, shape, "cuda", None)
+                step(model, optimizer, config, mode, shape, "cuda", None, fused=fused)  # warm-up
+                m = step(model, optimizer, config, mode, shape, "cuda", None, fused=fused)
                 peaks[mode, shape.batch] = max(m.peak.values())
                 seconds[mode, shape.batch] = sum(m.seconds.values())
             except torch.OutOfMemoryError:
@@ -110,7 +111,11 @@ def main() -> None:
                         help="kept free for the CUDA context and allocator fragmentation when judging a fit")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", choices=["fused", "full"], default="fused",
+                        help="SOREB's teacher-forced passes as the trainer runs them (logits kept for the completion "
+                        "and the label only) or with full-length logits (the earlier form), to see the saving")
     args = parser.parse_args()
+    fused = args.passes == "fused"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (run without it to extrapolate on CPU)")
     torch.set_num_threads(args.threads)
@@ -127,7 +132,7 @@ def main() -> None:
                   f"y* {label}, SOREB completion {args.max_completion_length}")
     seconds: dict = {}
     if args.device == "cpu":
-        peaks, probes, fit, vision = plan_cpu(settings, console)
+        peaks, probes, fit, vision = plan_cpu(settings, console, fused)
         probe_table = Table(title="CPU probes (batch 1, text only; every weight in memory, vision tower included)")
         for col in ("step", "layers", "prompt", "y*", "completion", "phase", "peak (GiB)", "CPU s"):
             probe_table.add_column(col, justify="right")
@@ -147,8 +152,9 @@ def main() -> None:
                       "token each), an upper bound")
         how = "extrapolated to 32 layers from 1 and 2 (CPU)"
     else:
-        peaks, seconds = plan_cuda(settings)
+        peaks, seconds = plan_cuda(settings, fused)
         how = "measured on the full 32-layer model (CUDA)"
+    how += f", SOREB passes {args.passes}"
     table = Table(title=f"Will it fit? Peak memory per GPU, {how}; a fit keeps {args.reserve_gib:g} GiB free")
     for col in ("step", "batch", "peak (GiB)", *(["s / step"] if seconds else []), *GPUS):
         table.add_column(col, justify="right")

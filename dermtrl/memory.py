@@ -13,7 +13,9 @@ configuration). The method:
    reports on a GPU). An SFT step is one teacher-forced pass over prompt + y* with the loss, backward and the
    optimizer step. A SOREB step has two phases: ``generate`` (sampling the completion under ``no_grad`` with the
    KV cache) and ``train`` (the teacher-forced pass over prompt + completion for L_RL, eq. 4, and the one over
-   prompt + y* for L_TEXT, both graphs alive until one backward, then the optimizer step).
+   prompt + y* for L_TEXT, both graphs alive until one backward, then the optimizer step). As the trainer runs
+   them, both passes keep logits only where they count (the completion, the label) and use no KV cache;
+   ``fused=False`` measures full-length logits instead, for comparison.
 3. A 4096-wide layer in bf16 is slow on a CPU, so the probes are short (batch 1, tens of tokens) and text only;
    the image enters twice: its 576 tokens are language-model positions like any other (counted in the tokens
    below), and the vision tower's own transient memory (one image through CLIP and the projector, measured once)
@@ -207,9 +209,19 @@ def _generate(model: Any, config: Any, batch: dict[str, torch.Tensor], completio
 
 
 def step(model: Any, optimizer: torch.optim.Optimizer, config: Any, mode: str, shape: Shape, device: str,
-         meter: PeakMemory | None, image: bool = True) -> Measurement:
-    """One SFT or SOREB step at ``shape``; peak bytes from ``meter`` (CPU) or the CUDA allocator."""
-    from dermtrl.trainer.soreb_trainer import policy_gradient_loss
+         meter: PeakMemory | None, image: bool = True, fused: bool = True) -> Measurement:
+    """One SFT or SOREB step at ``shape``; peak bytes from ``meter`` (CPU) or the CUDA allocator.
+
+    ``fused`` (SOREB only) runs the trainer's passes: logits kept for the completion and the label only, log-probs
+    by ``selective_log_softmax``, no KV cache. ``fused=False`` is the earlier form, full B x L x V logits in both
+    passes, kept for comparison (``benchmarks/memory_plan.py --passes full``).
+    """
+    from dermtrl.trainer.soreb_trainer import (
+        completion_logps,
+        label_loss,
+        policy_gradient_from_logps,
+        policy_gradient_loss,
+    )
 
     generator = torch.Generator().manual_seed(shape.batch * 7919 + shape.prompt)
     batch = _inputs(config, shape, device, generator, image)
@@ -241,12 +253,23 @@ def step(model: Any, optimizer: torch.optim.Optimizer, config: Any, mode: str, s
             if mode == "sft":
                 loss = _teacher_forced(model, batch["input_ids"], batch["pixel_values"], batch["labels"]).loss
             else:
-                generated = torch.zeros_like(sequences)
-                generated[:, batch["prompt"].shape[1]:] = 1
-                logits = _teacher_forced(model, sequences, batch["pixel_values"]).logits
                 advantages = torch.ones(shape.batch, device=device)
-                rl_loss = policy_gradient_loss(logits, sequences, generated, advantages)
-                text_loss = _teacher_forced(model, batch["input_ids"], batch["pixel_values"], batch["labels"]).loss
+                if fused:
+                    keep = sequences.shape[1] - batch["prompt"].shape[1]
+                    rl_batch = {"input_ids": sequences, "attention_mask": torch.ones_like(sequences),
+                                "pixel_values": batch["pixel_values"]}
+                    logits = completion_logps(model, rl_batch, keep)
+                    rl_loss = policy_gradient_from_logps(logits, torch.ones_like(logits), advantages)
+                    text_loss = label_loss(model, {"input_ids": batch["input_ids"], "labels": batch["labels"],
+                                                   "attention_mask": torch.ones_like(batch["input_ids"]),
+                                                   "pixel_values": batch["pixel_values"]})
+                else:
+                    generated = torch.zeros_like(sequences)
+                    generated[:, batch["prompt"].shape[1]:] = 1
+                    logits = _teacher_forced(model, sequences, batch["pixel_values"]).logits
+                    rl_loss = policy_gradient_loss(logits, sequences, generated, advantages)
+                    text_loss = _teacher_forced(model, batch["input_ids"], batch["pixel_values"],
+                                                batch["labels"]).loss
                 loss = 0.5 * rl_loss + 1.0 * text_loss  # the paper's weights; both graphs alive until backward
         loss.backward()
         optimizer.step()
@@ -278,12 +301,12 @@ def _meter(model: Any, optimizer: torch.optim.Optimizer) -> PeakMemory:
 
 
 def measure(config: Any, shapes: dict[str, Sequence[Shape]], device: str = "cpu", lora: dict | None = None,
-            image: bool = True) -> tuple[list[Measurement], int | None]:
+            image: bool = True, fused: bool = True) -> tuple[list[Measurement], int | None]:
     """Build the model of ``config``, run every ``mode -> shapes`` step on it, and (on CPU) measure one image's
     pass through the vision tower; returns the measurements and that transient (``None`` on a GPU)."""
     model, optimizer = build(config, device, lora)
     meter = _meter(model, optimizer) if device == "cpu" else None
-    out = [step(model, optimizer, config, mode, shape, device, meter, image) for mode, group in shapes.items()
+    out = [step(model, optimizer, config, mode, shape, device, meter, image, fused) for mode, group in shapes.items()
            for shape in group]
     vision = vision_transient(model, config, meter) if meter is not None else None
     del model, optimizer
@@ -375,3 +398,77 @@ def parameter_counts(config: Any, lora: dict | None = None) -> dict[str, int]:
         else:
             counts["embeddings + lm_head"] += p.numel()
     return counts
+
+
+def smoke(config: Any, shape: Shape, steps: int, device: str = "cpu", image: bool = True,
+          lora: dict | None = None) -> dict[str, dict[str, float]]:
+    """``steps`` SFT steps, SOREB steps as the trainer runs them and SOREB steps with full-length logits, on one
+    model; per kind its peak bytes, seconds per step (the first step untimed when there are several) and samples
+    per second. The first real-GPU check of the training path (``benchmarks/gpu_smoke.sh``)."""
+    model, optimizer = build(config, device, lora)
+    meter = _meter(model, optimizer) if device == "cpu" else None
+    out: dict[str, dict[str, float]] = {}
+    for kind, mode, fused in (("SFT", "sft", True), ("SOREB", "soreb", True), ("SOREB, full logits", "soreb", False)):
+        runs = [step(model, optimizer, config, mode, shape, device, meter, image, fused) for _ in range(steps)]
+        timed = runs[1:] or runs
+        seconds = sum(sum(m.seconds.values()) for m in timed) / len(timed)
+        out[kind] = {"peak": float(max(max(m.peak.values()) for m in runs)), "step_s": seconds,
+                     "samples_per_s": shape.batch / seconds,
+                     "generate_s": sum(m.seconds.get("generate", 0.0) for m in timed) / len(timed)}
+    del model, optimizer
+    return out
+
+
+def smoke_main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`smoke` (``benchmarks/gpu_smoke.sh`` calls it): measured peaks beside the plan's
+    prediction (CPU probes at 1 and 2 decoder layers of the same configuration, extrapolated as the plan does)."""
+    import argparse
+
+    from dermtrl.testing.llava7b import llava15_7b_config, small_llava_config
+
+    parser = argparse.ArgumentParser(description=smoke_main.__doc__)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="LLaVA-1.5's layout at a tiny width (CPU dry run)")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt", type=int, default=640, help="tokens: BOS + the image's tokens + text")
+    parser.add_argument("--label", type=int, default=448, help="tokens of y*")
+    parser.add_argument("--completion", type=int, default=512, help="SOREB's sampled tokens")
+    parser.add_argument("--predict", action="store_true", help="print the plan's prediction beside each peak")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device here (--device cpu --small for the dry run)")
+
+    def config_of(layers: int) -> Any:
+        return small_llava_config(layers) if args.small else llava15_7b_config(num_hidden_layers=layers)
+
+    config = config_of(args.layers)
+    shape = Shape(args.batch, args.prompt, args.label, args.completion)
+    print(f"{'small LLaVA-1.5 layout' if args.small else 'LLaVA-1.5-7B'}, {args.layers} decoder layers, random "
+          f"bf16 weights, LoRA r={LORA['r']}, activation checkpointing, batch {shape.batch}, prompt {shape.prompt} "
+          f"(image included), y* {shape.label}, completion {shape.completion}, {args.steps} steps each, "
+          f"{args.device}")
+    predicted: dict[str, float] = {}
+    if args.predict:
+        probes = (Shape(1, 32, 16, 8), Shape(1, 96, 48, 24))
+        measured: list[Measurement] = []
+        vision = 0
+        for layers in (1, 2):
+            found, vision = measure(config_of(layers), {"sft": probes, "soreb": probes}, image=False)
+            measured += found
+        fit = fits(measured)
+        for kind, mode in (("SFT", "sft"), ("SOREB", "soreb")):
+            predicted[kind] = predicted_peak(fit, mode, args.layers, shape, vision, checkpoint_bytes(config))
+    results = smoke(config, shape, args.steps, args.device)
+    unit, size = ("GiB", GIB) if args.layers > 2 or not args.small else ("MiB", 1024**2)
+    print(f"{'step':<20} {'peak ' + unit:>9} {'plan ' + unit:>9} {'s/step':>8} {'generate s':>11} {'samples/s':>10}")
+    for kind, r in results.items():
+        plan = f"{predicted[kind] / size:.2f}" if kind in predicted else "-"
+        print(f"{kind:<20} {r['peak'] / size:>9.2f} {plan:>9} {r['step_s']:>8.2f} {r['generate_s']:>11.2f} "
+              f"{r['samples_per_s']:>10.3f}")
+    fused, full = results["SOREB"], results["SOREB, full logits"]
+    print(f"kept-logit passes: peak {(full['peak'] - fused['peak']) / size:+.2f} {unit} saved, SOREB samples/s "
+          f"{fused['samples_per_s']:.3f} vs {full['samples_per_s']:.3f} with full logits")
+    ratio = fused["step_s"] / (results["SFT"]["step_s"] + fused["generate_s"])
+    print(f"SOREB step / (generation + SFT step): {ratio:.2f}x (goal <= 1.3x): {'met' if ratio <= 1.3 else 'NOT met'}")

@@ -113,3 +113,17 @@ def llava15_7b_processor() -> Any:
     return LlavaProcessor(image_processor=image_processor, tokenizer=llava15_7b_tokenizer(), patch_size=PATCH_SIZE,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=LLAVA_CHAT_TEMPLATE)
+
+
+def small_llava_config(num_hidden_layers: int = 2) -> Any:
+    """LLaVA-1.5's layout (CLIP tower, two-layer projector, Llama) at a few thousandths of its width, 16 image
+    tokens: the CPU dry run of ``benchmarks/gpu_smoke.sh`` runs its code path on this in seconds."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=32)
+    text = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=num_hidden_layers,
+                       num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       max_position_embeddings=1024)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=500, vision_feature_layer=-2,
+                       image_seq_length=16)

@@ -7,15 +7,37 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["HeldOutReportCallback"]
+__all__ = ["HeldOutReportCallback", "report_backend_problem"]
+
+
+def report_backend_problem(args: Any) -> str | None:
+    """Why the held-out report cannot run with these training arguments, or ``None``.
+
+    The report generates on the main process only; under DeepSpeed ZeRO-3 or FSDP with several processes every
+    process must take part in each forward pass (the parameters are sharded), so it would deadlock.
+    """
+    import os
+
+    from accelerate.utils import str_to_bool
+
+    if args.world_size <= 1:
+        return None
+    zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
+    fsdp = args.fsdp_plugin_args is not None or bool(str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
+    if not (zero3 or fsdp):
+        return None
+    return ("the held-out report generates on the main process only, which deadlocks when the parameters are "
+            f"sharded over {args.world_size} processes ({'ZeRO-3' if zero3 else 'FSDP'}); set report_cases: 0 and "
+            "run `dermtrl eval` on the saved adapter, or train with DDP / ZeRO-2")
 
 
 class HeldOutReportCallback(TrainerCallback):
     """Table 1 on held-out cases before and after training, the paired difference with its CI, and the model's
     agreement with every image swapped for another case's (does it look at the picture?).
 
-    Runs on the main process only. Writes ``before.jsonl``, ``after.jsonl``, ``mismatched.jsonl``, the agreement
-    report and ``summary.txt`` under ``out_dir``, and prints the table and the summary lines. ``cases`` need
+    Runs on the main process only (refused under ZeRO-3 or FSDP with several processes). Writes
+    ``before.jsonl``, ``after.jsonl``, ``mismatched.jsonl``, the agreement report and ``summary.txt`` under
+    ``out_dir``, and prints the table and the summary lines. ``cases`` need
     ``image``, ``narrative``, ``expert_scores`` and ``case_id``; ``image_dims`` names the dimensions whose scores
     need the picture (for synthetic cases, ``dermtrl.cases.synthetic.IMAGE_DEPENDENT``).
     """
@@ -37,6 +59,9 @@ class HeldOutReportCallback(TrainerCallback):
         return result
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        problem = report_backend_problem(args)  # every process raises, none waits on the others
+        if problem:
+            raise ValueError(f"HeldOutReportCallback: {problem}")
         if state.is_world_process_zero:
             self.before = self._report(model, self.labels[0], "before", self.cases, state.global_step)
 

@@ -35,8 +35,14 @@ class SOREBConfig(_BaseConfig):
             distribution, as REINFORCE assumes).
         top_p (`float`, *optional*, defaults to `1.0`):
             Nucleus sampling probability.
-        top_k (`int`, *optional*):
-            Top-k sampling; `None` disables it.
+        top_k (`int`, *optional*, defaults to `0`):
+            Top-k sampling; `0` disables it (as in TRL's trainers), so the sample follows the model's own
+            distribution, the one whose log-probabilities L_RL uses. `None` is read as `0`: transformers would
+            otherwise fill it with its global default, 50.
+        ds3_gather_for_generation (`bool`, *optional*, defaults to `True`):
+            Under DeepSpeed ZeRO-3, gather the full model on every process for sampling (fast). `False` samples
+            with the parameters left sharded (slower, but the model never has to fit on one GPU), as TRL's
+            option of the same name.
 
         > Parameters that control the training
 
@@ -107,7 +113,11 @@ class SOREBConfig(_BaseConfig):
     max_completion_length: int = field(default=256, metadata={"help": "Maximum new tokens of the sampled evaluation."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the one sample per example."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability."})
-    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling (None disables it)."})
+    top_k: int | None = field(default=0, metadata={"help": "Top-k sampling; 0 disables it (None is read as 0)."})
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={"help": "ZeRO-3: gather the full model for sampling (False: sample sharded, slower, less memory)."},
+    )
     beta: float = field(default=0.9, metadata={"help": "EMA momentum of the reward baseline (eq. 3)."})
     baseline_init: float | None = field(
         default=None, metadata={"help": "Initial baseline; None starts it at the first batch's mean reward."}
@@ -162,5 +172,9 @@ class SOREBConfig(_BaseConfig):
             raise ValueError(f"pg_normalization must be 'sequence' or 'token', got {self.pg_normalization!r}")
         if self.max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
+        if self.top_k is None:  # transformers would fill None with its global default (50); 0 turns top-k off
+            self.top_k = 0
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables top-k), got {self.top_k}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")

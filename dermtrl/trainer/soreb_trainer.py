@@ -26,15 +26,17 @@ import os
 import textwrap
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import trl
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, str_to_bool
 from transformers import GenerationConfig, TrainerCallback, set_seed
 from transformers.trainer_callback import ExportableState
+from trl.distributed import DistributedBackend
 from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import print_prompt_completions_sample, selective_log_softmax
@@ -104,26 +106,105 @@ def policy_gradient_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, generated_mask: torch.Tensor, advantages: torch.Tensor,
     normalization: str = "sequence",
 ) -> torch.Tensor:
-    """L_RL of eq. 4, averaged over the examples that have an advantage.
+    """L_RL of eq. 4 from the logits of a teacher-forced pass over the whole sequence.
 
-    ``normalization="sequence"`` is eq. 4 (each sample's mean log-probability, then the batch mean);
-    ``"token"`` divides the batch's sum of adv * log p by its number of generated tokens (an option, not the paper).
-
-    ``logits`` (B, L, V) from a teacher-forced pass over ``input_ids`` (B, L); ``generated_mask`` (B, L) is 1 on
-    sampled tokens only; ``advantages`` (B,) holds NaN for examples without a reward. The log-probability of
-    token t is read from the logits at t-1, so only generated positions (and the logits that predict them) count.
+    ``logits`` (B, L, V) from a pass over ``input_ids`` (B, L); ``generated_mask`` (B, L) is 1 on sampled tokens
+    only; ``advantages`` (B,) holds NaN for examples without a reward. The log-probability of token t is read from
+    the logits at t-1, so only generated positions (and the logits that predict them) count. The trainer itself
+    keeps only the completion's logits (:func:`completion_logps`) and calls :func:`policy_gradient_from_logps`.
     """
     token_logps = selective_log_softmax(logits[:, :-1, :], input_ids[:, 1:])
-    mask = generated_mask[:, 1:].to(token_logps.dtype)
-    mean_logp = (token_logps * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    valid = ~torch.isnan(advantages) & (mask.sum(dim=1) > 0)
+    return policy_gradient_from_logps(token_logps, generated_mask[:, 1:], advantages, normalization)
+
+
+def policy_gradient_from_logps(
+    token_logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, normalization: str = "sequence",
+) -> torch.Tensor:
+    """L_RL of eq. 4, averaged over the examples that have an advantage.
+
+    ``token_logps`` (B, T) are log p(y_t | y_<t, x) of the sampled tokens, ``mask`` (B, T) is 1 where a token is
+    generated (0 on padding after EOS). ``normalization="sequence"`` is eq. 4 (each sample's mean log-probability,
+    then the batch mean); ``"token"`` divides the batch's sum of adv * log p by its number of generated tokens (an
+    option, not the paper). Masked positions are zeroed with ``masked_fill``, never multiplied by 0, so a NaN or
+    -inf there (a fully masked row) cannot leak into the loss.
+    """
+    keep = mask.bool()
+    logps = token_logps.masked_fill(~keep, 0.0)
+    counts = keep.sum(dim=1)
+    valid = ~torch.isnan(advantages) & (counts > 0)
     if not valid.any():
-        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
-    adv = advantages[valid].to(mean_logp.dtype)
+        return logps.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
+    adv = advantages[valid].to(logps.dtype)
+    sum_logp = logps.sum(dim=1)[valid]
     if normalization == "token":
-        sum_logp = (token_logps * mask).sum(dim=1)[valid]
-        return -(adv * sum_logp).sum() / mask[valid].sum().clamp(min=1.0)
-    return -(adv * mean_logp[valid]).mean()
+        return -(adv * sum_logp).sum() / counts[valid].sum().clamp(min=1).to(logps.dtype)
+    return -(adv * sum_logp / counts[valid].to(logps.dtype)).mean()
+
+
+def completion_logps(model: Any, batch: dict[str, torch.Tensor], logits_to_keep: int) -> torch.Tensor:
+    """log p of the last ``logits_to_keep`` tokens of ``batch["input_ids"]``, from logits kept for them only.
+
+    The completions sit right after the left-padded prompts, so the language model computes logits for the last
+    ``logits_to_keep + 1`` positions alone (the prompt's and the 576 image positions' B x L x V logits are never
+    built), and the log-probabilities come from TRL's ``selective_log_softmax`` (the chosen token's logit minus
+    the log-sum-exp) in fp32. ``use_cache=False``: a training pass needs no KV cache.
+    """
+    logits = model(**batch, logits_to_keep=logits_to_keep + 1, use_cache=False).logits[:, :-1, :]
+    return selective_log_softmax(logits.float(), batch["input_ids"][:, -logits_to_keep:])
+
+
+def label_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L_TEXT: the mean cross-entropy on the labelled tokens (y*), from the logits that predict them only.
+
+    Equal to ``model(**batch).loss`` (transformers' mean over labelled tokens), without the logits of the prompt
+    and the image: the pass keeps the positions from the first labelled token of any row to the end.
+    """
+    labels = batch["labels"]
+    labelled = labels != -100
+    if not labelled.any():
+        raise ValueError("text batch: no labelled token (every label is -100)")
+    first = int(labelled.int().argmax(dim=1)[labelled.any(dim=1)].min())
+    keep = min(labels.shape[1], labels.shape[1] - first + 1)  # a label at position 0 has nothing to predict it
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[:, :-1, :]
+    targets = labels[:, -(keep - 1):]
+    mask = targets != -100
+    logps = selective_log_softmax(logits.float(), targets.clamp(min=0)).masked_fill(~mask, 0.0)
+    return -logps.sum() / mask.sum()
+
+
+def _merge_metric_parts(parts: Sequence[dict[str, tuple[float, int]]]) -> dict[str, float]:
+    """Per-process (sum, count) of each metric -> the mean over every process (metrics logged by some only too)."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for part in parts:
+        for key, (total, count) in part.items():
+            totals[key][0] += total
+            totals[key][1] += count
+    return {k: total / count for k, (total, count) in totals.items() if count}
+
+
+FSDP_REFUSAL = (
+    "SOREB (Stage 2) does not run under FSDP: sampling from an FSDP-sharded PeftModel skips the root module's "
+    "all-gather and its processes can stop at different lengths. Use DeepSpeed ZeRO-3 "
+    "(recipes/accelerate/zero3.yaml) or ZeRO-2 / DDP for Stage 2; recipes/accelerate/fsdp.yaml is for Stage 1 only."
+)
+
+
+def uses_fsdp(args: Any) -> bool:
+    """Whether these arguments (or ``accelerate launch`` with an FSDP config) will make Trainer shard with FSDP."""
+    return args.fsdp_plugin_args is not None or bool(str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
+
+
+def cast_adapter_to_base_dtype(model: Any) -> None:
+    """Trainable (adapter) parameters in the frozen base's floating dtype, as ``autocast_adapter_dtype=False``
+    leaves them: ZeRO-3 cannot gather bf16 and fp32 parameters together."""
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    if len(frozen) != 1:
+        return
+    (dtype,) = frozen
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 class SOREBTrainer(_BaseTrainer):
@@ -193,11 +274,34 @@ class SOREBTrainer(_BaseTrainer):
         if processing_class is None:
             raise ValueError("processing_class is required: pass the model's processor (AutoProcessor)")
         use_training_template(processing_class)
+        if uses_fsdp(args):
+            raise ValueError(FSDP_REFUSAL)
+        zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
         if peft_config is not None:
             from peft import get_peft_model
 
             set_seed(args.seed)  # LoRA initialisation is random: make it follow the run's seed
-            model = get_peft_model(model, peft_config)
+            # ZeRO-3 gathers parameters in the dtype of the first one: fp32 LoRA beside a bf16 base fails at the
+            # first optimizer step (TRL's SFT and GRPO trainers pass the same flag)
+            model = get_peft_model(model, peft_config, **({"autocast_adapter_dtype": False} if zero3 else {}))
+        is_peft = hasattr(model, "peft_config")
+        if zero3 and is_peft:
+            cast_adapter_to_base_dtype(model)  # a Stage-1 adapter loaded by PeftModel.from_pretrained is fp32 too
+        if is_peft and zero3 and args.activation_checkpointing:
+            # PEFT under ZeRO-3 needs reentrant checkpointing (as TRL forces it). Set on the field Trainer reads
+            # (activation_checkpointing_kwargs); its deprecated alias mirrors it.
+            kwargs = dict(args.activation_checkpointing_kwargs or {})
+            if kwargs.get("use_reentrant") is False:
+                warnings.warn("PEFT with DeepSpeed ZeRO-3 needs reentrant activation checkpointing: use_reentrant "
+                              "is set to True", stacklevel=2)
+            kwargs["use_reentrant"] = True
+            args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = kwargs
+        if is_peft and args.activation_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed layers need an input with grad
+        if args.ddp_find_unused_parameters is None:
+            # Trainer searches the graph for unused parameters on every forward of a PeftModel; every LoRA
+            # parameter is used by both of SOREB's passes (and every example has an image), so skip the search
+            args.ddp_find_unused_parameters = False
         for name in ("image", "narrative", "evaluation", "expert_scores"):
             if train_dataset is not None and name not in train_dataset.column_names:
                 raise ValueError(f"train_dataset: missing column {name!r} (columns: {train_dataset.column_names})")
@@ -205,9 +309,11 @@ class SOREBTrainer(_BaseTrainer):
             reward_funcs = [ScoreAlignmentReward(llm_client=self._llm_parser(args))]
         self.reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         tokenizer = processing_class.tokenizer
+        # top_k=0 turns top-k off as TRL's trainers do: None would be filled with transformers' default (50), and
+        # the sample would no longer follow the full-softmax distribution whose log-probabilities L_RL uses
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
-            top_p=args.top_p, top_k=args.top_k, pad_token_id=tokenizer.pad_token_id,
+            top_p=args.top_p, top_k=args.top_k if args.top_k is not None else 0, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             # a sampled image placeholder would break the teacher-forced pass (image tokens != image features)
             suppress_tokens=[model.config.image_token_id],
@@ -222,6 +328,9 @@ class SOREBTrainer(_BaseTrainer):
             eval_dataset=eval_dataset, processing_class=processing_class,
             callbacks=[baseline, *(callbacks or [])], optimizers=optimizers,
         )
+        self._dist = DistributedBackend(self.accelerator)
+        if self._dist.is_fsdp:  # an Accelerator configured in code, not through the arguments or the launcher
+            raise ValueError(FSDP_REFUSAL)
 
     @staticmethod
     def _llm_parser(args: SOREBConfig):
@@ -259,14 +368,38 @@ class SOREBTrainer(_BaseTrainer):
             rewards.append(sum(present) if present else None)
         return rewards
 
+    @contextmanager
+    def _checkpointing_off(self) -> Iterator[None]:
+        """Sample without activation checkpointing, then re-enable it with the user's settings.
+
+        TRL's ``unwrap_model_for_generation`` re-enables it without ``activation_checkpointing_kwargs``,
+        ``every_n_layers`` or ``offload`` (and ZeRO-3's reentrant setting); re-enabled here as Trainer enabled it.
+        """
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        was_on = self.args.activation_checkpointing and bool(getattr(model, "is_activation_checkpointing", False))
+        if was_on:
+            model.activation_checkpointing_disable()
+        try:
+            yield
+        finally:
+            if was_on:
+                kwargs = dict(self.args.activation_checkpointing_kwargs or {})
+                every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
+                                                      every_n_layers=every_n_layers, offload=offload)
+
     def _prepare_inputs(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
         images = [f["image"].convert("RGB") for f in features]
         narratives = [f["narrative"] for f in features]
         prompts = prompt_batch(self.processing_class, images, narratives).to(device)
-        with torch.no_grad(), unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            sequences = unwrapped.generate(**prompts, generation_config=self.generation_config)
+        # every process takes part in each sampling step until all are done when the parameters are sharded
+        synced = self._dist.is_zero3 and self.accelerator.num_processes > 1
+        with torch.no_grad(), self._checkpointing_off(), unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+        ) as unwrapped:
+            sequences = unwrapped.generate(**prompts, generation_config=self.generation_config, synced_gpus=synced)
         prompt_len = prompts["input_ids"].shape[1]
         completion_ids = sequences[:, prompt_len:]
         # generated tokens: up to and including the first EOS; what follows is padding
@@ -299,6 +432,7 @@ class SOREBTrainer(_BaseTrainer):
                 "position_ids": (attention_mask.cumsum(1) - 1).clamp(min=0),
             },
             "generated_mask": generated_mask,
+            "logits_to_keep": completion_ids.shape[1],
             "advantages": torch.tensor([float("nan") if a is None else a for a in advantages], device=device),
             "text": dict(text_batch),
         }
@@ -334,18 +468,19 @@ class SOREBTrainer(_BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        logits = model(**inputs["rl"]).logits
-        rl_loss = policy_gradient_loss(logits, inputs["rl"]["input_ids"], inputs["generated_mask"],
-                                       inputs["advantages"], normalization=self.args.pg_normalization)
+        # logits only where they count: the completion for L_RL, the label evaluation for L_TEXT
+        token_logps = completion_logps(model, inputs["rl"], inputs["logits_to_keep"])
+        rl_loss = policy_gradient_from_logps(token_logps, inputs["generated_mask"][:, -inputs["logits_to_keep"]:],
+                                             inputs["advantages"], normalization=self.args.pg_normalization)
         if self.args.text_weight > 0:
-            text_loss = model(**inputs["text"]).loss
+            text_loss = label_loss(model, inputs["text"])
             loss = self.args.rl_weight * rl_loss + self.args.text_weight * text_loss
         else:  # the ablation without the text loss: skip its forward pass
             text_loss = torch.zeros((), device=rl_loss.device)
             loss = self.args.rl_weight * rl_loss
         self._metrics[mode]["loss/rl"].append(float(rl_loss.detach()))
         self._metrics[mode]["loss/text"].append(float(text_loss.detach()))
-        return (loss, logits) if return_outputs else loss
+        return (loss, token_logps) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -355,7 +490,9 @@ class SOREBTrainer(_BaseTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        # every process's metrics, not rank 0's alone (Trainer calls log on every process)
+        local = {k: (float(sum(v)), len(v)) for k, v in self._metrics[mode].items() if v}
+        metrics = _merge_metric_parts(gather_object([local]) if self.accelerator.num_processes > 1 else [local])
         clipped = metrics.get("clipped_ratio", 0.0)
         if clipped > CLIPPED_WARNING and not self._warned_clipped:
             self._warned_clipped = True
