@@ -82,13 +82,27 @@ def check_continued_adapter(script_args: DermEvalScriptArguments, adapter: str, 
 
 
 def load_model(model_args: ModelConfig) -> Any:
-    """The vision-language model named by ``model_name_or_path`` (a Hub id, a folder, or ``dermtrl:tiny``)."""
+    """The vision-language model named by ``model_name_or_path`` (a Hub id, a folder, or ``dermtrl:tiny``).
+
+    On GPUs under DDP or ZeRO-1/2 each process loads straight onto its own device (``device_map={"": device}``, the
+    local process index, as TRL's scripts do): without it every process first materialises the whole checkpoint in
+    host RAM (about 13.5 GB each for LLaVA-1.5-7B, eight times over on one machine). ZeRO-3 and FSDP place the
+    weights themselves, and CPU runs keep the default.
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import str_to_bool
     from transformers import AutoModelForImageTextToText
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    state = PartialState()
+    sharded = is_deepspeed_zero3_enabled() or bool(str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")))
+    device_map = None if state.device.type == "cpu" or sharded else {"": state.device}  # cuda:<local index>
     return AutoModelForImageTextToText.from_pretrained(
         resolve_model_name(model_args.model_name_or_path), revision=model_args.model_revision, dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
+        attn_implementation=model_args.attn_implementation, device_map=device_map,
     )
 
 

@@ -143,6 +143,9 @@ class DermEval:
     ) -> DermEval:
         """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None.
 
+        ``dtype`` defaults to bf16 on a GPU (fp16 where bf16 is unsupported), as the recipes train, and to the
+        checkpoint's own dtype on the CPU; on a GPU the weights load onto it directly and the adapter merges there.
+
         ``max_new_tokens`` defaults to the budget the training recipe recorded beside the adapter
         (``generation_config.json``: the longest label evaluation plus a margin, see :mod:`dermtrl.lengths`), and to
         ``FALLBACK_MAX_NEW_TOKENS`` when there is none.
@@ -156,7 +159,13 @@ class DermEval:
         base_path = resolve_model_name(base or _adapter_base(adapter))
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = torch.device(device).type == "cuda"
+        if dtype is None and on_gpu:  # the recipes train in bf16; the checkpoint's own dtype may be fp16
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # straight onto the GPU, so the adapter is loaded and merged there, not on the CPU before moving
+        placement = {"device_map": {"": device}} if on_gpu else {}
+        model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype, **placement)
         processor_source = base_path
         if adapter is not None:
             from peft import PeftModel
@@ -169,7 +178,6 @@ class DermEval:
         processor = AutoProcessor.from_pretrained(processor_source)
         use_training_template(processor)
         processor.tokenizer.padding_side = "left"
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if kwargs.get("max_new_tokens") is None:
             kwargs["max_new_tokens"] = recorded_max_new_tokens(adapter)
         return cls(model.to(device), processor, model_id=adapter or base_path,
@@ -195,13 +203,21 @@ class DermEval:
 
     def _generate(self, images: list[Image.Image], narratives: list[str]) -> list[Evaluation]:
         batch = prompt_batch(self.processor, images, narratives).to(self.model.device)
-        out = self.model.generate(
-            **batch, max_new_tokens=self.max_new_tokens, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
-            suppress_tokens=[self.model.config.image_token_id],
-        )
+        # only the six digit columns of each step's raw logits are kept (output_logits would hold
+        # batch x new tokens x 32,064 fp32 values, about 8 GB at batch 64 for the 7B model)
+        digit_steps: list[torch.Tensor] = []
+        digit_ids = torch.tensor(self._digit_ids, device=self.model.device)
+        hook = self.model.get_output_embeddings().register_forward_hook(
+            lambda _module, _args, out: digit_steps.append(out[:, -1, :].index_select(-1, digit_ids).float()))
+        try:
+            out = self.model.generate(
+                **batch, max_new_tokens=self.max_new_tokens, do_sample=False, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=[self.model.config.image_token_id],
+            )
+        finally:
+            hook.remove()
         prompt_len = batch["input_ids"].shape[1]
-        logits = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab)
+        logits = torch.stack(digit_steps, dim=1)  # (batch, new_tokens, 6): the logits of the digits 0-5
         results = []
         for i in range(len(images)):
             ids = out.sequences[i, prompt_len:].tolist()
@@ -224,6 +240,8 @@ class DermEval:
     def _score_distributions(self, ids: list[int], logits: torch.Tensor) -> tuple[dict, dict]:
         """E[score] and its spread at each score-field digit, from the logits that produced it.
 
+        ``logits`` (new tokens, 6) are each step's logits of the digits 0-5.
+
         A digit token is a score field's when the text just before it ends a line like ``Safety Harmfulness:``;
         only a short window is decoded per digit, so this stays cheap beside generation. Last field wins, as
         in the parser.
@@ -239,7 +257,7 @@ class DermEval:
             dim = ALIASES.get(normalize_name(match.group(1))) if match else None
             if dim is None:
                 continue
-            p = torch.softmax(logits[pos, self._digit_ids], dim=-1)
+            p = torch.softmax(logits[pos], dim=-1)
             mean = float((p * values).sum())
             expected[dim] = round(mean, 4)
             spread[dim] = round(math.sqrt(max(0.0, float((p * (values - mean) ** 2).sum()))), 4)
