@@ -24,10 +24,13 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """Serve ``handler_class`` on a free port of 127.0.0.1 from a daemon thread; a context manager."""
+    """Serve ``handler_class`` on a free port of 127.0.0.1 (or :attr:`host` and :attr:`bind_port`) from a daemon
+    thread; a context manager."""
 
     handler_class: ClassVar[type[BaseHTTPRequestHandler]]
     thread_name: ClassVar[str] = "loopback-server"
+    host: str = "127.0.0.1"  # the address served on (loopback unless a caller chooses otherwise)
+    bind_port: int = 0  # 0: a free port, chosen by the system
 
     _server: LoopbackHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -36,7 +39,7 @@ class LoopbackServer:
         if self._server is not None:
             return self
         self._on_start()
-        server = LoopbackHTTPServer(("127.0.0.1", 0), self.handler_class)
+        server = LoopbackHTTPServer((self.host, self.bind_port), self.handler_class)
         server.owner = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

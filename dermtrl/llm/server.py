@@ -43,6 +43,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -374,7 +375,8 @@ class FakeOpenAIServer(LoopbackServer):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
 
     # --- knobs ----------------------------------------------------------------------------------------
     def inject(self, *kinds: str) -> None:
@@ -493,3 +495,103 @@ class FakeOpenAIServer(LoopbackServer):
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+
+# --- a stand-in judge people can run ------------------------------------------------------------------
+
+MODES: dict[str, str] = {
+    "judge": "answer every request with six scores, 1 to 5, drawn from a hash of the prompt (the same prompt, the "
+             "same scores; another candidate, other scores)",
+    "fixed": "answer every request with the same six scores (4 5 4 3 4 4)",
+    "flaky": "as judge, but fail a share of requests (--fault-rate) with 429, 500, 503 or a malformed body, as a "
+             "busy server does",
+    "hang": "accept every request and never answer it (to see what a client does when a judge hangs)",
+}
+
+
+def hashed_scores(body: Mapping[str, Any]) -> str | Reply:
+    """Six scores, 1 to 5, from a hash of the request's messages; JSON when the request asks for the scores
+    response format (``--structured-output``), else one ``Dimension: score`` line each."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
+    scores = {dim: 1 + digest[i] % 5 for i, dim in enumerate(DIMENSIONS)}
+    if body.get("response_format"):
+        return json.dumps(scores)
+    return "\n".join(f"{dim}: {score}" for dim, score in scores.items())
+
+
+def _parser() -> Any:
+    import argparse
+    import textwrap
+
+    modes = "\n".join(textwrap.fill(text, 88, initial_indent=f"  {name:7}", subsequent_indent=" " * 9)
+                      for name, text in MODES.items())
+    return argparse.ArgumentParser(
+        prog="python -m dermtrl.llm.server",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "A stand-in DermBench judge: an OpenAI-compatible chat-completions server with no model behind it, so "
+            "you can try `dermtrl bench judge`, `bench run` and the LLM parser offline, with no API key, before "
+            "pointing them at a real judge. Its scores say nothing about the narratives.", 88),
+        epilog=f"modes:\n{modes}\n\nexample (two terminals):\n"
+               "  python -m dermtrl.llm.server --port 8011\n"
+               "  dermtrl bench judge --dataset dermtrl:synthetic --n 8 --dataset-narratives synthetic \\\n"
+               "      --base-url http://127.0.0.1:8011/v1 --model stand-in --out judgments.jsonl\n\n"
+               "Ctrl-C stops the server. See docs/source/offline_judge.md.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dermtrl.llm.server``: serve a stand-in judge until Ctrl-C (or SIGTERM)."""
+    import signal
+
+    parser = _parser()
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port, printed)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; the server has no "
+                             "authentication, so expose it to a network only on purpose)")
+    parser.add_argument("--mode", choices=sorted(MODES), default="judge", help="how to answer (default judge)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    parser.add_argument("--fault-rate", type=float, default=0.2, help="--mode flaky: share of requests failed")
+    parser.add_argument("--model", default="dermtrl-stand-in-judge", help="model name listed at /v1/models")
+    parser.add_argument("--slots", type=int, default=None,
+                        help="answer at most this many requests at a time, queueing the rest (a one-process server)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0 to 65535, got {args.port}")
+    if args.latency < 0 or not 0 <= args.fault_rate <= 1 or (args.slots is not None and args.slots < 1):
+        parser.error("--latency must be >= 0, --fault-rate in [0, 1], --slots >= 1")
+    server = FakeOpenAIServer(
+        _default_responder if args.mode == "fixed" else hashed_scores,
+        latency=args.latency, model=args.model, slots=args.slots,
+        fault_rate=args.fault_rate if args.mode == "flaky" else 0.0, seed=0,
+        timeout_sleep=24 * 3600.0, retry_after_ms=200,
+    )
+    if args.mode == "hang":
+        server.responder = _hang
+    server.host, server.bind_port = args.host, args.port
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"stand-in judge ({args.mode}) at {server.base_url} (model {args.model!r}); Ctrl-C stops it", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(timeout=2.0)
+    return 0
+
+
+def _hang(body: Mapping[str, Any]) -> str:
+    raise Fault("timeout")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
