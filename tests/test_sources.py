@@ -56,10 +56,11 @@ def write_fitzpatrick17k(root: Path, cases: list[dict[str, Any]]) -> dict[str, s
     rows = []
     for i, ((label, scale, centaur, _), case) in enumerate(zip(plan, cases, strict=False)):
         md5 = _md5(f"f17k-standin-{i}")
-        _save(case, root / "images" / f"{md5}.jpg")
+        alphanum = f"httpsexampleorg{md5}jpg.jpg"
+        _save(case, root / "images" / (alphanum if i == 2 else f"{md5}.jpg"))  # saved under either name
         rows.append({"md5hash": md5, "fitzpatrick_scale": scale, "fitzpatrick_centaur": centaur, "label": label,
                      "nine_partition_label": "inflammatory", "three_partition_label": "non-neoplastic",
-                     "url": f"https://example.org/{md5}.jpg", "url_alphanum": f"httpsexampleorg{md5}jpg.jpg"})
+                     "url": f"https://example.org/{md5}.jpg", "url_alphanum": alphanum})
     rows.append({"md5hash": _md5("f17k-no-image"), "fitzpatrick_scale": "4", "fitzpatrick_centaur": "4",
                  "label": "psoriasis", "url": "https://example.org/missing.jpg"})
     _write_csv(root / "fitzpatrick17k.csv", F17K_HEADER, rows)

@@ -63,7 +63,8 @@ def _base(table: Path) -> Path:
 
 # --- Fitzpatrick17k ---------------------------------------------------------------------------------------
 
-F17K_LAYOUT = "fitzpatrick17k.csv with the images named <md5hash>.<ext> anywhere under the folder"
+F17K_LAYOUT = ("fitzpatrick17k.csv with the images named <md5hash>.<ext> (or by their url_alphanum name) anywhere "
+               "under the folder")
 
 
 def fitzpatrick17k(root: Path) -> Iterator[RawItem]:
@@ -84,7 +85,8 @@ def fitzpatrick17k(root: Path) -> Iterator[RawItem]:
                 "fitzpatrick_centaur": row["fitzpatrick_centaur"]}
         meta.update({k: row[k] for k in ("nine_partition_label", "three_partition_label", "qc", "url")
                      if row.get(k)})
-        yield _item(f"{table.name}:{line} ({md5})", row["label"], meta, images.get(md5) if md5 else None,
+        image = (images.get(md5) if md5 else None) or images.get(row.get("url_alphanum", "").strip() or "\0")
+        yield _item(f"{table.name}:{line} ({md5})", row["label"], meta, image,
                     f"no image named {md5 or '(empty md5hash)'}.* under {_base(table)} (download it from the row's "
                     "url, or request the image set from the dataset's authors)")
 
