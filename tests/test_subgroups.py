@@ -118,3 +118,20 @@ def test_slice_records_leaves_out_errors_and_unrated():
     assert [(g.value, g.n, g.macro.value) for g in s.groups] == [("VI", 1, 1.0)]
     with pytest.raises(ValueError, match="slicing by 'skin_tone': no record carries expert scores"):
         slice_records(records[1:], "skin_tone")
+
+
+def test_table1_reads_raters_and_the_slice_column_from_the_dataset():
+    from datasets import Dataset
+
+    from dermtrl.bench.table1 import case_columns
+
+    rows = {"case_id": ["a", "b"], "narrative": ["x", "y"], "skin_tone": ["I", None], "site": ["arm", "leg"],
+            "rater_scores": [[_scores(1.0), _scores(2.0)], [_scores(3.0), _scores(4.0)]]}
+    column, raters, groups = case_columns(Dataset.from_dict(rows))
+    assert column == "skin_tone" and groups == {"a": "I", "b": None} and raters["b"][1]["Safety"] == 4.0
+    column, _, groups = case_columns(Dataset.from_dict(rows), by="site")
+    assert column == "site" and groups == {"a": "arm", "b": "leg"}
+    plain = [{"case_id": "a", "narrative": "x"}]
+    assert case_columns(plain) == (None, None, None)
+    with pytest.raises(ValueError, match="--by 'tone': no such column"):
+        case_columns(plain, by="tone")

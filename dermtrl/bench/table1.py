@@ -143,6 +143,23 @@ def write_table1(table: Table1, out_dir: str | os.PathLike[str]) -> dict[str, Pa
     return paths
 
 
+def case_columns(cases: Any, by: str | None = None) -> tuple[str | None, dict[str, Any] | None,
+                                                            dict[str, Any] | None]:
+    """(column to slice by, case id -> raters, case id -> group) from the rated narratives: raters from
+    ``rater_scores`` or ``ratings``, the column ``by`` (default ``skin_tone`` when present); ``None`` where absent."""
+    from dermtrl.bench.cases import case_rows
+    from dermtrl.ceiling import RATER_COLUMNS
+
+    columns = set(cases.column_names) if hasattr(cases, "column_names") else set().union(*cases)
+    column = default_column(sorted(columns), by)
+    rater_column = next((c for c in RATER_COLUMNS if c in columns), None)
+    extra = [c for c in (column, rater_column) if c]
+    rows = list(case_rows(cases, extra)) if extra else []
+    raters = {str(r["case_id"]): r.get(rater_column) for r in rows} if rater_column else None
+    groups = {str(r["case_id"]): r.get(column) for r in rows} if column else None
+    return column, raters, groups
+
+
 def run_table1(cases: Any, judge: ClientConfig, evaluator: DermEval, out: str | os.PathLike[str], *,
                parse_retries: int = 2, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
                overwrite: bool = False, progress: bool = True, by: str | None = None) -> tuple[Table1, dict[str, Path]]:
@@ -151,7 +168,6 @@ def run_table1(cases: Any, judge: ClientConfig, evaluator: DermEval, out: str | 
     ``by`` names a column to slice by (default ``skin_tone`` when the data has it); ``rater_scores`` or ``ratings``
     columns add the expert ceiling.
     """
-    from dermtrl.bench.cases import case_rows
     from dermtrl.bench.dermbench import DermBench
     from dermtrl.bench.dermeval_scoring import score_candidates
     from dermtrl.bench.generate import candidates_from_dataset
@@ -166,12 +182,7 @@ def run_table1(cases: Any, judge: ClientConfig, evaluator: DermEval, out: str | 
     with DermBench(judge, parse_retries=parse_retries, progress=progress) as bench:
         judged = bench.judge(cases, sets, out / "judgments.jsonl", overwrite=overwrite)
     scored = score_candidates(cases, sets, evaluator, out / "dermeval.jsonl", overwrite=overwrite, progress=progress)
-    column = default_column(sorted(columns), by)
-    rater_column = next((c for c in ("rater_scores", "ratings") if c in columns), None)
-    extra = [c for c in (column, rater_column) if c]
-    rows = list(case_rows(cases, extra)) if extra else []
-    raters = {str(r["case_id"]): r.get(rater_column) for r in rows} if rater_column else None
-    groups = {str(r["case_id"]): r.get(column) for r in rows} if column else None
+    column, raters, groups = case_columns(cases, by)
     table = table1_from_records(judged, scored, n_bootstrap=n_bootstrap, seed=seed, ci=ci, raters=raters,
                                 groups=groups, by=column or "skin_tone")
     return table, write_table1(table, out)
