@@ -46,7 +46,7 @@ from dermtrl.script_args import (
 )
 from dermtrl.scripts import sft
 from dermtrl.tiny import resolve_model_name
-from dermtrl.trainer.callbacks import HeldOutReportCallback
+from dermtrl.trainer.callbacks import HeldOutReportCallback, report_backend_problem
 from dermtrl.trainer.soreb_config import SOREBConfig
 from dermtrl.trainer.soreb_trainer import SOREBTrainer
 
@@ -118,7 +118,9 @@ def set_aside_stale_stage1(adapter: str, base: str, sft_config: str, training_ar
     """Both checks above, the main process first while the others wait (TrainingArguments.main_process_first): in a
     launch of several processes they would otherwise rename the same folder at once, or find it half-moved. The
     others then check after it and find the output moved or current. Returns whether this process moved it."""
-    with training_args.main_process_first(desc="checking the Stage-1 output"):
+    # local=False on a shared filesystem (save_on_each_node false, the default): one process of the whole launch
+    # checks first, not one per node (several nodes would rename the same shared folder at once)
+    with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking the Stage-1 output"):
         if not Path(adapter).exists():
             return False
         return set_aside_if_trained_on_another_base(adapter, base) or set_aside_if_trained_otherwise(adapter,
@@ -127,6 +129,11 @@ def set_aside_stale_stage1(adapter: str, base: str, sft_config: str, training_ar
 
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
     setup_threads(script_args)
+    if script_args.report_cases:
+        problem = report_backend_problem(training_args)
+        if problem:
+            raise ValueError(f"report_cases={script_args.report_cases}: {problem}")
+    zero3 = training_args.deepspeed_plugin is not None and training_args.deepspeed_plugin.zero_stage == 3
     adapter = script_args.sft_adapter
     base = resolve_model_name(model_args.model_name_or_path)
     if adapter and script_args.sft_config:
@@ -141,7 +148,8 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     model = load_model(model_args)
     peft_config = None
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        # under ZeRO-3 the adapter keeps the base's dtype (fp32 LoRA beside bf16 weights fails to gather)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True, autocast_adapter_dtype=not zero3)
     else:
         peft_config = lora_config(script_args, model_args)
     processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
@@ -166,16 +174,19 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
             labels=("Before SOREB (Stage 1)", "After SOREB (Stage 2)"),
             title=f"Held-out agreement with expert scores, {len(held_out)} synthetic {SYNTHETIC_VERSION} cases"))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    # every file first (the adapter, processor, generation config, label lengths, card), then one push: save_model
+    # would otherwise push an adapter without the rest (_internal_call, as Trainer.push_to_hub saves)
+    trainer.save_model(training_args.output_dir, _internal_call=True)
+    synthetic = script_args.dataset_name.startswith("dermtrl:")
+    card = {"model_name": Path(training_args.output_dir).name,
+            "dataset_name": None if synthetic else script_args.dataset_name}
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
-        synthetic = script_args.dataset_name.startswith("dermtrl:")
-        trainer.create_model_card(model_name=Path(training_args.output_dir).name,
-                                  dataset_name=None if synthetic else script_args.dataset_name)
+        trainer.create_model_card(**card)
     trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.push_to_hub(**card)  # one commit with every file (it re-saves the adapter and the same card)
     return trainer
 
 
