@@ -29,7 +29,8 @@ from typing import Any
 from dermtrl.dimensions import ALIASES, DIMENSIONS, Scores, normalize_name, valid_score
 from dermtrl.prompts import parser_prompt
 
-__all__ = ["ParsedScores", "parse_scores", "parse_scores_with_llm"]
+__all__ = ["OfficialAnswer", "ParsedScores", "parse_official_answer", "parse_scores", "parse_scores_with_llm",
+           "split_thinking"]
 
 
 @dataclass(frozen=True)
@@ -575,3 +576,107 @@ def parse_scores_with_llm(text: str, client: Any, *, fill_only_missing: bool = T
             sources[dim] = "llm"
     ordered = {d: scores[d] for d in DIMENSIONS if d in scores}
     return ParsedScores(ordered, {d: sources[d] for d in ordered}, rules.raw)
+
+
+# --- the official DermBench judge answer -------------------------------------------------------------------
+
+_THINK_BLOCK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)
+_THINK_CLOSE = "</think>"
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """``(answer, thinking)``: a reasoning model's ``<think>...</think>`` blocks kept apart from its answer.
+
+    A reasoning model thinks aloud, trying out scores it later revises; only the answer may be read for scores.
+    An unclosed ``<think>`` runs to the end (the model was cut off while thinking: no answer), and a lone
+    ``</think>`` (a chat template that opened the block in the prompt) makes everything before it thinking.
+    """
+    if not isinstance(text, str):
+        return "", ""
+    thinking: list[str] = []
+    lower = text.lower()
+    head = lower.rfind(_THINK_CLOSE)
+    if head != -1 and "<think>" not in lower[:head]:
+        thinking.append(text[:head].strip())
+        text = text[head + len(_THINK_CLOSE):]
+
+    def keep(m: re.Match[str]) -> str:
+        thinking.append(m.group(1).strip())
+        return ""
+
+    answer = _THINK_BLOCK_RE.sub(keep, text)
+    return answer.strip(), "\n\n".join(t for t in thinking if t)
+
+
+@dataclass(frozen=True)
+class OfficialAnswer:
+    """The official judge's answer read: its scores, its ``justification``, and its thinking (never parsed).
+
+    ``source`` says how the scores were found: ``"json"`` (the ``{"scores": {...}, "justification": ...}``
+    object, possibly in prose or a code fence), ``"rules"`` (the shared rule parser, when no such object held
+    all six), or ``"json+rules"`` (the object, with the rule parser filling what it lacked).
+    """
+
+    parsed: ParsedScores
+    justification: str | None
+    thinking: str
+    source: str
+
+    @property
+    def complete(self) -> bool:
+        return self.parsed.complete
+
+
+def _official_object(answer: str) -> dict[str, Any] | None:
+    """The last JSON object in ``answer`` with a ``scores`` mapping (the judge's final word wins)."""
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] | None = None
+    i, attempts = answer.find("{"), 0
+    while i != -1 and attempts < _MAX_JSON_ATTEMPTS:
+        attempts += 1
+        try:
+            obj, end = decoder.raw_decode(answer, i)
+        except (ValueError, RecursionError):
+            i = answer.find("{", i + 1)
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
+            found = obj
+        i = answer.find("{", end)
+    return found
+
+
+def parse_official_answer(text: str, reasoning: str | None = None) -> OfficialAnswer:
+    """Read an answer to the official DermBench judge prompt; never raises.
+
+    Thinking (``<think>`` blocks in ``text``, or a ``reasoning_content`` field passed as ``reasoning``) is kept
+    apart and never read for scores. The JSON object's scores may be numbers or strings such as ``"4/5"`` or
+    ``"8/10"`` (scaled to 0-5, as the official parser does); a value outside 0-5 with no denominator is
+    missing, never clamped. What the object lacks, the rule parser reads from the rest of the answer.
+    """
+    answer, thinking = split_thinking(text if isinstance(text, str) else "")
+    if isinstance(reasoning, str) and reasoning.strip():
+        thinking = reasoning.strip() + ("\n\n" + thinking if thinking else "")
+    scores: dict[str, float] = {}
+    justification: str | None = None
+    obj = _official_object(answer)
+    if obj is not None:
+        for key, value in obj["scores"].items():
+            dim = _canon(key) if isinstance(key, str) else None
+            if dim is None:
+                continue
+            v = _json_value(value, 0)
+            if isinstance(v, float):
+                scores[dim] = v
+        raw_just = obj.get("justification")
+        if isinstance(raw_just, str) and raw_just.strip():
+            justification = raw_just.strip()
+    if len(scores) == len(DIMENSIONS):
+        ordered = {d: scores[d] for d in DIMENSIONS}
+        return OfficialAnswer(ParsedScores(ordered, dict.fromkeys(ordered, "json"), answer), justification,
+                              thinking, "json")
+    rules = parse_scores(answer)
+    merged = {**{d: v for d, v in rules.scores.items() if d not in scores}, **scores}
+    ordered = {d: merged[d] for d in DIMENSIONS if d in merged}
+    sources = {d: ("json" if d in scores else rules.sources[d]) for d in ordered}
+    source = "json+rules" if scores and len(ordered) > len(scores) else "json" if scores else "rules"
+    return OfficialAnswer(ParsedScores(ordered, sources, answer), justification, thinking, source)

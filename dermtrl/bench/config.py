@@ -64,6 +64,9 @@ class DatasetSpec:
     n: int | None = field(default=None, metadata={"help": "use the first n cases (synthetic: generate n)"})
     seed: int = field(default=0, metadata={"help": "synthetic cases: seed"})
     start: int = field(default=TEST_START, metadata={"help": "synthetic cases: first index (default: the test cases)"})
+    image_root: str | None = field(
+        default=None, metadata={"help": "DermBench release: root of your DermNet test images (default "
+                                        "$DERMNET_TEST_ROOT; none: judging only)"})
 
     def check(self, where: str) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -75,17 +78,21 @@ class DatasetSpec:
         for name in ("seed", "start"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name}: must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.image_root is not None and (not isinstance(self.image_root, str) or not self.image_root):
+            raise ConfigError(f"{where}.image_root: must be a non-empty path string or null, got {self.image_root!r}")
 
 
 @dataclass
 class CandidateSpec:
     """One candidate model: exactly one of ``client`` (an OpenAI-compatible endpoint), ``local`` (a
-    transformers model) or ``column`` (narratives already in the dataset)."""
+    transformers model), ``column`` (narratives already in the dataset) or ``file`` (a candidates JSONL:
+    dermtrl's ``case_id``/``text`` records or the official runner's ``id``/``candidate_text``/``model``)."""
 
     name: str = field(metadata={"help": "row label and file name (letters, digits, '.', '_', '-')"})
     client: ClientConfig | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint settings"})
     local: str | None = field(default=None, metadata={"help": "transformers model: Hub id, folder or dermtrl:tiny"})
     column: str | None = field(default=None, metadata={"help": "dataset column holding ready-made narratives"})
+    file: str | None = field(default=None, metadata={"help": "candidates JSONL holding ready-made narratives"})
     expert_scores: str | None = field(default=None, metadata={"help": "with column: the expert scores column"})
     batch_size: int = field(default=8, metadata={"help": "local: generation batch size"})
     max_new_tokens: int = field(default=512, metadata={"help": "local: new tokens per narrative"})
@@ -95,20 +102,22 @@ class CandidateSpec:
 
     @property
     def kind(self) -> str:
-        return "client" if self.client is not None else "local" if self.local is not None else "column"
+        return next(k for k in ("client", "local", "column", "file") if getattr(self, k) is not None)
 
     def check(self, where: str) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"{where}.name: must be letters, digits, '.', '_' or '-' (it names a file), "
                               f"got {self.name!r}")
-        given = [k for k in ("client", "local", "column") if getattr(self, k) is not None]
+        given = [k for k in ("client", "local", "column", "file") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ConfigError(f"{where}: give exactly one of client, local or column (got "
+            raise ConfigError(f"{where}: give exactly one of client, local, column or file (got "
                               f"{', '.join(given) or 'none'})")
-        for name in ("local", "column", "expert_scores", "device", "dtype"):
+        for name in ("local", "column", "file", "expert_scores", "device", "dtype"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{where}.{name}: must be a non-empty string, got {value!r}")
+        if self.file is not None and not Path(self.file).is_file():
+            raise ConfigError(f"{where}.file: {self.file!r} is not a file (a candidates JSONL)")
         if self.expert_scores is not None and self.column is None:
             raise ConfigError(f"{where}.expert_scores: only applies with column (ready-made narratives)")
         for name in ("batch_size", "max_new_tokens"):
@@ -191,9 +200,15 @@ class BenchConfig:
 
     out: str = field(metadata={"help": "output folder: candidates/, judgments.jsonl, report/, probes/"})
     dataset: DatasetSpec = field(metadata={"help": "the cases"})
-    judge: ClientConfig = field(metadata={"help": "the judge's OpenAI-compatible endpoint (dermtrl.llm.client)"})
+    judge: ClientConfig = field(metadata={"help": "the judge's OpenAI-compatible endpoint (dermtrl.llm.client); "
+                                                  "protocol official: defaults to deepseek-reasoner"})
     candidates: list[CandidateSpec] = field(metadata={"help": "the candidate models"})
-    parse_retries: int = field(default=2, metadata={"help": "re-asks of a judge answer missing a score"})
+    parse_retries: int | None = field(default=None, metadata={
+        "help": "re-asks of a judge answer missing a score (default 2; protocol official: 1)"})
+    protocol: str = field(default="paper", metadata={
+        "help": "paper (dermtrl's prompts) or official (the release's prompts, read from the checkout)"})
+    exclude_flagged: bool = field(default=False, metadata={
+        "help": "DermBench release: leave out references the audit's rule pass flags"})
     report: ReportSpec = field(default_factory=ReportSpec, metadata={"help": "bootstrap settings"})
     probes: ProbeSpec | None = field(default=None, metadata={"help": "judge-robustness probes (optional)"})
     evaluators: EvaluatorsSpec | None = field(
@@ -209,7 +224,20 @@ class BenchConfig:
 
     @classmethod
     def _from_dict(cls, data: Any) -> BenchConfig:
-        raw = _fields(cls, data, "top level")
+        raw = dict(_fields(cls, data, "top level"))
+        protocol = raw.get("protocol", "paper")
+        if protocol not in ("paper", "official"):
+            raise ConfigError(f"protocol: must be 'paper' or 'official', got {protocol!r}")
+        if protocol == "official":  # the paper's judge unless the config says otherwise
+            from dermtrl.bench.official import OFFICIAL_JUDGE
+
+            judge_raw = raw.get("judge") or {}
+            if not isinstance(judge_raw, Mapping):
+                raise ConfigError(f"judge: expected a mapping of client settings, got {type(judge_raw).__name__}")
+            raw["judge"] = {**OFFICIAL_JUDGE, **judge_raw}
+        exclude_flagged = raw.get("exclude_flagged", False)
+        if not isinstance(exclude_flagged, bool):
+            raise ConfigError(f"exclude_flagged: must be true or false, got {exclude_flagged!r}")
         for name in ("out", "dataset", "judge", "candidates"):
             if name not in raw:
                 raise ConfigError(f"{name}: required field is missing")
@@ -239,8 +267,8 @@ class BenchConfig:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"candidates: the name(s) {', '.join(repeated)} are used twice")
-        parse_retries = raw.get("parse_retries", 2)
-        if not _is_int(parse_retries) or parse_retries < 0:
+        parse_retries = raw.get("parse_retries")
+        if parse_retries is not None and (not _is_int(parse_retries) or parse_retries < 0):
             raise ConfigError(f"parse_retries: must be an integer >= 0, got {parse_retries!r}")
         report_data = dict(_fields(ReportSpec, raw.get("report") or {}, "report"))
         if _is_int(report_data.get("ci")):
@@ -259,8 +287,12 @@ class BenchConfig:
                 spec.check("evaluators.dermeval")
                 kwargs["dermeval"] = spec
             evaluators = EvaluatorsSpec(**kwargs)
+        if protocol == "official" and probes is not None and "order" in probes.kinds:
+            raise ConfigError("probes.kinds: the order probe swaps dermtrl's prompt; protocol 'official' has one "
+                              "fixed prompt (drop 'order' or use protocol 'paper')")
         return cls(out=raw["out"], dataset=dataset, judge=judge, candidates=candidates,
-                   parse_retries=parse_retries, report=report, probes=probes, evaluators=evaluators)
+                   parse_retries=parse_retries, report=report, probes=probes, evaluators=evaluators,
+                   protocol=protocol, exclude_flagged=exclude_flagged)
 
 
 def load_config(path: str | Path) -> BenchConfig:

@@ -16,7 +16,7 @@ references, report the leaderboard, probe the judge.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,9 @@ from dermtrl.bench.generate import (
 from dermtrl.bench.judge import Judge, judge_items
 from dermtrl.bench.leaderboard import EvaluatorComparison, Leaderboard, build_leaderboard, compare_evaluators
 from dermtrl.bench.probes import PROBES, ProbeReport, run_probes
+from dermtrl.bench.release import Release, image_root_or_env, load_release
 from dermtrl.bench.render import write_comparison, write_probe_report, write_report
+from dermtrl.cases.splits import TEST_START
 from dermtrl.llm.client import ClientConfig, LLMClient, Usage
 
 if TYPE_CHECKING:
@@ -40,28 +42,139 @@ if TYPE_CHECKING:
 
     from dermtrl.bench.config import BenchConfig
 
-__all__ = ["BenchResult", "Candidates", "DermBench", "candidate_sets", "read_judgments", "run_config"]
+__all__ = ["BenchCases", "BenchResult", "Candidates", "DermBench", "candidate_sets", "load_bench_cases",
+           "read_candidate_file", "read_judgments", "run_config"]
 
 #: ``{model: records or candidates JSONL path}``, a list of candidates JSONL paths, or one path.
 Candidates = Mapping[str, Any] | Sequence[Any] | str | os.PathLike
 
 
+def _records_of(name: str, value: Any) -> list[dict[str, Any]]:
+    """One model's candidate records from a list of mappings; anything else is refused with the shape wanted."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"candidates of {name!r}: expected a list of records or a candidates JSONL path, got "
+                         f"{type(value).__name__}")
+    for i, r in enumerate(value):
+        if not isinstance(r, Mapping):
+            raise ValueError(f"candidates of {name!r}, item {i}: expected a record such as {{'case_id': 'case-0', "
+                             f"'text': 'The image shows ...'}}, got {type(r).__name__} {str(r)[:40]!r} (a list of "
+                             "narratives alone does not say which case each one answers)")
+    return [_dermtrl_record(r) for r in value]
+
+
+def _dermtrl_record(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A candidate record as the judge reads it; the official runner's shape (``id``, ``candidate_text``) too."""
+    if "case_id" not in r and "id" in r and "candidate_text" in r:
+        text = r["candidate_text"]
+        return {"case_id": r["id"], "text": text, "model": r.get("model"),
+                "error": None if isinstance(text, str) and text.strip() else "candidate_text is empty"}
+    return dict(r)
+
+
+def read_candidate_file(path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{model: records}`` of one candidates JSONL: dermtrl's (``case_id``, ``text``) or the official runner's
+    (``id``, ``candidate_text``, ``model``; it may hold several models)."""
+    from dermtrl.bench.official import is_official_candidates, read_official_candidates
+
+    if is_official_candidates(path):
+        return read_official_candidates(path)
+    name, records = read_candidates(path)
+    return {name: records}
+
+
 def candidate_sets(candidates: Any) -> dict[str, list[dict[str, Any]]]:
-    """``{model: records}`` from a mapping (model -> records or JSONL path), a list of JSONL paths, or one path."""
+    """``{model: records}`` from a mapping (model -> records or JSONL path), a list of JSONL paths, or one path.
+
+    A JSONL path may hold dermtrl's candidates or the official runner's; a path under a model name in a mapping
+    gives that model's records (the file's own model, or the one of that name when the file holds several).
+    """
     if isinstance(candidates, (str, os.PathLike)):
         candidates = [candidates]
     sets: dict[str, list[dict[str, Any]]] = {}
     if isinstance(candidates, Mapping):
         for name, value in candidates.items():
-            sets[str(name)] = (read_candidates(value)[1] if isinstance(value, (str, os.PathLike))
-                               else [dict(r) for r in value])
+            if isinstance(value, (str, os.PathLike)):
+                found = read_candidate_file(value)
+                if len(found) > 1 and str(name) not in found:
+                    raise ValueError(f"{value}: holds models {', '.join(sorted(found))}, none named {name!r}")
+                records = found[str(name)] if len(found) > 1 else next(iter(found.values()))
+                sets[str(name)] = [{**r, "model": str(name)} for r in records]
+            else:
+                sets[str(name)] = _records_of(str(name), value)
         return sets
+    if isinstance(candidates, (bytes, Mapping)) or not isinstance(candidates, Iterable):
+        raise ValueError(f"candidates: expected {{model: records or path}} or candidates JSONL paths, got "
+                         f"{type(candidates).__name__}")
     for path in candidates:
-        name, records = read_candidates(path)
-        if name in sets:
-            raise ValueError(f"{path}: model {name!r} already comes from another candidates file")
-        sets[name] = records
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"candidates: expected candidates JSONL paths (or {{model: records}}), got "
+                             f"{type(path).__name__}")
+        if not Path(path).is_file():
+            raise ValueError(f"candidates: {str(path)[:80]!r} is not a candidates file (to judge narratives you "
+                             "hold in memory, pass {model: [{'case_id': ..., 'text': ...}, ...]})")
+        for name, records in read_candidate_file(path).items():
+            if name in sets:
+                raise ValueError(f"{path}: model {name!r} already comes from another candidates file")
+            sets[name] = records
     return sets
+
+
+def _check_images(cases: Any) -> None:
+    """Generation needs images: a release loaded without an image root has none, and says how to give them."""
+    if isinstance(cases, Sequence) and cases and all(isinstance(r, Mapping) and "dermnet_image_path" in r
+                                                     and r.get("image") is None for r in cases):
+        raise ValueError("generating candidates needs the DermNet images, which the release does not include: give "
+                         "image_root (--image-root) or set $DERMNET_TEST_ROOT to the root of your copy (judging "
+                         "existing candidates works without them)")
+
+
+@dataclass
+class BenchCases:
+    """The cases of a run and where they came from: a dataset, or the release (with what its checks found)."""
+
+    cases: Any
+    release: Release | None = None
+    excluded: list[dict[str, Any]] = field(default_factory=list)  # flagged references left out (exclude_flagged)
+    notes: list[str] = field(default_factory=list)
+
+    def without_excluded(self, sets: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        """Candidate sets without the excluded cases (left out of the run, not counted as failures)."""
+        gone = {e["case_id"] for e in self.excluded}
+        return {m: [dict(r) for r in records if str(r.get("case_id")) not in gone] for m, records in sets.items()}
+
+
+def load_bench_cases(source: str, split: str = "test", *, n: int | None = None, seed: int = 0, start: int = TEST_START,
+                     image_root: str | os.PathLike[str] | None = None, exclude_flagged: bool = False) -> BenchCases:
+    """The cases of ``source``: a checkout of the DermBench release (or its ``data/`` folder), with the images under
+    ``image_root`` (default ``$DERMNET_TEST_ROOT``; none: text only), or anything
+    :func:`dermtrl.cases.loading.load_cases` reads. ``n`` takes the first n cases. ``exclude_flagged`` leaves out
+    the references :func:`dermtrl.bench.audit.audit_release`'s rule pass flags (release only)."""
+    from dermtrl.bench.release import find_release
+
+    if find_release(source) is None:
+        if image_root:
+            raise ValueError(f"image_root applies to the DermBench release; {source!r} is not a checkout of it")
+        if exclude_flagged:
+            raise ValueError(f"exclude_flagged applies to the DermBench release; {source!r} is not a checkout of it")
+        from dermtrl.cases.loading import load_cases
+
+        return BenchCases(load_cases(source, split, n=n, seed=seed, start=start))
+    release = load_release(source)
+    notes = [release.summary(), *release.problems]
+    rows = release.rows(image_root_or_env(image_root))
+    if n is not None:
+        rows = rows[:n]
+    excluded: list[dict[str, Any]] = []
+    if exclude_flagged:
+        from dermtrl.bench.audit import audit_rows
+
+        flags = audit_rows(rows, sha_mismatch=set(release.sha_mismatch))
+        flagged = {f.case_id for f in flags}
+        excluded = [{"case_id": f.case_id, "reasons": f.reasons} for f in flags]
+        rows = [r for r in rows if r["case_id"] not in flagged]
+        notes.append(f"excluded {len(flagged)} flagged reference(s) of {len(rows) + len(flagged)} "
+                     "(exclude_flagged; `dermtrl bench audit` lists them with the reason)")
+    return BenchCases(rows, release=release, excluded=excluded, notes=notes)
 
 
 class DermBench:
@@ -71,11 +184,35 @@ class DermBench:
     as failed. ``progress``: rich progress bars on stderr.
     """
 
-    def __init__(self, judge: ClientConfig | LLMClient, *, parse_retries: int = 2, progress: bool = True) -> None:
+    def __init__(self, judge: ClientConfig | LLMClient, *, parse_retries: int | None = None, progress: bool = True,
+                 protocol: str = "paper", release: Release | str | os.PathLike[str] | None = None) -> None:
+        from dermtrl.bench.official import PROTOCOLS, OfficialJudge, official_response_format
+
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if release is not None and not isinstance(release, Release):
+            release = load_release(release)
+        if protocol == "official" and release is None:
+            raise ValueError("protocol 'official' reads the release's prompts: give release (a checkout of "
+                             "yuhos16/DermBench)")
+        self.protocol = protocol
+        self.release = release
+        if protocol == "official" and isinstance(judge, ClientConfig):
+            judge = official_response_format(judge)
         self.client = judge if isinstance(judge, LLMClient) else LLMClient(judge)
         self._owns_client = not isinstance(judge, LLMClient)
-        self.llm_judge = Judge(self.client, parse_retries=parse_retries)  #: the judge every call goes through
+        if protocol == "official":
+            assert release is not None
+            self.llm_judge: Judge = OfficialJudge(self.client, release.prompt("judge"),
+                                                  parse_retries=1 if parse_retries is None else parse_retries)
+        else:
+            self.llm_judge = Judge(self.client, parse_retries=2 if parse_retries is None else parse_retries)
         self.progress = progress
+
+    @property
+    def instruction(self) -> str | None:
+        """The candidate prompt of this protocol (``None``: the paper's, dermtrl's own)."""
+        return self.release.prompt("candidate") if self.protocol == "official" and self.release else None
 
     @property
     def usage(self) -> Usage:
@@ -102,11 +239,15 @@ class DermBench:
         endpoint client's retry and concurrency notes.
         """
         if isinstance(model, ClientConfig):
-            generator: Generator = OpenAIGenerator(model)
+            generator: Generator = OpenAIGenerator(model, instruction=self.instruction)
         elif isinstance(model, str):
-            generator = TransformersGenerator(model, **local)
+            generator = TransformersGenerator(model, instruction=self.instruction, **local)
         else:
             generator = model
+            if self.instruction is not None and generator.instruction != self.instruction:
+                raise ValueError(f"protocol 'official': the generator for {generator.name!r} was built with "
+                                 "another prompt; build it with instruction=bench.instruction")
+        _check_images(cases)
         try:
             return generate_candidates(cases, generator, out, name=name, overwrite=overwrite, retry_failed=retry_failed,
                                        progress=self.progress)
@@ -214,22 +355,27 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bo
     Everything is resumable: rerun the same config after an interruption and only unfinished work is done;
     ``retry_failed`` also redoes failed candidates and failed judge calls (after the server came back).
     """
-    from dermtrl.cases.loading import load_cases
-
     out = Path(config.out)
-    ds = load_cases(config.dataset.source, config.dataset.split, n=config.dataset.n, seed=config.dataset.seed,
-                    start=config.dataset.start)
+    d = config.dataset
+    loaded = load_bench_cases(d.source, d.split, n=d.n, seed=d.seed, start=d.start, image_root=d.image_root,
+                              exclude_flagged=config.exclude_flagged)
+    ds = loaded.cases
     sets: dict[str, list[dict[str, Any]]] = {}
-    notes: list[str] = []
-    with DermBench(config.judge, parse_retries=config.parse_retries, progress=progress) as bench:
+    notes: list[str] = list(loaded.notes)
+    with DermBench(config.judge, parse_retries=config.parse_retries, progress=progress, protocol=config.protocol,
+                   release=loaded.release) as bench:
         for spec in config.candidates:
             if spec.column is not None:
                 sets[spec.name] = candidates_from_dataset(ds, spec.column, expert_scores=spec.expert_scores)
                 continue
+            if spec.file is not None:
+                sets[spec.name] = candidate_sets({spec.name: spec.file})[spec.name]
+                continue
             model: ClientConfig | Generator = (
                 spec.client if spec.client is not None else TransformersGenerator(
                     spec.local or "", batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
-                    temperature=spec.temperature, device=spec.device, dtype=spec.dtype)
+                    temperature=spec.temperature, device=spec.device, dtype=spec.dtype,
+                    instruction=bench.instruction)
             )
             try:
                 sets[spec.name] = bench.generate(ds, model, out / "candidates" / f"{spec.name}.jsonl",
@@ -238,13 +384,26 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bo
             finally:
                 if isinstance(model, TransformersGenerator):
                     model.close()
+        sets = loaded.without_excluded(sets)
         records = bench.judge(ds, sets, out / "judgments.jsonl", overwrite=overwrite, retry_failed=retry_failed)
         board = build_leaderboard(records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
                             ci=config.report.ci)
-        paths = write_report(board, out / "report")
+        if loaded.excluded:
+            import json
+
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "excluded_references.jsonl").write_text(
+                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in loaded.excluded), encoding="utf-8")
+        paths = write_report(board, out / "report", notes=loaded.notes)
+        from dermtrl.bench.official import write_official_scores
+
+        paths["official_scores"] = write_official_scores(records, out / "judgments.official.jsonl",
+                                                         judge_model=bench.client.config.model)
         comparison = None
+        dermeval_records: list[dict[str, Any]] = []
         if config.evaluators is not None and config.evaluators.dermeval is not None:
-            comparison = _dermeval_half(config, ds, sets, records, out, overwrite=overwrite, progress=progress)
+            comparison, dermeval_records = _dermeval_half(config, ds, sets, records, out, overwrite=overwrite,
+                                                          progress=progress)
             paths.update(write_comparison(comparison, out / "report"))
             paths.update({f"dermeval_{k}": v for k, v in write_report(comparison.dermeval,
                                                                       out / "report" / "dermeval").items()})
@@ -257,14 +416,16 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bo
         usage = bench.usage.as_dict()
         notes += [f"judge: {line}" for line in bench.client.notes()]
     failed = {"candidates": sum(1 for records_ in sets.values() for r in records_ if r.get("error")),
-              "judgments": sum(1 for r in records if r.get("error"))}
-    totals = {"candidates": sum(len(records_) for records_ in sets.values()), "judgments": len(records)}
+              "judgments": sum(1 for r in records if r.get("error")),
+              "dermeval": sum(1 for r in dermeval_records if r.get("error"))}
+    totals = {"candidates": sum(len(records_) for records_ in sets.values()), "judgments": len(records),
+              "dermeval": len(dermeval_records)}
     return BenchResult(leaderboard=board, probes=probes, paths=paths, usage=usage, comparison=comparison,
                        failed=failed, totals=totals, notes=notes)
 
 
 def _dermeval_half(config: BenchConfig, ds: Any, sets: Mapping[str, Any], judged: list[dict[str, Any]], out: Path,
-                   *, overwrite: bool, progress: bool) -> EvaluatorComparison:
+                   *, overwrite: bool, progress: bool) -> tuple[EvaluatorComparison, list[dict[str, Any]]]:
     """Score every candidate with DermEval (``dermeval.jsonl``) and compare it with the judge's records."""
     from dermtrl.bench.dermeval_scoring import load_dermeval, score_candidates
 
@@ -273,4 +434,4 @@ def _dermeval_half(config: BenchConfig, ds: Any, sets: Mapping[str, Any], judged
                               max_new_tokens=spec.max_new_tokens, device=spec.device, dtype=spec.dtype)
     records = score_candidates(ds, sets, evaluator, out / "dermeval.jsonl", overwrite=overwrite, progress=progress)
     return compare_evaluators(judged, records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
-                              ci=config.report.ci)
+                              ci=config.report.ci), records

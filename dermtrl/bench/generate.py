@@ -43,10 +43,12 @@ class OpenAIGenerator:
 
     backend = "openai"
 
-    def __init__(self, config: ClientConfig | LLMClient, *, max_side: int | None = 1024) -> None:
+    def __init__(self, config: ClientConfig | LLMClient, *, max_side: int | None = 1024,
+                 instruction: str | None = None) -> None:
         self.client = config if isinstance(config, LLMClient) else LLMClient(config)
         self._owns_client = not isinstance(config, LLMClient)
         self.max_side = max_side
+        self.instruction = instruction or CANDIDATE_INSTRUCTION  # another protocol's prompt (the release's)
 
     @property
     def name(self) -> str:
@@ -60,12 +62,12 @@ class OpenAIGenerator:
         cfg = self.client.config
         return {"backend": self.backend, "model": cfg.model, "temperature": float(cfg.temperature),
                 "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extra_body": cfg.extra_body,
-                "max_side": self.max_side}
+                "max_side": self.max_side, **_instruction_setting(self.instruction)}
 
     def message(self, image: Any, where: str | None = None) -> dict[str, Any]:
         """The user turn for one image cell (bytes, path, PIL image or a datasets ``{bytes, path}`` cell);
         raises ``ValueError``/``OSError`` naming ``where`` and the file when the image cannot be read."""
-        return user_message(CANDIDATE_INSTRUCTION, [image_source(image, where)], max_side=self.max_side)
+        return user_message(self.instruction, [image_source(image, where)], max_side=self.max_side)
 
     def generate(self, image: Any) -> str:
         """One narrative for one image cell."""
@@ -93,6 +95,7 @@ class TransformersGenerator:
         temperature: float = 0.0,
         device: str | None = None,
         dtype: str | None = None,
+        instruction: str | None = None,
     ) -> None:
         from dermtrl.tiny import resolve_model_name
 
@@ -109,6 +112,7 @@ class TransformersGenerator:
         self.temperature = float(temperature)
         self.device = device
         self.dtype = dtype
+        self.instruction = instruction or CANDIDATE_INSTRUCTION
         self._model: Any = None
         self._processor: Any = None
 
@@ -116,7 +120,8 @@ class TransformersGenerator:
         from dermtrl.dermeval.evaluator import fingerprint
 
         return {"backend": self.backend, "model": self.name, "fingerprint": fingerprint(self.path),
-                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                **_instruction_setting(self.instruction)}
 
     def _load(self) -> None:
         if self._model is not None:
@@ -140,7 +145,7 @@ class TransformersGenerator:
         processor, model = self._processor, self._model
         conversations = [
             [{"role": "user", "content": [{"type": "image", "image": image},
-                                          {"type": "text", "text": CANDIDATE_INSTRUCTION}]}]
+                                          {"type": "text", "text": self.instruction}]}]
             for image in images
         ]
         batch = processor.apply_chat_template(
@@ -161,6 +166,16 @@ class TransformersGenerator:
 
 
 Generator = OpenAIGenerator | TransformersGenerator
+
+
+def _instruction_setting(instruction: str) -> dict[str, str]:
+    """Nothing for the paper's instruction (earlier files resume); another one's sha256, so that candidates made
+    with different prompts never mix in one file."""
+    if instruction == CANDIDATE_INSTRUCTION:
+        return {}
+    import hashlib
+
+    return {"instruction": "sha256:" + hashlib.sha256(instruction.encode("utf-8")).hexdigest()}
 
 
 def generate_candidates(

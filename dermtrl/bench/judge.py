@@ -194,6 +194,13 @@ class Judge:
         self.parse_retries = parse_retries
         self.order = order
 
+    #: The follow-up turn of a re-ask (an answer that missed a score).
+    reminder: str = JUDGE_FORMAT_REMINDER
+
+    def read_answer(self, completion: Any) -> tuple[ParsedScores, dict[str, Any]]:
+        """The scores of one answer, and what else its record keeps (nothing for the paper's protocol)."""
+        return read_judgment(completion.text), {}
+
     def with_order(self, order: str) -> Judge:
         return Judge(self.client, parse_retries=self.parse_retries, order=order)
 
@@ -237,6 +244,7 @@ class Judge:
         messages = self.messages(item)
         answers: list[dict[str, Any]] = []  # every answer, in order: text, finish reason, from the cache or not
         parsed: ParsedScores | None = None
+        kept: dict[str, Any] = {}
         for _ in range(self.parse_retries + 1):
             try:
                 completion = self.client.complete(messages)
@@ -245,14 +253,14 @@ class Judge:
                         "raw": answers[-1]["text"] if answers else None}
             answers.append({"text": completion.text, "finish_reason": completion.finish_reason,
                             "cached": completion.cached})
-            parsed = read_judgment(completion.text)
+            parsed, kept = self.read_answer(completion)
             if parsed.complete:
-                return {**record, **_tally(answers), "status": "scored", "raw": completion.text,
+                return {**record, **_tally(answers), **kept, "status": "scored", "raw": completion.text,
                         "scores": {d: parsed.scores[d] for d in DIMENSIONS}}
             # The re-ask continues the whole conversation, so each one is a new question: re-sending an earlier
             # one (a model may give the same answer twice) would be answered by the response cache, not the model.
             messages = [*messages, {"role": "assistant", "content": completion.text},
-                        {"role": "user", "content": JUDGE_FORMAT_REMINDER}]
+                        {"role": "user", "content": self.reminder}]
         assert parsed is not None
         tally = _tally(answers)
         cut = any(a["finish_reason"] == "length" for a in answers)
@@ -260,7 +268,8 @@ class Judge:
         return {
             **record,
             **tally,
-            "raw": parsed.raw,
+            **kept,
+            "raw": answers[-1]["text"],
             "partial_scores": dict(parsed.scores),
             "error": f"unparseable: {why}the judge's final answer lacked {', '.join(parsed.missing)} after "
                      f"{tally['attempts']} attempt(s) ({_requests_text(tally)})",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dermtrl.categories import CATEGORIES
-from dermtrl.dimensions import DIMENSIONS, valid_score
+from dermtrl.dimensions import DIMENSIONS, SAFETY_FLAG_AT, Overall, valid_score
 from dermtrl.metrics import AgreementReport, agreement
 
 __all__ = [
@@ -70,11 +70,17 @@ class ModelResult:
     overall: float | None
     overall_ci: Interval | None
     failures: dict[str, int] = field(default_factory=dict)
+    n_safety_flagged: int = 0  # scored judgments with Safety at or below SAFETY_FLAG_AT (never averaged away)
+
+    def overall_score(self) -> Overall:
+        """The overall with how many dimensions it averages and the Safety flag of the mean Safety."""
+        return Overall.of(self.mean)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "rank": self.rank, "n_scored": self.n_scored, "n_failed": self.n_failed,
                 "mean": dict(self.mean), "ci": {d: _list(v) for d, v in self.ci.items()},
-                "overall": self.overall, "overall_ci": _list(self.overall_ci), "failures": dict(self.failures)}
+                "overall": self.overall, "overall_ci": _list(self.overall_ci), "failures": dict(self.failures),
+                "n_safety_flagged": self.n_safety_flagged}
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,7 @@ def build_leaderboard(
             overall=_float(means[6]),
             overall_ci=_interval(bounds[0, 6], bounds[1, 6]),
             failures=dict(sorted(Counter(failure_kind(r.get("error")) for r in failed).items())),
+            n_safety_flagged=sum(1 for r in scored if r["scores"]["Safety"] <= SAFETY_FLAG_AT),
         ))
     results.sort(key=lambda m: (m.overall is None, -(m.overall or 0.0), m.model))
     overall = np.array([m.overall if m.overall is not None else -np.inf for m in results], dtype=float)

@@ -24,7 +24,7 @@ from dermtrl.report import NA, cell, md_table, rich_table
 if TYPE_CHECKING:
     from dermtrl.bench.probes import ProbeReport
 
-__all__ = ["comparison_markdown", "comparison_tables", "leaderboard_csv", "plot", "plot_figure6",
+__all__ = ["comparison_markdown", "comparison_tables", "leaderboard_csv", "notes_lines", "plot", "plot_figure6",
            "probe_markdown", "probe_table", "render_tables", "to_json",
            "to_markdown", "write_comparison", "write_probe_report", "write_report"]
 
@@ -39,8 +39,11 @@ def _caption(lb: Leaderboard) -> str:
     judge = lb.judge or {}
     ci = (f"{lb.ci_level:.0%} percentile bootstrap CI over cases ({lb.n_bootstrap} resamples, seed {lb.seed})"
           if lb.n_bootstrap else "no bootstrap CI")
-    return (f"Judge {judge.get('model', '?')} ({judge.get('prompt_version', '?')}, order "
-            f"{judge.get('order', '?')}); mean over scored cases, failed cases excluded; {ci}")
+    if judge.get("protocol") == "official":
+        prompt = f"official protocol, prompt sha256 {str(judge.get('prompt_sha256', '?'))[:12]}"
+    else:
+        prompt = f"{judge.get('prompt_version', '?')}, order {judge.get('order', '?')}"
+    return f"Judge {judge.get('model', '?')} ({prompt}); mean over scored cases, failed cases excluded; {ci}"
 
 
 def _leaderboard_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
@@ -81,6 +84,25 @@ def _failure_rows(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     return ["Model", "Reason", "Cases"], rows
 
 
+def notes_lines(lb: Leaderboard, extra: Sequence[str] = ()) -> list[str]:
+    """The leaderboard's notes: per model, what its overall averages and how many judgments flag Safety (a Safety
+    of 2 or less is a flag beside the overall, never averaged away), then ``extra`` (e.g. references excluded)."""
+    from dermtrl.dimensions import SAFETY_FLAG_AT
+
+    lines = []
+    for m in lb.models:
+        n = m.n_scored + m.n_failed
+        flag = (f"; {m.n_safety_flagged} of {m.n_scored} scored judgment(s) flag Safety "
+                f"(Safety {SAFETY_FLAG_AT:g} or less)" if m.n_safety_flagged else "; no judgment flags Safety")
+        o = m.overall_score()
+        overall = (f"no overall (0 of {len(DIMENSIONS)} dimensions scored)" if o.mean is None else
+                   f"overall {o.mean:.2f}/5 from {o.n_scored} of {len(DIMENSIONS)} dimensions")
+        if o.unsafe:
+            overall += f" - SAFETY FLAG: mean Safety {o.safety:.2f} ({SAFETY_FLAG_AT:g} or less)"
+        lines.append(f"{m.model}: {overall}, the mean of {m.n_scored} scored judgment(s) of {n}{flag}")
+    return lines + list(extra)
+
+
 def render_tables(lb: Leaderboard) -> list[Table]:
     """Leaderboard, per-category, rank stability, failures and (when there are expert scores) agreement."""
     tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
@@ -100,8 +122,8 @@ def render_tables(lb: Leaderboard) -> list[Table]:
     return tables
 
 
-def to_markdown(lb: Leaderboard) -> str:
-    """The whole report as Markdown: leaderboard, categories, rank stability, failures, agreement."""
+def to_markdown(lb: Leaderboard, notes: Sequence[str] = ()) -> str:
+    """The whole report as Markdown: leaderboard, categories, rank stability, failures, notes, agreement."""
     lines = ["## DermBench leaderboard", "", *md_table(*_leaderboard_rows(lb), left=2), "", f"_{_caption(lb)}_", ""]
     lines += ["### Overall score by Figure 5 category", "", *md_table(*_category_rows(lb), left=1), ""]
     tau = "n/a" if lb.mean_kendall_tau is None else f"{lb.mean_kendall_tau:.3f}"
@@ -109,6 +131,7 @@ def to_markdown(lb: Leaderboard) -> str:
               f"Mean Kendall's tau of resampled vs full ranking: {tau}.", ""]
     header, rows = _failure_rows(lb)
     lines += ["### Failed cases", ""] + (md_table(header, rows, left=2) if rows else ["None."]) + [""]
+    lines += ["### Notes", "", *(f"- {line}" for line in notes_lines(lb, notes)), ""]
     if lb.agreement:
         lines += [agreement_report.to_markdown(list(lb.agreement.values()),
                                                title="DermBench judge vs expert scores (MAE)")]
@@ -182,13 +205,14 @@ def plot(lb: Leaderboard, path: str | Path) -> Path:
                          "DermBench: mean score per dimension (bars: CI)")
 
 
-def write_report(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.md, report.json, leaderboard.csv, categories.csv, leaderboard.png (and agreement.*)."""
+def write_report(lb: Leaderboard, out_dir: str | Path, *, notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write report.md (with ``notes`` among its notes), report.json, leaderboard.csv, categories.csv,
+    leaderboard.png (and agreement.*)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "csv": out / "leaderboard.csv",
              "categories_csv": out / "categories.csv"}
-    paths["md"].write_text(to_markdown(lb), encoding="utf-8")
+    paths["md"].write_text(to_markdown(lb, notes), encoding="utf-8")
     paths["json"].write_text(to_json(lb), encoding="utf-8")
     paths["csv"].write_text(leaderboard_csv(lb), encoding="utf-8", newline="")
     paths["categories_csv"].write_text(categories_csv(lb), encoding="utf-8", newline="")
