@@ -1,0 +1,80 @@
+"""Split conformal intervals on DermEval's score distributions: the quantile by hand, coverage on held-out cases,
+the calibration file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dermtrl.calibration import Calibration, _quantile, coverage_report, fit
+from dermtrl.dimensions import DIMENSIONS
+
+
+def _records(n: int, seed: int, scale: float = 1.3) -> list[dict]:
+    """Records whose expert score lies around the expected score, further where the spread is larger."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        expected = rng.uniform(0.5, 4.5, len(DIMENSIONS))
+        spread = rng.uniform(0.05, 1.0, len(DIMENSIONS))
+        expert = np.clip(expected + scale * spread * rng.standard_normal(len(DIMENSIONS)), 0, 5)
+        out.append({"expected": dict(zip(DIMENSIONS, expected.round(4), strict=True)),
+                    "spread": dict(zip(DIMENSIONS, spread.round(4), strict=True)),
+                    "expert_scores": dict(zip(DIMENSIONS, expert, strict=True)), "scores": {}})
+    return out
+
+
+def test_conformal_quantile_by_hand():
+    scores = np.arange(1.0, 10.0)  # n = 9
+    assert _quantile(scores, 0.8) == 8.0  # ceil(10 * 0.8) = 8th smallest
+    assert _quantile(scores, 0.5) == 5.0
+    assert _quantile(scores, 0.95) == float("inf")  # ceil(9.5) = 10 > 9: the whole scale
+
+
+def test_coverage_on_held_out_cases_is_within_three_points_of_nominal():
+    calibration = fit(_records(600, seed=1), dataset={"fingerprint": "val"})
+    rows = coverage_report(calibration, _records(600, seed=2), n_bootstrap=200)
+    for row in rows:
+        assert abs(row.coverage.value - row.nominal) <= 0.03, (row.nominal, row.coverage)
+        assert row.coverage.ci[0] <= row.coverage.value <= row.coverage.ci[1]
+        assert row.n_scores == 600 * len(DIMENSIONS)
+    widths = [r.width.value for r in rows]
+    assert widths == sorted(widths) and 0 < widths[0] < 5  # wider for higher coverage, never the whole scale
+    assert rows[-1].uncertain.value >= rows[0].uncertain.value
+
+
+def test_intervals_follow_the_spread_and_stay_on_the_scale():
+    calibration = fit(_records(300, seed=3))
+    sure = calibration.interval("Safety", 2.0, 0.1)
+    unsure = calibration.interval("Safety", 2.0, 0.9)
+    assert unsure[1] - unsure[0] > sure[1] - sure[0] > 0
+    assert calibration.interval("Safety", 4.9, 2.0, coverage=0.95)[1] == 5.0
+    both = calibration.intervals({"Safety": 2.0, "Accuracy": 3.0}, {"Safety": 0.1})
+    assert list(both) == ["Safety"] and both["Safety"] == sure
+    with pytest.raises(ValueError, match=r"no quantile for 'Safety' at coverage 0.5 \(fitted: 0.8, 0.9, 0.95\)"):
+        calibration.interval("Safety", 2.0, 0.1, coverage=0.5)
+
+
+def test_calibration_file_round_trip_and_refusals(tmp_path):
+    calibration = fit(_records(5, seed=4), dataset={"name": "synthetic", "split": "validation", "fingerprint": "f1"})
+    path = calibration.save(tmp_path)
+    assert path.name == "calibration.json"
+    data = json.loads(path.read_text())
+    assert data["quantiles"]["Safety"]["0.95"] == "inf" and data["method"].startswith("split conformal")
+    assert Calibration.load(tmp_path, fingerprint="f1") == calibration
+    with pytest.raises(ValueError, match="fingerprint 'f1', not 'other'"):
+        Calibration.load(tmp_path, fingerprint="other")
+    data["version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="calibration version 99"):
+        Calibration.load(path)
+
+
+def test_fit_refuses_records_without_distributions():
+    records = [{"scores": {}, "expert_scores": dict.fromkeys(DIMENSIONS, 2.0)}]
+    with pytest.raises(ValueError, match="no record has an expected score and a spread for 'Accuracy'"):
+        fit(records)
+    with pytest.raises(ValueError, match="coverages must be in"):
+        fit(_records(5, seed=0), coverages=[1.0])
