@@ -1,11 +1,11 @@
-"""recipes/soreb.py with push_to_hub: every file is written first, then pushed once, against the local Hub stand-in."""
+"""recipes/soreb.py with push_to_hub: every file is written first, then pushed once, against the local Hub stand-in
+(``local_hub`` and ``run_against_hub`` come from tests/hub_fixtures.py, loaded by conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from dermtrl.tiny import tiny_llava_path
-from tests.hub_fixtures import local_hub, run_against_hub  # noqa: F401  (fixtures, found by name)
 
 REPO_ID = "dermtrl-test/dermeval-tiny-soreb"
 pytestmark = pytest.mark.timeout(300)
