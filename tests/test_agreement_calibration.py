@@ -78,3 +78,26 @@ def test_fit_refuses_records_without_distributions():
         fit(records)
     with pytest.raises(ValueError, match="coverages must be in"):
         fit(_records(5, seed=0), coverages=[1.0])
+
+
+def test_benchmark_reports_coverage_selective_curve_and_targets_last(load_benchmark, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    bench = load_benchmark("calibration")
+    for name, seed in (("val", 5), ("test", 6)):
+        with (tmp_path / f"{name}.jsonl").open("w") as fh:
+            for i, r in enumerate(_records(300, seed=seed)):
+                scores = {d: round(v) for d, v in r["expected"].items()}
+                fh.write(json.dumps({**r, "case_id": f"{name}{i}", "scores": scores}) + "\n")
+    log = tmp_path / "log.txt"
+    with log.open("w") as fh:
+        monkeypatch.setattr(bench, "Console", lambda: Console(file=fh, width=160))
+        assert bench.main(["--validation-records", str(tmp_path / "val.jsonl"), "--test-records",
+                           str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "out"), "--n-bootstrap", "100"]) == 0
+    text = log.read_text().strip().splitlines()
+    assert all(line.startswith("Target: coverage at") for line in text[-3:])  # targets last
+    assert any("Abstaining on the uncertain 90% intervals" in line for line in text)
+    result = json.loads((tmp_path / "out" / "calibration_report.json").read_text())
+    assert [t["met"] for t in result["targets"]] == [abs(c["coverage"]["value"] - c["nominal"]) <= 0.03
+                                                     for c in result["coverage"]]
+    assert len(result["risk_coverage"]) == 6 and (tmp_path / "out" / "calibration.json").is_file()
