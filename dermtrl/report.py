@@ -72,14 +72,18 @@ def _reports(reports: Sequence[AgreementReport] | AgreementReport) -> list[Agree
 
 
 def _with_baselines(reports: list[AgreementReport]) -> list[AgreementReport]:
-    """Each report (its placeholder label filled in) followed by its constant baseline; a baseline equal to one
-    already listed is listed once."""
+    """Each report (its placeholder label filled in) followed by its constant baseline; a baseline already listed
+    (nested in another report, or passed as a report of its own: same label and scores) is listed once."""
+
+    def key(r: AgreementReport) -> tuple:
+        return r.label, r.rounded, r.n_cases, tuple(sorted((d, a.mae, a.n) for d, a in r.per_dimension.items()))
+
+    seen = {key(r) for r in reports}
     out: list[AgreementReport] = []
-    seen: list[AgreementReport] = []
     for i, report in enumerate(reports):
         out.append(report if report.label else replace(report, label=_label(report, i)))
-        if report.baseline is not None and report.baseline not in seen:
-            seen.append(report.baseline)
+        if report.baseline is not None and key(report.baseline) not in seen:
+            seen.add(key(report.baseline))
             out.append(report.baseline)
     return out
 

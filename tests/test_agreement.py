@@ -222,3 +222,14 @@ def test_record_raters_reads_either_column():
     pipeline = {"ratings": [{"rater_id": "a", "scores": scores}, {"rater_id": "b", "scores": scores}]}
     assert record_raters([synthetic, pipeline, {}]) == [synthetic["rater_scores"], pipeline["ratings"], None]
     assert record_raters([{}, {"rater_scores": []}]) is None
+
+
+def test_a_baseline_passed_as_its_own_report_is_listed_once():
+    pred, experts, _ = _cases(20)
+    train = experts[:10]
+    model = agreement(pred, experts, train_experts=train, label="Model", n_bootstrap=0)
+    means = {d: float(np.mean([e[d] for e in train])) for d in DIMENSIONS}
+    own = agreement([means] * len(experts), experts, label=TRAIN_MEAN_LABEL, n_bootstrap=0)
+    md = to_markdown([model, own])
+    table = md.split("\n\n")[1]  # the Table 1 rows
+    assert table.count(f"| {TRAIN_MEAN_LABEL} |") == 1 and table.count(f"| {LOO_MEAN_LABEL} |") == 1
