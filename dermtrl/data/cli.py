@@ -347,4 +347,41 @@ def register(subparsers: Any) -> Any:
     _add_client(p)
     p.set_defaults(func=cmd_build)
 
+    register_records(steps)
     return register_publish(subparsers)
+
+
+# --- DermEval records in the official schema (import-records / export-records) ---------------------------------
+
+
+def register_records(steps: Any) -> None:
+    """Add ``import-records`` and ``export-records``: official DermEval records <-> the ``dermeval`` dataset."""
+    p = steps.add_parser("import-records", help="official DermEval records (JSON/JSONL) -> a dermeval dataset")
+    p.add_argument("records", help="records in the official schema: id, image, diagnostic_text, evaluation_text, "
+                                   "scores (snake_case keys)")
+    p.add_argument("--out", required=True, help="a .jsonl data file, or a dataset folder (needs --image-root)")
+    p.add_argument("--image-root", default=None, help="the folder the records' image paths are relative to")
+    p.add_argument("--split", default="train", help="the split of a dataset folder (default: train)")
+    p.set_defaults(func=cmd_import_records)
+    p = steps.add_parser("export-records", help="a dermeval dataset (folder or .jsonl) -> official DermEval records")
+    p.add_argument("dataset", help="a dermeval dataset folder or data file")
+    p.add_argument("--out", required=True, help="the records JSONL to write")
+    p.set_defaults(func=cmd_export_records)
+
+
+@user_errors()
+def cmd_import_records(args: argparse.Namespace) -> int:
+    from dermtrl.data.records import import_records
+
+    n = import_records(args.records, args.out, image_root=args.image_root, split=args.split)
+    out.print(f"{n} DermEval record(s) imported into [bold]{args.out}[/bold]")
+    return 0
+
+
+@user_errors()
+def cmd_export_records(args: argparse.Namespace) -> int:
+    from dermtrl.data.records import export_records
+
+    n = export_records(args.dataset, args.out)
+    out.print(f"{n} DermEval record(s) exported to [bold]{args.out}[/bold] (the official schema)")
+    return 0
