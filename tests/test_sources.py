@@ -424,3 +424,13 @@ def test_renamed_and_tab_separated_tables_are_read(tmp_path: Path) -> None:
     items = list(read_source(str(root), dataset="ham10000"))
     assert [i.label for i in items if not i.problem] == ["mel", "nv", "bkl", "vasc", "zzz"]
     assert {i.metadata["skin_tone"] for i in items} == {"unknown"}
+
+
+def test_skin_tone_and_licence_of_a_built_row_come_from_its_metadata() -> None:
+    from dermtrl.data.schema import subgroup_columns
+
+    assert subgroup_columns({"skin_tone": "V-VI", "licence": "CC BY 4.0"}) == {"skin_tone": "V-VI",
+                                                                                "licence": "CC BY 4.0"}
+    assert subgroup_columns({"fitzpatrick": "3.0"}) == {"skin_tone": "III", "licence": ""}  # a generic table
+    assert subgroup_columns({"skin_tone": "unknown", "fitzpatrick": "II"})["skin_tone"] == "II"
+    assert subgroup_columns(None) == {"skin_tone": "unknown", "licence": ""}

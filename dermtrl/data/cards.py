@@ -72,9 +72,7 @@ KNOWN_TASK_CATEGORIES = frozenset({
 REQUIRED_SECTIONS = ("## Intended use", "## Limitations", "## Not a medical device", "## Citation")
 _SECRET = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
 _PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
-#: Where a row's skin tone is recorded: the normalised ``skin_tone`` of a named dataset first, then the raw
-#: field names a generic table may use.
-_FITZPATRICK_KEYS = ("skin_tone", "fitzpatrick", "fitzpatrick_skin_type", "fitzpatrick_type", "skin_type")
+
 
 
 def size_category(n: int) -> str:
@@ -133,15 +131,17 @@ def _meta(text: str) -> dict[str, Any]:
 
 
 def _fitzpatrick(metadata: list[str]) -> str:
+    from dermtrl.data.schema import subgroup_columns
+
     counts: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     recorded = 0
     for text in metadata:
         meta = _meta(text)
-        value = next((meta[k] for k in _FITZPATRICK_KEYS if meta.get(k) not in (None, "", "unknown")), None)
-        if value is not None:
+        value = subgroup_columns(meta)["skin_tone"]
+        if value != "unknown":
             recorded += 1
-            counts[str(value).strip()] += 1
+            counts[value] += 1
             if meta.get("skin_tone_source"):
                 sources[f"{meta.get('dataset', 'data')}: {meta['skin_tone_source']}"] += 1
     if not recorded:
