@@ -3,6 +3,7 @@ last-wins, and the LLM fallback of Figure 4."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from dermtrl import prompts
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS, LABEL_NAMES, Scores
-from dermtrl.parsing import ParsedScores, parse_scores, parse_scores_with_llm
+from dermtrl.parsing import ParsedScores, parse_official_answer, parse_scores, parse_scores_with_llm, split_thinking
 
 A, S, MG, CC, RC, DP = DIMENSIONS
 ALL4 = dict.fromkeys(DIMENSIONS, 4.0)
@@ -457,3 +458,53 @@ def test_fast_path_agrees_with_full_parser(
     text = prefix + "\n" + block + extra
     fast, full = parse_scores(text), parsing._parse_full(text)
     assert (fast.scores, fast.sources) == (full.scores, full.sources)
+
+
+# --- the official DermBench judge answer ---------------------------------------------------------------------
+
+_SIX = {"Accuracy": 4, "Safety": "8/10", "Medical Groundedness": 3.5, "Clinical Coverage": "4/5",
+        "Reasoning Coherence": 2, "Description Precision": 5}
+_SIX_05 = dict(zip(DIMENSIONS, [4.0, 4.0, 3.5, 4.0, 2.0, 5.0], strict=True))
+
+
+def test_official_json_answer_with_fractions_and_justification():
+    answer = parse_official_answer(json.dumps({"scores": _SIX, "justification": "Close to the reference."}))
+    assert answer.parsed.scores == _SIX_05 and answer.source == "json"
+    assert answer.justification == "Close to the reference." and answer.thinking == ""
+
+
+@pytest.mark.parametrize("wrap", [
+    "Here is my evaluation:\n```json\n{}\n```\nThank you.",
+    "My scores follow. {} I hope this helps.",
+])
+def test_official_json_in_prose_or_a_code_fence(wrap):
+    text = wrap.format(json.dumps({"scores": _SIX, "justification": "ok"}, indent=2))
+    assert parse_official_answer(text).parsed.scores == _SIX_05
+
+
+def test_thinking_is_kept_apart_and_never_parsed():
+    decoy = json.dumps({"scores": dict.fromkeys(DIMENSIONS, 0)})
+    text = f"<think>Maybe Accuracy: 1. {decoy}</think>\n" + json.dumps({"scores": _SIX})
+    answer = parse_official_answer(text)
+    assert answer.parsed.scores == _SIX_05 and "Maybe Accuracy: 1" in answer.thinking
+    # a reasoning_content field passed apart is kept, not parsed
+    answer = parse_official_answer(json.dumps({"scores": _SIX}), reasoning="Accuracy: 0 at first")
+    assert answer.parsed.scores == _SIX_05 and answer.thinking == "Accuracy: 0 at first"
+    # cut off while thinking: no answer, nothing parsed
+    cut = parse_official_answer("<think>Accuracy: 5\nSafety: 5")
+    assert cut.parsed.scores == {} and cut.thinking.startswith("Accuracy: 5")
+    # a chat template that opened the block itself: everything before the lone </think> is thinking
+    assert split_thinking("Accuracy: 1 hmm</think>Accuracy: 4") == ("Accuracy: 4", "Accuracy: 1 hmm")
+
+
+def test_official_answer_falls_back_to_the_rules_and_never_clamps():
+    partial = parse_official_answer('{"scores": {"Accuracy": 4}}\nSafety: 5/5\nMedical Groundedness: 4')
+    assert partial.source == "json+rules" and partial.parsed.scores == {
+        "Accuracy": 4.0, "Safety": 5.0, "Medical Groundedness": 4.0}
+    assert partial.parsed.sources["Safety"] == "field"
+    rules = parse_official_answer("Accuracy: 8/10\nSafety: 4")
+    assert rules.source == "rules" and rules.parsed.scores == {"Accuracy": 4.0, "Safety": 4.0}
+    assert "Accuracy" not in parse_official_answer('{"scores": {"Accuracy": 7}}').parsed.scores  # missing, not 5
+    # the last object with scores is the judge's final word; an earlier one (an echoed candidate) loses
+    text = json.dumps({"scores": dict.fromkeys(DIMENSIONS, 5)}) + " then " + json.dumps({"scores": _SIX})
+    assert parse_official_answer(text).parsed.scores == _SIX_05
