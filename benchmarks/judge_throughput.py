@@ -3,9 +3,11 @@
 A loopback OpenAI-compatible server (dermtrl.testing.FakeOpenAIServer, in its own process like a real vLLM
 server) answers every judge request after a fixed latency (100 ms). The same judge code runs 512 cases with
 ``max_concurrency=64`` and, for the sequential baseline, the first 64 cases with ``max_concurrency=1``
-(512 x 100 ms would take 51 s; the per-case times are compared side by side in one run). Goal: speed-up
->= 54x (0.85 of the ideal 64x). Then the same bench runs again: resuming from its JSONL it must make 0 calls,
-and a fresh output file with the same response cache must make 0 calls too.
+(512 x 100 ms would take 51 s; the per-case times are compared side by side in one run). Targets, printed
+last, met or not: speed-up >= 54x (0.85 of the ideal 64x) and at most 1 ms of the judge process's CPU per call
+(everything the process does: prompts, client, cache, records). Then the same bench runs again: resuming from
+its JSONL it must make 0 calls, and a fresh output file with the same response cache must make 0 calls too.
+The ratio needs free cores: on a machine shared with other work it measures the load as much as the client.
 
     python benchmarks/judge_throughput.py [--cases 512] [--sequential-cases 64] [--latency 0.1]
 """
@@ -45,6 +47,9 @@ def cases(n: int) -> tuple[list[dict], dict[str, list[dict]]]:
         # Synthetic texts repeat across cases; the case id makes every prompt unique, so every case is a real call.
         candidates.append({"case_id": case["case_id"], "text": f"[{case['case_id']}] {case['narrative']}"})
     return rows, {"synthetic-narratives": candidates}
+
+
+TARGET_SHARE, TARGET_CPU_MS = 0.85, 1.0
 
 
 def timed_judge(base_url: str, rows, candidates, concurrency: int, out: Path, cache: Path) -> tuple[float, dict]:
@@ -97,28 +102,31 @@ def main() -> None:
     seq_per_case = seq_time / k
     conc_per_case = conc_time / args.cases
     speedup = seq_per_case / conc_per_case
+    cpu_ms = first["cpu_s"] / max(first["calls"], 1) * 1000
     table = Table(title=f"DermBench judge throughput ({args.latency * 1000:.0f} ms latency per call)")
-    for name in ("run", "cases", "concurrency", "wall s", "ms / case", "cases / s", "API calls", "cache hits"):
+    for name in ("run", "cases", "concurrency", "wall s", "ms / case", "speed-up", "CPU ms / call", "API calls",
+                 "cache hits"):
         table.add_column(name, justify="left" if name == "run" else "right")
-    table.add_row("sequential (first cases only)", str(k), "1", f"{seq_time:.2f}", f"{seq_per_case * 1000:.1f}",
-                  f"{1 / seq_per_case:.1f}", str(k), "0")
+    table.add_row("sequential (first cases)", str(k), "1", f"{seq_time:.2f}", f"{seq_per_case * 1000:.1f}",
+                  "1.0x", "", str(k), "0")
     table.add_row("concurrent, first run", str(args.cases), str(args.concurrency), f"{conc_time:.2f}",
-                  f"{conc_per_case * 1000:.2f}", f"{1 / conc_per_case:.1f}", str(first["calls"]),
+                  f"{conc_per_case * 1000:.2f}", f"{speedup:.1f}x", f"{cpu_ms:.2f}", str(first["calls"]),
                   str(first["cache_hits"]))
-    table.add_row("second run (resume from JSONL)", str(args.cases), str(args.concurrency), f"{resume_time:.2f}",
-                  "", "", str(resumed["calls"]), str(resumed["cache_hits"]))
-    table.add_row("second run (new file, same cache)", str(args.cases), str(args.concurrency), f"{cached_time:.2f}",
-                  "", "", str(cached["calls"]), str(cached["cache_hits"]))
+    table.add_row("again: resume from JSONL", str(args.cases), str(args.concurrency), f"{resume_time:.2f}",
+                  "", "", "", str(resumed["calls"]), str(resumed["cache_hits"]))
+    table.add_row("again: new file, same cache", str(args.cases), str(args.concurrency), f"{cached_time:.2f}",
+                  "", "", "", str(cached["calls"]), str(cached["cache_hits"]))
     console.print(table)
     console.print(f"Sequential baseline measured on the first {k} of {args.cases} cases ({k} x "
-                  f"{args.latency * 1000:.0f} ms); the speed-up compares time per case, both measured in this run.")
-    console.print(f"speed-up of {args.concurrency}-way concurrency over sequential: {speedup:.1f}x "
-                  f"(ideal {args.concurrency}x, goal >= {0.85 * args.concurrency:.0f}x: "
-                  f"{'met' if speedup >= 0.85 * args.concurrency else 'NOT met'})")
-    console.print(f"judge process CPU in the concurrent run: {first['cpu_s']:.2f} s "
-                  f"({first['cpu_s'] / max(first['calls'], 1) * 1000:.2f} ms per call; on {os.cpu_count()} CPUs)")
+                  f"{args.latency * 1000:.0f} ms); the speed-up compares time per case, both measured in this run. "
+                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.")
     console.print(f"second run API calls: {resumed['calls']} (resume from JSONL), "
                   f"{cached['calls']} (new output file, same response cache)")
+    goal = TARGET_SHARE * args.concurrency
+    console.print(f"target: speed-up of {args.concurrency}-way concurrency over sequential {speedup:.1f}x "
+                  f"(ideal {args.concurrency}x), goal >= {goal:.0f}x: {'met' if speedup >= goal else 'NOT met'}")
+    console.print(f"target: judge process CPU {cpu_ms:.2f} ms per call in the concurrent run, goal <= "
+                  f"{TARGET_CPU_MS:g} ms: {'met' if cpu_ms <= TARGET_CPU_MS else 'NOT met'}")
 
 
 if __name__ == "__main__":
