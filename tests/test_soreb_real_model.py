@@ -318,3 +318,29 @@ def test_evaluator_keeps_only_the_digit_logits_and_they_match_the_full_ones():
     assert len(captured) == 2 and captured[0].shape == (full.shape[1], 6)
     for i in range(2):
         assert torch.allclose(captured[i], full[i], atol=1e-5)
+
+
+def test_sampling_passes_the_zero3_gather_switch_and_syncs_only_sharded_processes(monkeypatch, tmp_path):
+    trainer = _trainer(tmp_path, ds3_gather_for_generation=False)
+    trainer.model.train()
+    seen = {}
+    original = soreb_trainer.unwrap_model_for_generation
+
+    def spy(model, accelerator, **kwargs):
+        seen.update(kwargs)
+        return original(model, accelerator, **kwargs)
+
+    monkeypatch.setattr(soreb_trainer, "unwrap_model_for_generation", spy)
+    base = trainer.accelerator.unwrap_model(trainer.model)
+    original_generate = base.generate
+
+    def generate(*args, **kwargs):
+        seen["synced_gpus"] = kwargs["synced_gpus"]
+        return original_generate(*args, **kwargs)
+
+    base.generate = generate
+    inputs = trainer._prepare_inputs([trainer.train_dataset[i] for i in range(2)])
+    assert seen["gather_deepspeed3_params"] is False
+    assert seen["synced_gpus"] is False  # one process: nothing to wait for
+    keep, generated = inputs["logits_to_keep"], inputs["generated_mask"]
+    assert 0 < keep <= 6 and generated[:, -keep:].sum() == generated.sum() > 0  # every sampled token is kept
