@@ -36,6 +36,8 @@ _LAZY = {
     "tiny_llava_path": "dermtrl.tiny",
     "DermEval": "dermtrl.dermeval.evaluator",
     "DermBench": "dermtrl.bench",
+    "SOREBConfig": "dermtrl.trainer.soreb_config",
+    "SOREBTrainer": "dermtrl.trainer.soreb_trainer",
 }
 
 

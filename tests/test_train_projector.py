@@ -123,7 +123,7 @@ import os
 import sys
 
 from dermtrl.scripts.soreb import set_aside_stale_stage1
-from dermtrl.soreb_config import SOREBConfig
+from dermtrl.trainer.soreb_config import SOREBConfig
 
 adapter, base, config, out = sys.argv[1:5]
 args = SOREBConfig(output_dir=out, use_cpu=True, report_to="none")
