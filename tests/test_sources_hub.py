@@ -55,6 +55,9 @@ def test_ham10000_from_a_hub_dataset(run_against_hub, tmp_path: Path) -> None:
         ds.push_to_hub("dermtrl-test/skin_cancer", split="train")
         summary = ingest("dermtrl-test/skin_cancer", sys.argv[2], dataset="ham10000", split="train", progress=False)
         print(json.dumps({"done": summary.done, "unmapped": summary.extra.get("unmapped labels")}))
+        ds.save_to_disk(sys.argv[2] + "-saved")  # a save_to_disk copy of the mirror reads the same
+        again = ingest(sys.argv[2] + "-saved", sys.argv[2] + "-again", dataset="ham10000", progress=False)
+        print(json.dumps({"done": again.done, "unmapped": again.extra.get("unmapped labels")}))
         try:
             ingest("dermtrl-test/skin_cancer", sys.argv[2] + "-v", dataset="ham10000", split="validation",
                    progress=False)
@@ -62,6 +65,6 @@ def test_ham10000_from_a_hub_dataset(run_against_hub, tmp_path: Path) -> None:
             print(json.dumps({"split_error": str(exc)}))
     """, str(root), str(tmp_path / "run"))
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
-    assert lines[0] == {"done": 4, "unmapped": "zzz (1)"}
-    assert "validation" in lines[1]["split_error"] and "ham10000" in lines[1]["split_error"]
+    assert lines[0] == lines[1] == {"done": 4, "unmapped": "zzz (1)"}
+    assert "validation" in lines[2]["split_error"] and "ham10000" in lines[2]["split_error"]
     check_built(finish_pipeline(tmp_path / "run", cases), "ham10000", expected)

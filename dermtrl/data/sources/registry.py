@@ -2,10 +2,11 @@
 one by name from a local copy or a Hub id.
 
 ``dermtrl data ingest --source NAME PATH_OR_HUB_ID`` goes through :func:`read_named`. A local folder (or the
-dataset's table itself) is read in the dataset's own layout. A Hub id is read only for a dataset that lives on
-the Hub (HAM10000's mirror as a ``datasets`` dataset, SkinCAP's repository as files), and only because the user
-named it: with ``HF_HUB_OFFLINE=1`` an id that is not in the local Hub cache is an error saying how to get it,
-and a gated repository's error says which agreement to accept. Nothing else is ever downloaded.
+dataset's table itself, or a ``save_to_disk`` copy of a Hub dataset) is read in the dataset's own layout. A Hub
+id is read only for a dataset that lives on the Hub (HAM10000's mirror as a ``datasets`` dataset, SkinCAP's
+repository as files), and only because the user named it: with ``HF_HUB_OFFLINE=1`` an id that is not in the
+local Hub cache is an error saying how to get it, and a gated repository's error says which agreement to accept.
+Nothing else is ever downloaded.
 """
 
 from __future__ import annotations
@@ -160,6 +161,16 @@ def read_named(name: str, source: str, *, split: str = "train") -> Iterator[RawI
     """Items of the dataset ``name`` from ``source``: a local folder or table in its layout, or a Hub id."""
     spec = get_source(name)
     path = Path(source).expanduser()
+    saved = path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json"))
+    if saved and spec.hub_reader is not None:  # the Hub dataset kept with save_to_disk
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            if split not in ds:
+                raise ValueError(f"{spec.name}: {source}: no split {split!r}; available: {', '.join(ds)}")
+            ds = ds[split]
+        return _tagged(spec, spec.hub_reader(ds, path.name))
     if path.exists():
         return _tagged(spec, spec.reader(path))
     looks_local = source.startswith((".", "/", "~")) or source.count("/") != 1 or path.suffix.lower() == ".csv"
