@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,7 @@ class AgreementReport:
     truncated: int = 0  # evaluations that hit the generation budget (their score block may be cut)
     macro: dict[str, Estimate] = field(default_factory=dict)  # every statistic averaged over the six dimensions
     baseline: AgreementReport | None = None  # a constant predictor on the same cases, scored the same way
+    constant: bool = False  # this report is itself a constant baseline (every case got the same scores)
     ceiling: Ceiling | None = None  # rater-to-rater agreement beside this evaluator's, when raters are known
 
     @property
@@ -133,6 +134,7 @@ class AgreementReport:
             "macro": {s: e.to_dict() for s, e in self.macro.items()},
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "ceiling": None if self.ceiling is None else self.ceiling.to_dict(),
+            "constant": bool(self.constant),
         }
 
     @classmethod
@@ -153,6 +155,7 @@ class AgreementReport:
             macro={s: Estimate.from_dict(e) for s, e in (data.get("macro") or {}).items()},
             baseline=None if not data.get("baseline") else cls.from_dict(data["baseline"]),
             ceiling=None if not data.get("ceiling") else Ceiling.from_dict(data["ceiling"]),
+            constant=bool(data.get("constant", False)),
         )
 
 
@@ -283,7 +286,8 @@ def agreement(
       for every statistic and dimension). ``n_bootstrap=0`` gives no CIs.
     - ``baseline``: a nested report of a constant predictor on the same cases (the training mean when
       ``train_experts`` is given, else each case's leave-one-out mean of the others), so a model is never read
-      without what a constant achieves.
+      without what a constant achieves. A report whose predictions are all the same is itself a constant baseline
+      (``constant=True``) and gets none; the renderers show no nested baseline beside a constant report.
     - ``raters``: per case, every rater's scores (``rater_scores`` or the pipeline's ``ratings``); gives the nested
       expert ceiling (:func:`dermtrl.ceiling.expert_ceiling`) on the same bootstrap resamples.
 
@@ -336,12 +340,13 @@ def agreement(
         per_dimension[dim] = DimensionAgreement(kendall=_kendall(used[m, j], exp[m, j]), n=int(n[j]),
                                                 n_missing=int(n_cases - n[j]), **fields)
     macro = {s: est(s, None) for s in STATISTICS}
+    is_constant = n_cases > 0 and bool(np.all((pred == pred[0]) | (np.isnan(pred) & np.isnan(pred[0]))))
     base = None
-    if baseline:
+    if baseline and not is_constant:
         constant, base_label = constant_predictions(experts, train_experts)
         if constant:
-            base = agreement(constant, experts, round_predictions=round_predictions, n_bootstrap=n_bootstrap,
-                             seed=seed, ci=ci, label=base_label, baseline=False)
+            base = replace(agreement(constant, experts, round_predictions=round_predictions, n_bootstrap=n_bootstrap,
+                                     seed=seed, ci=ci, label=base_label, baseline=False), constant=True)
     ceiling = expert_ceiling(used, raters, counts, ci=ci) if raters is not None else None
     return AgreementReport(
         per_dimension=per_dimension,
@@ -358,6 +363,7 @@ def agreement(
         macro=macro,
         baseline=base,
         ceiling=ceiling,
+        constant=is_constant,
     )
 
 

@@ -73,7 +73,8 @@ def _reports(reports: Sequence[AgreementReport] | AgreementReport) -> list[Agree
 
 def _with_baselines(reports: list[AgreementReport]) -> list[AgreementReport]:
     """Each report (its placeholder label filled in) followed by its constant baseline; a baseline already listed
-    (nested in another report, or passed as a report of its own: same label and scores) is listed once."""
+    (nested in another report, or passed as a report of its own: same label and scores) is listed once, and none
+    is added when the caller passed a constant baseline of its own (a report with ``constant=True``)."""
 
     def key(r: AgreementReport) -> tuple:
         return r.label, r.rounded, r.n_cases, tuple(sorted((d, a.mae, a.n) for d, a in r.per_dimension.items()))
@@ -82,7 +83,8 @@ def _with_baselines(reports: list[AgreementReport]) -> list[AgreementReport]:
     out: list[AgreementReport] = []
     for i, report in enumerate(reports):
         out.append(report if report.label else replace(report, label=_label(report, i)))
-        if report.baseline is not None and key(report.baseline) not in seen:
+        own_constant = any(r.constant for r in reports)
+        if report.baseline is not None and not own_constant and key(report.baseline) not in seen:
             seen.add(key(report.baseline))
             out.append(report.baseline)
     return out
@@ -262,7 +264,7 @@ def to_csv(reports: Sequence[AgreementReport] | AgreementReport) -> str:
     reports = _reports(reports)
     rows: list[dict[str, object]] = []
     for i, report in enumerate(_with_baselines(reports)):
-        section = "baseline" if any(report is r.baseline for r in reports) else "agreement"
+        section = "baseline" if report.constant else "agreement"
         for dim, a in report.per_dimension.items():
             rows.append({"section": section, "label": _label(report, i), "dimension": dim, **_stat_cells(a.stat),
                          "kendall": a.kendall, "n": a.n, "n_missing": a.n_missing})

@@ -133,14 +133,19 @@ def test_missing_scores_take_no_part_in_the_coefficients():
 
 def test_constant_baselines_train_mean_and_leave_one_out():
     experts = [{d: float(v) for d in DIMENSIONS} for v in (1, 2, 4, 5)]
-    report = agreement([{d: 3 for d in DIMENSIONS}] * 4, experts, n_bootstrap=0,
+    model = [{d: v for d in DIMENSIONS} for v in (1, 2, 3, 3)]
+    report = agreement(model, experts, n_bootstrap=0,
                        train_experts=[{d: 2.6 for d in DIMENSIONS}, {d: 2.2 for d in DIMENSIONS}])
     assert report.baseline.label == TRAIN_MEAN_LABEL  # predicts 2.4 -> rounds to 2 for every case
     assert report.baseline.macro_mae == pytest.approx((1 + 0 + 2 + 3) / 4)
-    loo = agreement([{d: 3 for d in DIMENSIONS}] * 4, experts, n_bootstrap=0).baseline
+    assert report.baseline.constant and not report.constant
+    loo = agreement(model, experts, n_bootstrap=0).baseline
     assert loo.label == LOO_MEAN_LABEL  # each case gets the others' mean: 3.67 -> 4, 3.33 -> 3, 2.67 -> 3, 2.33 -> 2
     assert loo.macro_mae == pytest.approx((abs(4 - 1) + abs(3 - 2) + abs(3 - 4) + abs(2 - 5)) / 4)
-    assert loo.baseline is None and agreement([{}], [experts[0]], n_bootstrap=0).baseline is None
+    assert loo.baseline is None and agreement([{}, {}], experts[:2], n_bootstrap=0).baseline is None
+    # a constant predictor is a baseline itself: no nested one
+    constant = agreement([{d: 3 for d in DIMENSIONS}] * 4, experts, n_bootstrap=0)
+    assert constant.constant and constant.baseline is None
 
 
 def test_ceiling_by_hand():
@@ -224,7 +229,7 @@ def test_record_raters_reads_either_column():
     assert record_raters([{}, {"rater_scores": []}]) is None
 
 
-def test_a_baseline_passed_as_its_own_report_is_listed_once():
+def test_a_constant_baseline_passed_as_its_own_report_replaces_the_nested_ones():
     pred, experts, _ = _cases(20)
     train = experts[:10]
     model = agreement(pred, experts, train_experts=train, label="Model", n_bootstrap=0)
@@ -232,4 +237,10 @@ def test_a_baseline_passed_as_its_own_report_is_listed_once():
     own = agreement([means] * len(experts), experts, label=TRAIN_MEAN_LABEL, n_bootstrap=0)
     md = to_markdown([model, own])
     table = md.split("\n\n")[1]  # the Table 1 rows
-    assert table.count(f"| {TRAIN_MEAN_LABEL} |") == 1 and table.count(f"| {LOO_MEAN_LABEL} |") == 1
+    assert table.count(f"| {TRAIN_MEAN_LABEL} |") == 1 and LOO_MEAN_LABEL not in table
+    rows = list(csv.DictReader(io.StringIO(to_csv([model, own]))))
+    assert {r["label"] for r in rows if r["section"] == "baseline"} == {TRAIN_MEAN_LABEL}
+    # without one of its own, each model's nested baseline is shown, once when they are the same
+    two = to_markdown([model, agreement(pred, experts, train_experts=train, label="Again",
+                                        n_bootstrap=0)]).split("\n\n")[1]
+    assert two.count(f"| {TRAIN_MEAN_LABEL} |") == 1
