@@ -728,6 +728,7 @@ class SpaceApp:
         self.model: LoadedModel | None = None
         self.model_error: str | None = None  # set when preparing the model failed (the log has the details)
         self.preparing = "the model"  # what is being prepared, for the banner
+        self._page: tuple[gr.Blocks, gr.Markdown] | None = None  # the built page and its banner
         self.model_lock = threading.Lock()  # one generation at a time; the queue holds the rest
         self._judge: Any = None
         self._judge_error: str | None = None
@@ -747,6 +748,16 @@ class SpaceApp:
         self.narrative_token_budget = self._token_budget(model)
         self.model_key = register_evaluator(model.evaluator, self.settings.gpu_duration)
         self.model = model  # last: a request sees either no model or a fully set-up one
+        self._refresh_page()
+
+    def _refresh_page(self) -> None:
+        """The page as served from now on starts with the current banner (open pages refresh theirs on a timer)."""
+        if self._page is None:
+            return
+        demo, banner = self._page
+        banner.value = self.banner_text()
+        if getattr(demo, "config", None) is not None:  # launched: the served page is built from this
+            demo.config = demo.get_config_file()
 
     def load_in_background(self, loader: Callable[[SpaceApp], LoadedModel]) -> threading.Thread:
         """Prepare the model in a thread while the page already serves (the first start trains the demo adapter).
@@ -759,6 +770,7 @@ class SpaceApp:
             except Exception as exc:
                 self.model_error = _short(exc)
                 log.exception("Could not prepare the model")
+                self._refresh_page()
 
         thread = threading.Thread(target=work, name="space-model-load", daemon=True)
         thread.start()
@@ -1001,6 +1013,7 @@ class SpaceApp:
             timer.tick(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private",
                        show_progress="hidden")
         demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
+        self._page = (demo, banner)
         return demo
 
     def launch_kwargs(self) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     assert pg.title() == "DermEval"
     description = pg.get_attribute("meta[name=description]", "content")
     assert description and "DermBench" in description and pg.locator("meta[property='og:description']").count()
-    pg.wait_for_selector("#overall-score")
+    pg.wait_for_selector("#overall-score", state="attached")
     assert pg.inner_text("#overall-score").strip() == ""  # before a run: empty, not 0
     labels = pg.locator("text=Unsafe narrative (unsafe)")  # example rows named by quality tier
     assert labels.count() >= 1
@@ -235,4 +235,5 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     pg.wait_for_selector("text=not an image this app can read")
     pg.wait_for_function("() => !(document.querySelector('#critique textarea') || {}).value", polling=100)
     assert "control tokens" not in pg.inner_text("#evaluate-notes")  # the last run's note is gone
-    pg.wait_for_function("() => !document.querySelector('#overall-score').innerText.trim()", polling=100)
+    pg.wait_for_function("() => !document.querySelector('#overall-score [data-testid=markdown]').textContent.trim()",
+                         polling=100)

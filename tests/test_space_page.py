@@ -146,6 +146,9 @@ def test_page_answers_while_the_demo_model_is_prepared(space_module: ModuleType,
             assert deadline > 0, "the model never became ready"
             threading.Event().wait(0.2)
         assert app.banner_text().startswith("⚠️ **Embedded demo model.**")
+        with urllib.request.urlopen(running.url, timeout=30) as response:  # a page opened now starts with it
+            page = response.read().decode()
+        assert "Embedded demo model" in page and "Preparing the demo model" not in page
         *_, result = running.evaluate(handle_file(lesion["path"]), lesion["narrative"])
         assert list(result["scores"]) == list(DIMENSIONS)
     finally:
