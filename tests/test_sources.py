@@ -434,3 +434,25 @@ def test_skin_tone_and_licence_of_a_built_row_come_from_its_metadata() -> None:
     assert subgroup_columns({"fitzpatrick": "3.0"}) == {"skin_tone": "III", "licence": ""}  # a generic table
     assert subgroup_columns({"skin_tone": "unknown", "fitzpatrick": "II"})["skin_tone"] == "II"
     assert subgroup_columns(None) == {"skin_tone": "unknown", "licence": ""}
+
+
+def test_a_copy_of_the_label_map_with_more_rows_maps_the_listed_labels(tmp_path: Path) -> None:
+    from dermtrl.data.sources.labels import LABEL_MAP_PATH
+
+    root, _, expected = standin("pad-ufes-20", tmp_path / "pad")
+    mine = tmp_path / "my_label_map.csv"
+    mine.write_text(LABEL_MAP_PATH.read_text() + "pad-ufes-20,XYZ,Eczema Photos\n")
+    code, output = run_cli(["data", "ingest", "--source", "pad-ufes-20", str(root), "--run", str(tmp_path / "run"),
+                            "--vocabulary", str(mine)])
+    assert code == 0 and "Labels not in the mapping table" not in output and "instead of the shipped" in output
+    records = [json.loads(line) for line in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
+    xyz = next(r for r in records if r.get("label") == "XYZ")
+    assert xyz["category"] == "Eczema Photos" and xyz["metadata"]["skin_tone"] == "II"
+    assert {r["label"] for r in records if not r.get("error")} == {*expected, "XYZ"}
+    # a plain label,category vocabulary replaces the table entirely: labels outside it are listed
+    plain = tmp_path / "plain.csv"
+    plain.write_text("label,category\nBCC,Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions\n")
+    code, output = run_cli(["data", "ingest", "--source", "pad-ufes-20", str(root), "--run", str(tmp_path / "run2"),
+                            "--vocabulary", str(plain)])
+    flat = " ".join(output.split())
+    assert code == 0 and "Labels not in the mapping table (MEL (1); NEV (1); SEK (1); XYZ (1))" in flat

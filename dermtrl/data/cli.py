@@ -73,7 +73,9 @@ def _ingest(args: argparse.Namespace, source: str, *, overwrite: bool) -> None:
     from dermtrl.data.inputs import ingest
 
     dataset = args.dataset_source
+    vocabulary = None
     if dataset is not None:
+        from dermtrl.data.sources.labels import is_label_map, vocabulary_for
         from dermtrl.data.sources.registry import get_source
 
         spec = _guard(get_source, dataset)
@@ -81,14 +83,18 @@ def _ingest(args: argparse.Namespace, source: str, *, overwrite: bool) -> None:
         err.print(spec.describe(), markup=False, highlight=False)
         if args.vocabulary:
             err.print(f"Labels are checked against {args.vocabulary} instead of the shipped mapping table.")
-    summary = _guard(ingest, source, args.run, vocabulary=_vocabulary(args.vocabulary), split=args.split,
+            if _guard(is_label_map, args.vocabulary):  # a copy of label_map.csv: this dataset's rows
+                vocabulary = _guard(vocabulary_for, spec.label_datasets, args.vocabulary)
+    if vocabulary is None:
+        vocabulary = _vocabulary(args.vocabulary)
+    summary = _guard(ingest, source, args.run, vocabulary=vocabulary, split=args.split,
                      max_pixels=args.max_pixels, oversize="refuse" if args.refuse_oversize else "downscale",
                      overwrite=overwrite, progress=True, dataset=dataset)
     _finish(summary)
     if summary.extra.get("unmapped labels"):
         err.print(f"Labels not in the mapping table ({summary.extra['unmapped labels']}): their items were skipped. "
-                  "Map them in a label,category CSV (see dermtrl/data/label_map.csv) and pass it with --vocabulary.",
-                  markup=False, highlight=False)
+                  "To keep them, add dataset,label,category rows to a copy of dermtrl/data/label_map.csv and pass "
+                  "it with --vocabulary.", markup=False, highlight=False)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
