@@ -32,8 +32,8 @@ import numpy as np
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN
 from dermtrl.reliability import Estimate, bootstrap_counts, estimate
 
-__all__ = ["CALIBRATION_FILE", "CALIBRATION_VERSION", "Calibration", "CoverageRow", "coverage_report", "fit",
-           "score_matrices"]
+__all__ = ["CALIBRATION_FILE", "CALIBRATION_VERSION", "Calibration", "CoverageRow", "coverage_lines",
+           "coverage_report", "fit", "score_matrices"]
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1
@@ -224,3 +224,16 @@ def coverage_report(calibration: Calibration, records: Sequence[Mapping[str, Any
                                 uncertain=estimate(unc[0], unc[1:] if boot else None, ci), per_dimension=per_dim,
                                 n_scores=int(scored.sum())))
     return rows
+
+
+def coverage_lines(rows: Sequence[CoverageRow]) -> list[str]:
+    """One line per nominal coverage, for an agreement report or a terminal."""
+
+    def cell(e: Estimate, digits: int) -> str:
+        if e.value is None:
+            return "n/a"
+        return f"{e.value:.{digits}f}" + ("" if e.ci is None else f" [{e.ci[0]:.{digits}f}, {e.ci[1]:.{digits}f}]")
+
+    return [f"{r.nominal:.0%} intervals: measured coverage {cell(r.coverage, 3)} of {r.n_scores} expert scores; mean "
+            f"width {cell(r.width, 2)} points; {cell(r.uncertain, 3)} at least {UNCERTAIN_WIDTH:g} points wide "
+            "(uncertain)" for r in rows]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from dermtrl.calibration import Calibration, _quantile, coverage_report, fit
+from dermtrl.calibration import Calibration, _quantile, coverage_lines, coverage_report, fit
 from dermtrl.dimensions import DIMENSIONS
 
 
@@ -43,6 +43,8 @@ def test_coverage_on_held_out_cases_is_within_three_points_of_nominal():
     widths = [r.width.value for r in rows]
     assert widths == sorted(widths) and 0 < widths[0] < 5  # wider for higher coverage, never the whole scale
     assert rows[-1].uncertain.value >= rows[0].uncertain.value
+    line = coverage_lines(rows)[1]
+    assert line.startswith(f"90% intervals: measured coverage {rows[1].coverage.value:.3f} [") and "3600 expert" in line
 
 
 def test_intervals_follow_the_spread_and_stay_on_the_scale():
