@@ -100,8 +100,10 @@ class SOREBConfig(_BaseConfig):
       a time, in a fixed order. Evaluation (`prediction_step`) reads the baseline but never moves it.
     - **K = 0.** When no score parses, the example has no reward: no RL term, it does not enter the baseline and is
       counted in `no_reward_fraction`; its text loss still applies. It is never given a reward of 0.
-    - **Sampling.** The `<image>` token is never sampled. The model stays in training mode, so LoRA dropout is
-      active both while sampling and in the teacher-forced pass, as in TRL's GRPO with `disable_dropout=False`.
+    - **Sampling.** Top-k is off (`top_k=0`), so with the default temperature and top-p the sample follows the
+      model's own distribution, the one L_RL differentiates. The `<image>` token is never sampled. The model
+      stays in training mode, so LoRA dropout is active both while sampling and in the teacher-forced pass, as in
+      TRL's GRPO with `disable_dropout=False`.
     - **What trains.** The paper trains LoRA only; the recipes' `train_projector` option also trains the
       multimodal projector in full, as LLaVA-1.5's own LoRA recipe does (Stage 2 inherits Stage 1's choice).
     """

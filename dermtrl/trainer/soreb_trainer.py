@@ -6,7 +6,8 @@ builds its own (compare ``trl.experimental.a2po``): generation and reward in ``_
 ``compute_loss``, metrics in ``self._metrics`` flushed by ``log``.
 
 Per example (eqs. 2-5):
-1. build the same prompt as inference and sample one evaluation y_hat without gradients;
+1. build the same prompt as inference and sample one evaluation y_hat without gradients, from the model's own
+   distribution (temperature and top-p as configured, top-k off);
 2. parse its six scores and compute r = -(1/K) sum_k (s_hat_k - s*_k)^2 over the K parsed dimensions; when K = 0
    the example gets no RL term (counted as ``no_reward_fraction``, never a reward of 0);
 3. b <- beta*b + (1-beta)*r and adv = r - b (eq. 3). Note that adv = beta*(r - b_prev): the update uses the
@@ -15,7 +16,8 @@ Per example (eqs. 2-5):
    advantages are centred instead of all negative (rewards are <= 0). Under data parallelism rewards are
    gathered from every process and applied in a fixed order, so every process holds the same baseline;
 4. a teacher-forced pass over prompt + sample gives L_RL = -adv * mean_{t in T} log p(y_t | y_<t, x) (eq. 4),
-   where T holds only generated tokens: prompt, image and padding positions contribute nothing;
+   where T holds only generated tokens: prompt, image and padding positions contribute nothing (their logits are
+   not even computed: ``logits_to_keep``);
 5. L = rl_weight * L_RL + text_weight * L_TEXT (eq. 5), L_TEXT the cross-entropy on the label evaluation y*.
 The baseline is a stateful callback: it is written into every checkpoint and restored on resume.
 """
