@@ -70,3 +70,41 @@ def test_file_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level: expected a mapping"):
         load_config(bad)
+
+
+def test_candidate_files_and_the_official_protocol(example, tmp_path):
+    cands = tmp_path / "mine.jsonl"
+    cands.write_text('{"case_id": "0", "text": "A narrative."}\n', encoding="utf-8")
+    example["candidates"].append({"name": "from-file", "file": str(cands)})
+    config = BenchConfig.from_dict(example)
+    assert config.candidates[-1].kind == "file" and config.candidates[-1].file == str(cands)
+    assert config.protocol == "paper" and config.parse_retries == 2 and not config.exclude_flagged
+    example["candidates"][-1]["file"] = str(tmp_path / "nowhere.jsonl")
+    with pytest.raises(ConfigError, match=r"candidates\[3\]\.file: .*nowhere.jsonl' is not a file"):
+        BenchConfig.from_dict(example)
+    example["candidates"][-1].update(file=str(cands), column="narrative")
+    with pytest.raises(ConfigError, match=r"candidates\[3\]: give exactly one of client, local, column or file"):
+        BenchConfig.from_dict(example)
+
+
+def test_official_protocol_defaults_to_the_papers_judge(example):
+    example.update(protocol="official", probes=None, exclude_flagged=True)
+    example.pop("judge")
+    config = BenchConfig.from_dict(example)
+    assert (config.judge.model, config.judge.base_url, config.judge.api_key_env) == (
+        "deepseek-reasoner", "https://api.deepseek.com", "DEEPSEEK_API_KEY")
+    assert config.judge.max_tokens is None and config.exclude_flagged
+    example["judge"] = {"base_url": "http://127.0.0.1:8000/v1", "model": "local-judge"}
+    assert BenchConfig.from_dict(example).judge.model == "local-judge"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(protocol="mine"), r"protocol: must be 'paper' or 'official'"),
+    (lambda c: c.update(exclude_flagged="yes"), r"exclude_flagged: must be true or false"),
+    (lambda c: c.update(protocol="official"), r"probes.kinds: the order probe swaps dermtrl's prompt"),
+    (lambda c: c["dataset"].update(image_root=""), r"dataset.image_root: must be a non-empty path"),
+])
+def test_release_fields_are_checked(example, edit, message):
+    edit(example)
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.from_dict(example)
