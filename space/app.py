@@ -9,7 +9,9 @@ trained on synthetic cases, and says so in a banner: the demo must work offline 
 Environment variables (all optional; space/README.md has the full table):
 
 - ``DERMEVAL_BASE`` / ``DERMEVAL_ADAPTER``: base model and adapter, Hub ids or folders (defaults
-  ``llava-hf/llava-1.5-7b-hf`` / ``dermtrl/dermeval-lora``); ``DERMEVAL_DTYPE``: the base's torch dtype.
+  ``llava-hf/llava-1.5-7b-hf`` / ``dermtrl/dermeval-lora``); ``DERMEVAL_DTYPE``: the base's torch dtype;
+  ``DERMEVAL_DEVICE``: where it loads (a GPU when torch sees one); ``DERMEVAL_GPU_DURATION`` (60): seconds of GPU
+  one evaluation asks ZeroGPU for (``@spaces.GPU`` on :func:`run_model`, a no-op off ZeroGPU).
 - ``DERMEVAL_DEMO=1``: use the embedded demo model at once; ``DERMEVAL_DEMO_ADAPTER``: a trained adapter folder
   for it (default: train one on first start, cached under ``DERMTRL_CACHE``).
 - ``DERMEVAL_MAX_MEGAPIXELS`` (24), ``DERMEVAL_MAX_UPLOAD_MB`` (50), ``DERMEVAL_MAX_NARRATIVE_CHARS`` (20000),
@@ -21,8 +23,9 @@ Environment variables (all optional; space/README.md has the full table):
 What the page and the API show is written for the person using them: never the judge's URL, a server path or an
 exception's text (the log has those), and text a user sent is shown as text, never as HTML.
 
-API (``gradio_client``): ``/evaluate`` (image, narrative), ``/dermbench_compare`` (candidate, reference) and
-``/model_info`` (no inputs). dermtrl is a research tool, not a medical device.
+The page serves at once; the model loads in a thread meanwhile (a first start trains the demo adapter) and the
+banner says so. API (``gradio_client``): ``/evaluate`` (image, narrative), ``/dermbench_compare`` (candidate,
+reference) and ``/model_info`` (no inputs). dermtrl is a research tool, not a medical device.
 """
 
 from __future__ import annotations
