@@ -152,9 +152,14 @@ def ceiling_lines(report: AgreementReport, i: int = 0) -> list[str]:
     if c is None:
         return []
     raters, model, ratio = c.raters[MACRO]["mae"], c.model[MACRO]["mae"], c.ratio[MACRO]["mae"]
-    low, high = c.raters_per_case
-    return [f"Expert ceiling ({low}-{high} raters per case, {min(c.n_cases.values())}-{max(c.n_cases.values())} "
-            f"cases per dimension): macro MAE of each rater vs the mean of the others {cell(raters.value, raters.ci)}; "
+
+    def span(low: int, high: int) -> str:
+        return str(low) if low == high else f"{low}-{high}"
+
+    raters_span = span(*c.raters_per_case)
+    cases_span = span(min(c.n_cases.values()), max(c.n_cases.values()))
+    return [f"Expert ceiling ({raters_span} raters per case, {cases_span} cases per dimension): macro MAE of each "
+            f"rater vs the mean of the others {cell(raters.value, raters.ci)}; "
             f"{_label(report, i)} vs the mean of all raters {cell(model.value, model.ci)}; ratio "
             f"{cell(ratio.value, ratio.ci, digits=2)}: {_label(report, i)} is "
             f"{_ratio_verdict(ratio, c.ci_level)}"]
