@@ -134,8 +134,12 @@ class _Check:
     details: list[str] = field(default_factory=list)
 
 
+_ABBREVIATION = re.compile(r"\b(e\.g|i\.e|vs|etc|approx|cf|dr)\.", re.IGNORECASE)
+
+
 def _sentences(text: str) -> list[str]:
-    return [s.strip(" \t*#>-_") for s in _SENTENCE.findall(text) if re.search(r"[A-Za-z]", s)]
+    text = _ABBREVIATION.sub(lambda m: m.group(1).replace(".", "\u2024") + "\u2024", text)  # no sentence end
+    return [s.strip(" \t*#>-_").replace("\u2024", ".") for s in _SENTENCE.findall(text) if re.search(r"[A-Za-z]", s)]
 
 
 def concluding_sentence(reference: str) -> str:
@@ -168,12 +172,21 @@ def _stem(word: str) -> str:
     return word if len(word) <= 5 else word[: max(5, len(word) - 3)]
 
 
+def _near(term: str, word: str) -> bool:
+    """A misspelt label ("Ichthosis") still matches its disease ("ichthyosis"): long words one edit apart."""
+    if len(term) < 7 or abs(len(term) - len(word)) > 1:
+        return False
+    from difflib import SequenceMatcher
+
+    return SequenceMatcher(None, term, word).ratio() >= 0.9
+
+
 def _agrees(terms: Sequence[str], text: str) -> bool:
     lowered = " " + " ".join(_WORD.findall(text.lower())) + " "
     words = lowered.split()
     for term in terms:
         stem = _stem(term)
-        if any(w.startswith(stem) for w in words):
+        if any(w.startswith(stem) or _near(term, w) for w in words):
             return True
         for syn in _SYNONYMS.get(term, ()):
             if " " in syn or "-" in syn:
@@ -240,7 +253,7 @@ def audit_rows(rows: Iterable[Mapping[str, Any]], *, label_column: str = "diagno
             if text.strip() and terms:
                 answer, _ = split_thinking(text)
                 window = _conclusion_window(answer or text, conclusion)
-                if not _agrees(terms, window):
+                if not _agrees(terms, window) and not _agrees(terms, _closing(answer or text)):
                     check.reasons.append("mismatch")
                     check.details.append(f"the conclusion does not name {label!r} or a known synonym")
             if artefact:
@@ -251,6 +264,14 @@ def audit_rows(rows: Iterable[Mapping[str, Any]], *, label_column: str = "diagno
                                    reasons=sorted(check.reasons, key=REASONS.index), conclusion=conclusion,
                                    detail="; ".join(check.details)))
     return flags
+
+
+def _closing(text: str) -> str:
+    """The closing part of a text (its last paragraph, at least its last 600 characters): where a conclusion
+    that names its disease one sentence away from the concluding cue still does so."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    last = paragraphs[-1] if paragraphs else ""
+    return last if len(last) >= 600 else text[-600:]
 
 
 def _conclusion_window(text: str, conclusion: str) -> str:
