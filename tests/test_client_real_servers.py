@@ -179,6 +179,7 @@ def test_response_format_is_sent_and_keys_the_cache(make_openai_server, tmp_path
 def test_structured_output_lets_a_small_judge_score_where_free_text_fails(make_openai_server, tmp_path, capsys):
     """A small model that rambles in free text but keeps to a JSON schema (as measured with llama.cpp: 0/40
     parseable in free text, 10/10 with the schema)."""
+    from dermtrl.cases.splits import TEST
     from dermtrl.cases.synthetic import SYNTHETIC_VERSION
     from dermtrl.cli import main
     from dermtrl.dimensions import DIMENSIONS, SCORES_RESPONSE_FORMAT
@@ -191,11 +192,12 @@ def test_structured_output_lets_a_small_judge_score_where_free_text_fails(make_o
 
     server = make_openai_server(responder=small_model)
     cands = tmp_path / "cands.jsonl"
-    cands.write_text("".join(json.dumps({"model": "m", "case_id": f"synth-{SYNTHETIC_VERSION}-0-{100_000 + i}",
+    cands.write_text("".join(json.dumps({"model": "m", "case_id": f"synth-{SYNTHETIC_VERSION}-0-{TEST.start + i}",
                                          "text": f"t{i}"})
                              + "\n" for i in range(10)))
-    judge = ["bench", "judge", "--dataset", "dermtrl:synthetic", "--n", "10", "--base-url", server.base_url,
-             "--model", "small", "--candidates", str(cands), "--no-progress", "--allow-failures"]
+    judge = ["bench", "judge", "--dataset", "dermtrl:synthetic", "--n", "10",
+             "--base-url", server.base_url, "--model", "small", "--candidates", str(cands), "--no-progress",
+             "--allow-failures"]
     assert main([*judge, "--out", str(tmp_path / "free.jsonl")]) == 0
     assert main([*judge, "--out", str(tmp_path / "json.jsonl"), "--structured-output"]) == 0
     capsys.readouterr()
