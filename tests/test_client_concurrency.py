@@ -1,0 +1,43 @@
+"""The adaptive limit on requests in flight, by hand-computed cases: slow start, its shortcut, halving, deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dermtrl.llm.concurrency import INITIAL_IN_FLIGHT, AdaptiveLimit
+
+
+def test_slow_start_goes_straight_to_the_limit_when_no_queue_could_time_out():
+    gate = AdaptiveLimit(64)
+    assert gate.current == INITIAL_IN_FLIGHT
+    gate.answered(0.1, timeout=120.0)  # 64 answers of 0.1 s in a row: 6.4 s, far within half of 120 s
+    assert gate.current == 64
+
+
+def test_slow_start_ramps_one_per_answer_where_a_queue_could_time_out():
+    gate = AdaptiveLimit(20)
+    gate.answered(0.3, timeout=2.0)  # 20 x 0.3 s = 6 s: a one-slot server's queue would time requests out
+    assert gate.current == INITIAL_IN_FLIGHT + 1
+    gate.timed_out()
+    assert gate.current == (INITIAL_IN_FLIGHT + 1) // 2 and gate.lowest == gate.current
+
+
+def test_a_slot_wait_ends_at_the_deadline_and_passes_its_wake_up_on():
+    gate = AdaptiveLimit(1)
+    got: list[str] = []
+    with gate.slot():
+        with pytest.raises(TimeoutError):
+            with gate.slot(deadline=time.monotonic() + 0.05):
+                pass
+
+        def waiter() -> None:
+            with gate.slot(deadline=time.monotonic() + 10):
+                got.append("in")
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+    thread.join(5)
+    assert got == ["in"] and gate.active == 0
