@@ -202,7 +202,7 @@ def test_bench_run_official_protocol_on_40_cases(tmp_path, release_dir):
                               capture_output=True, text=True, timeout=200, cwd=REPO)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out  # the missing image failed one candidate: exit 1 without --allow-failures
-    assert "1 candidate(s), 1 judgment(s) failed" in " ".join(out.split()), out
+    assert "1 candidate(s) and 1 judgment(s) failed" in " ".join(out.split()), out
     assert "Judge judge (official protocol, prompt sha256 " in " ".join(out.split())
     run = tmp_path / "run"
     cands = [json.loads(line) for line in (run / "candidates" / "vlm.jsonl").read_text().splitlines()]

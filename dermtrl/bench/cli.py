@@ -384,7 +384,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print("Report: " + ", ".join(str(p) for p in result.paths.values()))
     failed = result.failed
     dermeval = (f" and {failed['dermeval']} DermEval score(s)" if result.totals.get("dermeval") else "")
-    console.print(f"{failed['candidates']} candidate(s), {failed['judgments']} judgment(s){dermeval} failed")
+    console.print(f"{failed['candidates']} candidate(s){',' if dermeval else ' and'} {failed['judgments']} "
+                  f"judgment(s){dermeval} failed")
     return finish(sum(failed.values()), sum(result.totals.values()),
                   "records (candidates, judgments and DermEval scores)" if dermeval else
                   "records (candidates and judgments)", allow_failures=args.allow_failures, notes=result.notes)
