@@ -188,3 +188,32 @@ def test_not_a_checkout_and_a_data_only_checkout(tmp_path):
     (root / "dermbench" / "prompts" / "dermbench_judge.txt").unlink()
     with pytest.raises(ReleaseError, match="official judge prompt is not in this checkout"):
         release.prompt("judge")
+
+
+STANDIN_DERMEVAL_PROMPTS = '''"""Stand-in for the release's DermEval prompt module, written for dermtrl's tests."""
+
+from .constants import NAMES
+
+
+def build_dermeval_prompt(diagnostic_text):
+    return "Stand-in DermEval prompt over " + ", ".join(NAMES) + ":\\n" + str(diagnostic_text).strip()
+'''
+
+
+def test_the_official_dermeval_prompt_is_imported_from_the_checkout(tmp_path):
+    root = make_release(tmp_path / "DermBench", 2)
+    release = load_release(root)
+    with pytest.raises(ReleaseError, match="no dermbench/dermeval/prompts.py"):
+        release.dermeval_prompt_builder()
+    package = root / "dermbench" / "dermeval"
+    package.mkdir(parents=True)
+    (root / "dermbench" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "constants.py").write_text('NAMES = ["Accuracy", "Safety"]\n', encoding="utf-8")
+    (package / "prompts.py").write_text(STANDIN_DERMEVAL_PROMPTS, encoding="utf-8")
+    build = release.dermeval_prompt_builder()
+    assert build("  Red plaques.  ") == "Stand-in DermEval prompt over Accuracy, Safety:\nRed plaques."
+    import sys
+
+    assert "dermbench" not in sys.modules or not str(getattr(sys.modules["dermbench"], "__file__", "")).startswith(
+        str(root))

@@ -193,8 +193,8 @@ class DermBench:
         if release is not None and not isinstance(release, Release):
             release = load_release(release)
         if protocol == "official" and release is None:
-            raise ValueError("protocol 'official' reads the release's prompts: give release (a checkout of "
-                             "yuhos16/DermBench)")
+            raise ValueError("protocol 'official' reads its prompts from a checkout of the DermBench release "
+                             "(yuhos16/DermBench): give the checkout as the dataset (Python: release=PATH)")
         self.protocol = protocol
         self.release = release
         if protocol == "official" and isinstance(judge, ClientConfig):

@@ -20,7 +20,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,40 @@ class Release:
     def prompt(self, which: str) -> str:
         """The official prompt's text, word for word (stripped, as the release's own scripts read it)."""
         return self.prompt_file(which).read_text(encoding="utf-8").strip()
+
+    def dermeval_prompt_builder(self) -> Callable[[str], str]:
+        """The release's DermEval prompt (``dermbench/dermeval/prompts.py``: ``build_dermeval_prompt(narrative)``),
+        imported from this checkout: training on the official target format uses the official prompt word for
+        word, and dermtrl ships none of it. The checkout's package is imported under a private name, so an
+        installed ``dermbench`` is neither used nor shadowed."""
+        import importlib
+        import importlib.util
+        import sys
+
+        init = self.root / "dermbench" / "__init__.py"
+        if not (self.root / "dermbench" / "dermeval" / "prompts.py").is_file() or not init.is_file():
+            raise ReleaseError(f"{self.root}: no dermbench/dermeval/prompts.py (DermEval's official prompt) in this "
+                               "checkout")
+        name = "_dermtrl_release_" + hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception:
+                del sys.modules[name]
+                raise
+        try:
+            prompts = importlib.import_module(f"{name}.dermeval.prompts")
+        except Exception as exc:  # noqa: BLE001 - the checkout's code: say where it failed
+            raise ReleaseError(f"{self.root}: importing dermbench/dermeval/prompts.py failed ({type(exc).__name__}: "
+                               f"{exc})") from exc
+        builder = getattr(prompts, "build_dermeval_prompt", None)
+        if not callable(builder):
+            raise ReleaseError(f"{self.root}: dermbench/dermeval/prompts.py has no build_dermeval_prompt")
+        return builder
 
 
 def is_release(path: str | os.PathLike[str]) -> bool:
