@@ -65,9 +65,10 @@ def test_a_usage_figure_never_fails_a_valid_answer(make_openai_server, tmp_path,
     caplog.set_level(logging.WARNING, logger="dermtrl")
     with DermBench(ClientConfig(base_url=server.base_url, model="judge"), progress=False) as bench:
         records = bench.judge(rows, candidates, tmp_path / "judgments.jsonl")
-        checks = bench.usage.checks_found()
+        usage_table = bench.usage
     assert [r["status"] for r in records] == ["scored"] * 4, [r.get("error") for r in records]
     assert server.calls == 4  # text-only requests: no probe
+    checks = usage_table.checks_found()
     warnings = [r for r in caplog.records if "usage figures are taken as a hint" in r.getMessage()]
     if usage == "none":
         assert warnings == [] and checks == {}

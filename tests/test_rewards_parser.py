@@ -31,7 +31,7 @@ def completions(n: int) -> list[str]:
 def test_a_steps_parser_calls_run_concurrently_and_in_order(make_openai_server, limit, in_flight):
     server = make_openai_server(responder=parser_model, latency=0.3)
     with LLMClient(ClientConfig(base_url=server.base_url, model="parser", max_concurrency=8)) as client:
-        reward = ScoreAlignmentReward(client, max_concurrency=limit)
+        reward = ScoreAlignmentReward(client) if limit is None else ScoreAlignmentReward(client, max_concurrency=limit)
         texts = [*completions(8), RULES_READ]
         experts = [dict.fromkeys(DIMENSIONS, 4.0)] * 9
         rewards = reward(["p"] * 9, texts, expert_scores=experts)
