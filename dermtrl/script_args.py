@@ -7,6 +7,7 @@ recipes cannot drift apart.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,14 +161,17 @@ MAX_QUIET_EPOCHS = 20
 
 def epochs_warning(n_cases: int, training_args: Any, world_size: int = 1) -> str | None:
     """A warning when training would pass over its ``n_cases`` more than :data:`MAX_QUIET_EPOCHS` times, else
-    ``None``. ``max_steps`` (when set) decides the passes, as it does in the Trainer."""
-    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                * max(1, world_size))
-    steps = training_args.max_steps if training_args.max_steps and training_args.max_steps > 0 else None
-    epochs = steps * per_step / n_cases if steps is not None else float(training_args.num_train_epochs)
-    if n_cases < 1 or epochs <= MAX_QUIET_EPOCHS:
+    ``None``. ``max_steps`` (when set) decides the passes, counted as the Trainer counts them (an epoch is
+    ``ceil(cases / (batch x processes)) // gradient_accumulation_steps`` optimizer steps)."""
+    if n_cases < 1:
         return None
-    how = f"{steps} steps of {per_step} cases" if steps is not None else f"num_train_epochs {epochs:g}"
+    per_device = training_args.per_device_train_batch_size * max(1, world_size)
+    steps_per_epoch = max(1, math.ceil(n_cases / per_device) // training_args.gradient_accumulation_steps)
+    steps = training_args.max_steps if training_args.max_steps and training_args.max_steps > 0 else None
+    epochs = steps / steps_per_epoch if steps is not None else float(training_args.num_train_epochs)
+    if epochs <= MAX_QUIET_EPOCHS:
+        return None
+    how = f"{steps} steps ({steps_per_epoch} per epoch)" if steps is not None else f"num_train_epochs {epochs:g}"
     return (f"{how} pass over the {n_cases} training cases {epochs:.0f} times (more than {MAX_QUIET_EPOCHS}): "
             "the adapter will learn these cases by heart rather than how to evaluate; use fewer steps or epochs, "
             "or more cases, and compare with the constant baseline in the eval report")

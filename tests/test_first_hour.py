@@ -175,5 +175,5 @@ def test_task3_a_long_run_on_a_small_set_is_warned_about():
 
     args = SFTConfig(output_dir="unused", max_steps=300, per_device_train_batch_size=8, use_cpu=True, bf16=False)
     warning = epochs_warning(20, args)
-    assert warning is not None and "pass over the 20 training cases 120 times" in warning
+    assert warning is not None and "pass over the 20 training cases 100 times" in warning
     assert epochs_warning(2400, SFTConfig(output_dir="unused", num_train_epochs=4, use_cpu=True, bf16=False)) is None
