@@ -5,7 +5,9 @@ flows through them: :mod:`~dermtrl.bench.cases` (rows of a dataset) -> :mod:`~de
 (candidates) -> :mod:`~dermtrl.bench.judge` (six scores per candidate) -> :mod:`~dermtrl.bench.leaderboard`
 and :mod:`~dermtrl.bench.probes` (statistics) -> :mod:`~dermtrl.bench.render` (tables, files, plot);
 :mod:`~dermtrl.bench.jobs` makes every long step resumable, :mod:`~dermtrl.bench.config` reads ``bench run``
-YAML files. Names are imported on first use (as in :mod:`dermtrl`), so ``dermtrl --help`` stays fast.
+YAML files. The official release: :mod:`~dermtrl.bench.release` reads a checkout, :mod:`~dermtrl.bench.official`
+speaks its prompts and file formats, :mod:`~dermtrl.bench.audit` flags references not to trust. Names are
+imported on first use (as in :mod:`dermtrl`), so ``dermtrl --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from dermtrl.bench.judge import Judge, JudgeItem, judge_items
     from dermtrl.bench.leaderboard import Leaderboard, build_leaderboard
     from dermtrl.bench.probes import PROBES, ProbeReport
+    from dermtrl.bench.release import Release, load_release
 
 _LAZY = {
     "BenchConfig": "dermtrl.bench.config",
@@ -45,6 +48,8 @@ _LAZY = {
     "build_leaderboard": "dermtrl.bench.leaderboard",
     "PROBES": "dermtrl.bench.probes",
     "ProbeReport": "dermtrl.bench.probes",
+    "Release": "dermtrl.bench.release",
+    "load_release": "dermtrl.bench.release",
 }
 
 __all__ = [
@@ -58,11 +63,13 @@ __all__ = [
     "Leaderboard",
     "OpenAIGenerator",
     "ProbeReport",
+    "Release",
     "TransformersGenerator",
     "build_leaderboard",
     "candidates_from_dataset",
     "judge_items",
     "load_config",
+    "load_release",
     "read_candidates",
     "read_judgments",
     "run_config",
