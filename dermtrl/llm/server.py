@@ -351,6 +351,7 @@ class FakeOpenAIServer(LoopbackServer):
         self._in_flight = 0
         self._max_in_flight = 0
         self._connections: set[socket.socket] = set()
+        self._accepted = 0
         self._stopping = threading.Event()
         self.inject(*faults)
 
@@ -435,6 +436,16 @@ class FakeOpenAIServer(LoopbackServer):
             return len(self._scripted)
 
     @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far (a client that keeps connections alive opens few)."""
+        with self._lock:
+            return self._accepted
+
+    def close_idle_connections(self) -> None:
+        """Close every open connection now, as a server does with keep-alive connections idle for too long."""
+        self._after_shutdown()
+
+    @property
     def max_in_flight(self) -> int:
         with self._lock:
             return self._max_in_flight
@@ -450,6 +461,7 @@ class FakeOpenAIServer(LoopbackServer):
         with self._lock:
             if add:
                 self._connections.add(conn)
+                self._accepted += 1
             else:
                 self._connections.discard(conn)
 
