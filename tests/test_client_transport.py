@@ -54,3 +54,59 @@ def test_no_server_is_a_connection_error_and_a_bad_url_is_refused():
     assert info.value.kind == "connection error" and "Connection" in str(info.value)
     with pytest.raises(ValueError, match="base_url"):
         HTTPTransport("ftp://example.org", {})
+
+
+def test_https_verifies_the_certificate_against_ssl_cert_file(tmp_path, monkeypatch):
+    """An HTTPS endpoint with its own CA (a company's, here a self-signed one): refused until SSL_CERT_FILE
+    names it, then answered."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dermtrl.llm.client import LLMError
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"model": "m", "choices": [{"message": {"content": "secure"},
+                                                          "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        with LLMClient(ClientConfig(base_url=url, model="m", max_retries=3, timeout=10)) as client:
+            with pytest.raises(LLMError, match="TLS certificate not accepted .*SSL_CERT_FILE"):
+                client.complete([user_message("hi")])
+            assert client.usage.retries == 0  # no retry can change a certificate
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with LLMClient(ClientConfig(base_url=url, model="m", max_retries=0, timeout=10)) as client:
+            assert client.complete([user_message("hi")]).text == "secure"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -555,6 +555,9 @@ class LLMClient:
         try:
             status, headers, data = self._transport.post("/chat/completions", body, timeout)
         except TransportError as err:
+            if err.kind == "certificate":
+                return _Failure(None, f"TLS certificate not accepted ({err}); if the server uses its own CA, set "
+                                      "SSL_CERT_FILE to its certificate bundle")
             return _Failure(err.kind, "timed out" if err.kind == "timeout" else f"connection error ({err})")
         if not 200 <= status < 300:
             line = self.redact(_body_line(data))

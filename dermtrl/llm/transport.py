@@ -8,13 +8,15 @@ cache) itself, so what it needs from HTTP is small: a status, the headers and th
 
 Connections are pooled and reused (HTTP/1.1 keep-alive); one the server has closed while idle is noticed before
 reuse and replaced, so a dropped idle connection is never reported as a failed request. ``HTTPS_PROXY`` /
-``HTTP_PROXY`` / ``NO_PROXY`` are honoured (loopback addresses never go through a proxy); TLS uses certifi's
-certificates when installed, as httpx does, else the system's.
+``HTTP_PROXY`` / ``NO_PROXY`` are honoured (loopback addresses never go through a proxy); TLS verifies against
+``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's certificates when installed, as httpx does, else the
+system's.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import socket
 import ssl
@@ -30,7 +32,8 @@ _IDLE_KEPT = 256  # idle connections kept for reuse (one per request in flight i
 
 
 class TransportError(Exception):
-    """A request that got no HTTP answer: ``kind`` is ``"timeout"`` or ``"connection error"``."""
+    """A request that got no HTTP answer: ``kind`` is ``"timeout"``, ``"connection error"`` or ``"certificate"``
+    (the server's TLS certificate was not accepted)."""
 
     def __init__(self, kind: str, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__)
@@ -39,6 +42,10 @@ class TransportError(Exception):
 
 
 def _ssl_context() -> ssl.SSLContext:
+    """``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set (a company's own CA), else certifi's, else the system's."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
     try:
         import certifi
     except ImportError:
@@ -128,6 +135,10 @@ class HTTPTransport:
             if conn is not None:
                 conn.close()
             raise TransportError("timeout", exc) from None
+        except ssl.SSLCertVerificationError as exc:  # no retry can change a certificate
+            if conn is not None:
+                conn.close()
+            raise TransportError("certificate", exc) from None
         except (OSError, http.client.HTTPException) as exc:
             if conn is not None:
                 conn.close()
