@@ -163,9 +163,9 @@ def test_task3_train_on_my_own_cases_then_evaluate(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = " ".join(done.stdout.replace("│", " ").split())
     assert "DermEval scores over the evaluated cases" in out
-    assert "Constant train mean (20 cases of train.jsonl)" in out  # the baseline row beside the model
+    assert "Constant train mean: the mean expert score per dimension of the 20 cases of mydata/train.jsonl" in out
     report = json.loads((tmp_path / "runs/my-eval/agreement.json").read_text())
-    assert [r["label"] for r in report] == ["DermEval", "Constant train mean (20 cases of train.jsonl)"]
+    assert [r["label"] for r in report] == ["DermEval", "Constant train mean"]  # the baseline row beside the model
 
 
 def test_task3_a_long_run_on_a_small_set_is_warned_about():

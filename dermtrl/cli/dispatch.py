@@ -171,10 +171,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         console.print(summary_table(records))
     report = agreement_from_records(records, label=args.label, round_predictions=not args.raw)
     if report is not None:
-        reports = [report, _baseline(args, ds, records)]
+        baseline, source = _baseline(args, records)
+        reports = [report, baseline]
         title = "DermEval agreement with expert scores (MAE, lower is better; the constant baseline below)"
         paths = write_report(reports, out)
         console.print(render_table(reports, title=title))
+        console.print(f"{baseline.label}: the mean expert score per dimension of {source}, for every case "
+                      "(a model whose macro MAE is not below it has learnt nothing usable)")
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
@@ -221,8 +224,9 @@ def _load_evaluator(args: argparse.Namespace, cls: Any, **kwargs: Any) -> Any:
 BASELINE_TRAIN_CASES = 2400
 
 
-def _baseline(args: argparse.Namespace, ds: Any, records: list[dict[str, Any]]) -> Any:
-    """The constant-baseline row for the eval report: the training set's mean expert scores for every case.
+def _baseline(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Any, str]:
+    """The constant-baseline row for the eval report (the training set's mean expert scores for every case) and
+    where those means come from.
 
     Synthetic cases: the mean of the demo's training cases. A dataset with a ``train`` split (other than the one
     evaluated): that split's mean. Otherwise the evaluated cases' own mean, labelled in-sample (a constant that
@@ -239,23 +243,25 @@ def _baseline(args: argparse.Namespace, ds: Any, records: list[dict[str, Any]]) 
             baseline_cases = load_cases(args.baseline_train, "train")
             validate_cases(baseline_cases, ("narrative",), scores=True, source=args.baseline_train)
         train = list(baseline_cases["expert_scores"])
-        label = f"Constant train mean ({len(train):,} cases of {Path(args.baseline_train).name})"
+        source = f"the {len(train):,} cases of {args.baseline_train}"
     elif args.dataset == SYNTHETIC:
         train = [generate_case(i, args.seed, render_image=False)["expert_scores"]
                  for i in TRAIN[:BASELINE_TRAIN_CASES]]
-        label = f"Constant train mean ({len(train):,} synthetic training cases)"
+        source = f"the {len(train):,} synthetic training cases the demo adapter learnt"
     elif _eval_split(args) != "train" and _has_splits(args.dataset):
         try:
             train_cases = load_cases(args.dataset, "train")
             validate_cases(train_cases, ("narrative",), scores=True, source=args.dataset)
             train = list(train_cases["expert_scores"])
-            label = f"Constant train mean ({len(train):,} cases of the train split)"
+            source = f"the {len(train):,} cases of {args.dataset}'s train split"
         except (ValueError, OSError):  # no usable train split: the in-sample mean below, labelled as such
             train = None
     if not train:
         train = experts
-        label = "Constant mean of these cases (in-sample)"
-    return baseline_report(train, experts, label=label)
+        source = ("the evaluated cases themselves (no training data given: --baseline-train names it; an in-sample "
+                  "mean is harder to beat than a training mean)")
+        return baseline_report(train, experts, label="Constant in-sample mean"), source
+    return baseline_report(train, experts, label="Constant train mean"), source
 
 
 def _has_splits(source: str) -> bool:
