@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import re
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,19 +262,40 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     if _find_recipe() is None:
         return None, "no demo adapter (recipes/configs/demo_sft.yaml is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
-    log.warning("No demo adapter cached: training a Stage-1 adapter on synthetic cases (1,200 steps: a few "
-                "minutes on a CPU), cached in %s", path)
-    try:
-        train_demo_adapter(tmp)
+    with _exclusive(settings.cache_dir / f".{path.name}.lock"):  # one process trains; the others wait for it
+        if (path / "adapter_model.safetensors").exists():
+            log.info("Demo adapter (trained by another process meanwhile): %s", path)
+            return path, "a Stage-1 adapter trained on synthetic cases"
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
+        log.warning("No demo adapter cached: training a Stage-1 adapter on synthetic cases (1,200 steps: a few "
+                    "minutes on a CPU), cached in %s", path)
         try:
-            tmp.rename(path)
-        except OSError:  # another process finished first; its adapter is the same
-            if not (path / "adapter_model.safetensors").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            train_demo_adapter(tmp)
+            try:
+                tmp.rename(path)
+            except OSError:  # another process finished first; its adapter is the same
+                if not (path / "adapter_model.safetensors").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path, "a Stage-1 adapter trained on synthetic cases at first start"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (released if the process dies): concurrent first starts (several
+    workers, or test sessions sharing a cache) train the demo adapter once instead of each on the same cores."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic rename above still keeps the cache consistent
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _dtype(settings: Settings) -> Any:
