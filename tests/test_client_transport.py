@@ -110,3 +110,51 @@ def test_https_verifies_the_certificate_against_ssl_cert_file(tmp_path, monkeypa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_http_proxy_from_the_environment_is_used(make_openai_server, monkeypatch):
+    """HTTP_PROXY is honoured for a remote host (the proxy gets the absolute URL); loopback never goes through it."""
+    import threading
+    import urllib.parse
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    server = make_openai_server()
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+            seen.append(self.path)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            target = server.base_url.rsplit("/v1", 1)[0] + urllib.parse.urlsplit(self.path).path
+            request = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"})
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # not back through ourselves
+            with direct.open(request, timeout=10) as upstream:
+                data = upstream.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with LLMClient(ClientConfig(base_url="http://judge.invalid:8000/v1", model="m", max_retries=0)) as client:
+            assert client.complete([user_message("via the proxy")]).text == DEFAULT_SCORE_TEXT
+        assert seen == ["http://judge.invalid:8000/v1/chat/completions"]
+        with LLMClient(ClientConfig(base_url=server.base_url, model="m", max_retries=0)) as client:
+            client.complete([user_message("direct")])
+        assert len(seen) == 1 and server.calls == 2
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
