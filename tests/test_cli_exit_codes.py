@@ -49,9 +49,9 @@ class Flaky:
 
 
 def candidates_file(tmp_path: Path, n: int) -> Path:
-    from dermtrl.cases.synthetic import generate_cases
+    from dermtrl.cases.loading import SYNTHETIC, load_cases
 
-    ds = generate_cases(n, start=100_000)
+    ds = load_cases(SYNTHETIC, "test", n=n)  # the cases `bench` reads by default
     path = tmp_path / "cands.jsonl"
     path.write_text("".join(json.dumps({"model": "m", "case_id": c, "text": f"[{c}] plaques"}) + "\n"
                             for c in ds["case_id"]))
