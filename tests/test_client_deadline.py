@@ -101,3 +101,14 @@ def generate_reference() -> str:
     from dermtrl.cases.synthetic import generate_case
 
     return generate_case(0, seed=0)["reference"]
+
+
+def test_a_deadline_longer_than_the_timeout_keeps_the_timeout_and_its_retries(make_openai_server):
+    """deadline bounds the call in all; each attempt still times out after ``timeout`` and is retried within it."""
+    server = make_openai_server(faults=["timeout"], timeout_sleep=30.0)
+    config = ClientConfig(base_url=server.base_url, model="judge", max_retries=2, timeout=0.5, deadline=20.0)
+    with LLMClient(config) as client:
+        start = time.monotonic()
+        assert client.complete([user_message("q")]).text == DEFAULT_SCORE_TEXT
+        assert time.monotonic() - start < 10  # the first attempt gave up after 0.5 s, not after the 20 s deadline
+        assert server.calls == 2 and client.usage.retries_by_kind() == {"timeout": 1}

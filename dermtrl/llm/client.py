@@ -509,16 +509,16 @@ class LLMClient:
         while True:
             # after a timeout the server is still busy with the abandoned request: wait longer for it
             timeout = self.config.timeout * _TIMEOUT_GROWTH ** min(timeouts, 2)
-            cut = deadline is not None and deadline - time.monotonic() < timeout
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    raise self._late(model, retries)
+            cut = False  # whether the deadline, not the timeout, bounds this attempt
             try:
                 with self._gate.slot(deadline):
                     sent = time.monotonic()
+                    if deadline is not None:
+                        if deadline - sent <= 0:
+                            raise TimeoutError("the deadline passed")
+                        cut, timeout = deadline - sent < timeout, min(timeout, deadline - sent)
                     outcome = self._attempt(body, model, timeout)
-            except TimeoutError:  # no slot before the deadline
+            except TimeoutError:  # no slot, or no time left, before the deadline
                 raise self._late(model, retries) from None
             if isinstance(outcome, Completion):
                 break
