@@ -260,13 +260,14 @@ def check_built(result: Any, name: str, expected: dict[str, str]) -> None:
     bench = result.dermbench["test"]
     assert len(bench) > 0, result.summary.to_dict()
     assert isinstance(bench.features["image"], ImageFeature)
-    assert {"image", "label", "category", "source", "metadata"} <= set(bench.column_names)
+    assert {"image", "label", "category", "source", "metadata", "skin_tone", "licence"} <= set(bench.column_names)
     vocab = vocabulary_for(spec.label_datasets)
     for row in bench:
         meta = json.loads(row["metadata"])
         assert meta["dataset"] == name and meta["licence"] == spec.licence
         assert row["category"] == vocab.category(row["label"])
-        assert meta["skin_tone"] == expected[row["label"]], (row["label"], meta)
+        assert meta["skin_tone"] == expected[row["label"]] == row["skin_tone"], (row["label"], meta)
+        assert row["licence"] == spec.licence
         assert meta["skin_tone_source"] == "none" or meta["skin_tone"] != "unknown"
         assert row["image"].mode == "RGB"
     card = (result.paths["dermbench"] / "README.md").read_text()

@@ -45,7 +45,7 @@ from typing import Any
 
 from dermtrl.data.reviews import TextStatus, review_status
 from dermtrl.data.run import RunDir
-from dermtrl.data.schema import DERMBENCH_FEATURES, DERMEVAL_FEATURES
+from dermtrl.data.schema import DERMBENCH_FEATURES, DERMEVAL_FEATURES, subgroup_columns
 from dermtrl.data.summary import StepSummary
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.errors import DermtrlError
@@ -282,12 +282,13 @@ def build_datasets(
             continue
         assert st.scores is not None
         metadata = json.dumps(item.get("metadata") or {}, ensure_ascii=False, sort_keys=True)
+        subgroups = subgroup_columns(item.get("metadata"))  # skin_tone and licence, as columns to slice by
         if st.stream == "certified":
             bench_rows.append({
                 "id": item["id"], "image": image_cell(item), "image_sha256": item["content_hash"],
                 "category": item["category"], "label": item["label"], "reference": st.narrative,
                 "reference_revised": st.status == "revised", "caption": text.get("caption", ""),
-                "ratings": _ratings(st), "metadata": metadata, "source": item["source"],
+                "ratings": _ratings(st), "metadata": metadata, "source": item["source"], **subgroups,
             })
         rationale = rationales.get(tid)
         if rationale is None or rationale.get("narrative") != st.narrative or rationale.get("scores") != st.scores:
@@ -304,7 +305,7 @@ def build_datasets(
             "expert_scores": {d: float(st.scores[d]) for d in DIMENSIONS}, "ratings": _ratings(st),
             "evaluation": rationale["evaluation"], "rationale": rationale["rationale"],
             "split": _assign_split(item["content_hash"], test_fraction, seed, forced), "metadata": metadata,
-            "prompt_version": str(rationale.get("prompt_version") or PROMPT_VERSION),
+            "prompt_version": str(rationale.get("prompt_version") or PROMPT_VERSION), **subgroups,
         })
         summary.done += 1
 

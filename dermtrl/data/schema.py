@@ -39,13 +39,14 @@ def _features() -> tuple[Any, Any]:
         "id": Value("string"), "image": Image(), "image_sha256": Value("string"), "category": Value("string"),
         "label": Value("string"), "reference": Value("string"), "reference_revised": Value("bool"),
         "caption": Value("string"), "ratings": ratings, "metadata": Value("string"), "source": Value("string"),
+        "skin_tone": Value("string"), "licence": Value("string"),
     })
     evaluation = Features({
         "id": Value("string"), "item_id": Value("string"), "image": Image(), "image_sha256": Value("string"),
         "category": Value("string"), "label": Value("string"), "narrative": Value("string"),
         "stream": Value("string"), "expert_scores": scores, "ratings": ratings, "evaluation": Value("string"),
         "rationale": Value("string"), "split": Value("string"), "metadata": Value("string"),
-        "prompt_version": Value("string"),
+        "prompt_version": Value("string"), "skin_tone": Value("string"), "licence": Value("string"),
     })
     return bench, evaluation
 
