@@ -1,8 +1,8 @@
 """A newcomer's first hour, following only the documented commands (README, docs/source/, --help):
 
 1. score one narrative against one image (``dermtrl score``; ``dermtrl eval`` on a one-line JSONL);
-2. judge a model's narratives against references with an OpenAI-compatible judge (the stand-in judge server and
-   ``dermtrl bench run`` with a candidates file, docs/source/data_formats.md);
+2. judge a model's narratives against references with an OpenAI-compatible judge (the stand-in judge server of
+   docs/source/offline_judge.md and ``dermtrl bench run`` with a candidates file, docs/source/data_formats.md);
 3. train Stage 1 on one's own 20 cases (a JSONL with relative image paths, y* built with ``format_evaluation``
    as data_formats.md shows), then evaluate them with the constant baseline beside the model.
 
@@ -99,9 +99,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the runnable stand-in judge (`python -m dermtrl.llm.server --port`) "
-                                        "and `bench run` candidate files, documented but built separately")
 def test_task2_judge_my_models_narratives(tmp_path):
+    """docs/source/offline_judge.md's stand-in judge, and a `bench run` config whose candidates are a file."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "dermtrl.llm.server", "--port", str(port)], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
