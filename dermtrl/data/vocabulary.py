@@ -29,6 +29,8 @@ OBSERVATIONAL_WORDS: frozenset[str] = frozenset("""
     single small large giant benign cell cells basal superficial deep cherry black brown white pink red yellow
     purple blue violaceous skin hair nail nails scalp face facial hands trunk chest arm arms legs foot feet
     corporis capitis pedis cruris faciei manuum unguium vulgaris rosea
+    changes damaged edema oedema fixed induced solid spots spreading stain stains pigmented inflammatory vascular
+    cystic mucous acquired congenital juvenile
 """.split())
 _CATEGORY_KEYS = {re.sub(r"[^a-z0-9]+", " ", c.lower()).strip(): c for c in CATEGORIES}
 
