@@ -466,7 +466,10 @@ class FakeOpenAIServer(LoopbackServer):
                 self._connections.discard(conn)
 
     def _record(self, handler: _Handler, raw_body: bytes, body: Any) -> None:
-        head = handler.requestline.encode("latin-1", "replace") + b"\r\n" + bytes(handler.headers)
+        # The headers as received, joined by hand: bytes(handler.headers) runs the email package's generator, which
+        # took half of the server's CPU per request.
+        lines = [handler.requestline, *(f"{name}: {value}" for name, value in handler.headers.items()), "", ""]
+        head = "\r\n".join(lines).encode("latin-1", "replace")
         entry = {
             "method": handler.command,
             "path": handler.path,
