@@ -427,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     publish = register_data(sub)  # `dermtrl data ...` and `dermtrl publish dataset`
     register_publish_adapter(publish)  # `dermtrl publish adapter`
+
+    from dermtrl.serve import register as register_serve
+
+    register_serve(sub)  # `dermtrl serve`: DermEval behind an OpenAI-compatible HTTP API
     return parser
 
 
