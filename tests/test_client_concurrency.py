@@ -13,8 +13,16 @@ from dermtrl.llm.concurrency import INITIAL_IN_FLIGHT, AdaptiveLimit
 def test_slow_start_goes_straight_to_the_limit_when_no_queue_could_time_out():
     gate = AdaptiveLimit(64)
     assert gate.current == INITIAL_IN_FLIGHT
-    gate.answered(0.1, timeout=120.0)  # 64 answers of 0.1 s in a row: 6.4 s, far within half of 120 s
+    gate.answered(0.1, timeout=120.0)  # 64 answers of 0.1 s in a row: 6.4 s, within a quarter of 120 s
     assert gate.current == 64
+
+
+def test_one_slow_answer_keeps_the_ramp():
+    gate = AdaptiveLimit(8)
+    gate.answered(5.0, timeout=120.0)  # 8 answers of 5 s in a row: 40 s, more than a quarter of 120 s
+    assert gate.current == INITIAL_IN_FLIGHT + 1
+    gate.answered(0.1, timeout=120.0)  # a fast one later does not make the slow one go away
+    assert gate.current == INITIAL_IN_FLIGHT + 2
 
 
 def test_slow_start_ramps_one_per_answer_where_a_queue_could_time_out():

@@ -10,9 +10,9 @@ adds one per round of answers (additive increase), never above ``max_concurrency
 is slow (long generations) is not throttled: only answers slowed down by waiting count.
 
 Slow start ends at once, at ``max_concurrency``, when even a server answering one request at a time could not
-time anything out: ``max_concurrency`` answers as fast as the fastest one so far would all be back within half
-the timeout (100 ms answers, 64 in flight, a 120 s timeout). Ramping up there only costs rounds: at 64 in
-flight it took four of a run's twelve.
+time anything out: ``max_concurrency`` answers as slow as the slowest one so far would all be back within a
+quarter of the timeout (100 ms answers, 64 in flight, a 120 s timeout). Ramping up there only costs rounds: at
+64 in flight it took four of a run's twelve. Should later answers be slower, the halving above still applies.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ INITIAL_IN_FLIGHT = 4
 #: An answer that took more than this share of the timeout, and more than this many times the fastest answer,
 #: means the server queues requests: halve them before any times out.
 _SLOW, _QUEUED = 0.5, 2.0
+#: Slow start may end at once when max_concurrency answers as slow as the slowest so far fit in this share of the
+#: timeout.
+_NO_QUEUE_RISK = 0.25
 
 
 class AdaptiveLimit:
@@ -44,6 +47,7 @@ class AdaptiveLimit:
         self._slow_start = True
         self._answers = 0
         self._fastest = float("inf")
+        self._slowest = 0.0
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # a place freed or added: slot() waits on it
         self._idle = threading.Condition(lock)  # no work left: drain() waits on it
@@ -78,6 +82,7 @@ class AdaptiveLimit:
         """An answer came back after ``elapsed`` seconds (of a ``timeout``)."""
         with self._cond:
             self._fastest = min(self._fastest, elapsed)
+            self._slowest = max(self._slowest, elapsed)
             if elapsed > timeout * _SLOW and elapsed > self._fastest * _QUEUED:
                 # far slower than the fastest answer, and half-way to a timeout: the server is queueing them
                 self.current = max(1, self.current // 2)
@@ -88,7 +93,7 @@ class AdaptiveLimit:
             if self.current >= self.limit:
                 return
             self._answers += 1
-            if self._slow_start and self._fastest * self.limit <= timeout * _SLOW:
+            if self._slow_start and self._slowest * self.limit <= timeout * _NO_QUEUE_RISK:
                 grown, self._slow_start = self.limit - self.current, False  # no queue could time anything out
             elif self._slow_start or self._answers >= self.current:
                 grown = 1
