@@ -125,7 +125,7 @@ def main() -> None:
     goal = TARGET_SHARE * args.concurrency
     console.print(f"target: speed-up of {args.concurrency}-way concurrency over sequential {speedup:.1f}x "
                   f"(ideal {args.concurrency}x), goal >= {goal:.0f}x: {'met' if speedup >= goal else 'NOT met'}")
-    console.print(f"target: judge process CPU {cpu_ms:.2f} ms per call in the concurrent run, goal <= "
+    console.print(f"target: judge process CPU {cpu_ms:.3f} ms per call in the concurrent run, goal <= "
                   f"{TARGET_CPU_MS:g} ms: {'met' if cpu_ms <= TARGET_CPU_MS else 'NOT met'}")
 
 
