@@ -99,6 +99,8 @@ def neutralise(text: str) -> str:
     Each angle bracket (or look-alike) in a run of two or more, or touching a delimiter label, whatever
     whitespace or invisible characters sit between, becomes ``(`` or ``)``; all else is unchanged. Idempotent.
     """
+    if text.isascii() and "<" not in text and ">" not in text:
+        return text  # no ASCII character but < and > reads as a bracket: nothing to neutralise (the common case)
     form, origin = _reading(text)
     hits: dict[int, str] = {}
     for m in _FORGERIES.finditer(form):
