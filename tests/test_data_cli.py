@@ -152,3 +152,22 @@ def test_build_synthetic_writes_where_out_says(tmp_path: Path) -> None:
     assert (out / "dermbench" / "README.md").exists() and (out / "dermeval" / "README.md").exists()
     assert not (tmp_path / "run" / "datasets").exists()
     assert f"synthetic cases {SYNTHETIC_VERSION}" in (out / "dermeval" / "README.md").read_text()
+
+
+def test_a_step_whose_every_request_failed_exits_1_unless_failures_are_allowed(tmp_path: Path, make_openai_server):
+    """A text-only llama-server answers every image with "image input is not supported": `data caption` records
+    each error (a rerun retries them) and exits 1, as every resumable command does; --allow-failures exits 0."""
+    from dermtrl.data.synthetic_pipeline import write_image_folder
+    from dermtrl.llm.server import Fault
+
+    def text_only_model(body: dict) -> str:
+        raise Fault("500", message="image input is not supported - hint: provide the mmproj")
+
+    server = make_openai_server(responder=text_only_model)
+    source = write_image_folder(synthetic_cases(3, seed=5), tmp_path / "images", seed=5)
+    run = str(tmp_path / "run")
+    argv = ["data", "caption", "--run", run, "--input", str(source), "--base-url", server.base_url, "--model", "m"]
+    code, output = run_cli(argv)
+    assert code == 1 and "3 of 3 items failed" in output and "failed 3" in output
+    code, output = run_cli([*argv, "--allow-failures"])
+    assert code == 0

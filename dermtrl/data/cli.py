@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dermtrl.cli._common import CLIError, endpoint_args, endpoint_config, user_errors
+from dermtrl.cli._common import CLIError, allow_failures_arg, endpoint_args, endpoint_config, finish, user_errors
 from dermtrl.console import console, err_console
 
 __all__ = ["register", "register_publish"]
@@ -54,9 +54,12 @@ def _vocabulary(path: str | None) -> Any:
         return Vocabulary.from_file(path) if path else None
 
 
-def _finish(summary: Any) -> int:
+def _finish(summary: Any, args: argparse.Namespace | None = None) -> int:
+    """Print the step's summary; exit 1 when requests failed or answers were unusable (a rerun retries them),
+    unless ``--allow-failures``: the one rule of every resumable command."""
     summary.print(err)
-    return 0
+    failed = int(summary.extra.get("failed", 0))
+    return finish(failed, summary.total, "items", allow_failures=bool(getattr(args, "allow_failures", False)))
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -121,7 +124,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     with _client(args) as client:
         summary = _guard(caption_items, args.run, client, overwrite=args.overwrite)
         client.print_usage(err)
-    return _finish(summary)
+    return _finish(summary, args)
 
 
 def cmd_reason(args: argparse.Namespace) -> int:
@@ -130,7 +133,7 @@ def cmd_reason(args: argparse.Namespace) -> int:
     with _client(args) as client:
         summary = _guard(reason_items, args.run, client, args.stream, overwrite=args.overwrite)
         client.print_usage(err)
-    return _finish(summary)
+    return _finish(summary, args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -158,7 +161,7 @@ def cmd_rationale(args: argparse.Namespace) -> int:
     with _client(args) as client:
         summary = _guard(rationale_items, args.run, client, overwrite=args.overwrite)
         client.print_usage(err)
-    return _finish(summary)
+    return _finish(summary, args)
 
 
 def _print_build(result: Any) -> None:
@@ -296,6 +299,7 @@ def register(subparsers: Any) -> Any:
     ingest_options(p)
     _add_client(p)
     _add_overwrite(p)
+    allow_failures_arg(p)
     p.set_defaults(func=cmd_caption)
 
     p = steps.add_parser("reason", help="hierarchical reasoning texts for one stream")
@@ -304,6 +308,7 @@ def register(subparsers: Any) -> Any:
                    help="certified: caption + ground-truth label; regular: caption + image, no label")
     _add_client(p)
     _add_overwrite(p)
+    allow_failures_arg(p)
     p.set_defaults(func=cmd_reason)
 
     p = steps.add_parser("export-for-review", help="write the reviewer sheet (CSV)")
@@ -323,6 +328,7 @@ def register(subparsers: Any) -> Any:
     _add_run(p)
     _add_client(p)
     _add_overwrite(p)
+    allow_failures_arg(p)
     p.set_defaults(func=cmd_rationale)
 
     p = steps.add_parser("build", help="build dermbench and dermeval (save_to_disk) with their cards")

@@ -131,6 +131,7 @@ def run_step(step: LLMStep, todo: Sequence[Any], client: LLMClient, log: Any, su
                 if isinstance(result, Unusable):
                     log.write({**ids, "error": result.message})
                     summary.skip(ids["id"], result.reason, result.message)
+                    summary.extra["failed"] = summary.extra.get("failed", 0) + 1  # decides the exit status
                     continue
                 record = log.write({**ids, **result})
                 summary.done += 1
