@@ -257,3 +257,9 @@ def test_bench_judge_cli_text_only_writes_the_official_format(tmp_path, release_
     assert [r["id"] for r in rows] == [c.id for c in release.cases[:5]]
     assert all(r["judge_model"] == "judge" and r["missing_metrics"] == [] for r in rows)
     assert "<think>" in rows[0]["judge_text"]  # the judge's text as it came, as the release's scorer keeps it
+
+
+def test_the_papers_judge_without_its_key_stops_before_any_call(tmp_path, release_dir, monkeypatch):
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="set the environment variable DEEPSEEK_API_KEY"):
+        DermBench(official_judge_config(), protocol="official", release=release_dir, progress=False)

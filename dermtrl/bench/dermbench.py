@@ -199,6 +199,9 @@ class DermBench:
         self.release = release
         if protocol == "official" and isinstance(judge, ClientConfig):
             judge = official_response_format(judge)
+            if (judge.base_url or "").startswith("https://") and not os.environ.get(judge.api_key_env):
+                raise ValueError(f"judge {judge.model} at {judge.base_url}: set the environment variable "
+                                 f"{judge.api_key_env} to your API key (or point base_url at a local server)")
         self.client = judge if isinstance(judge, LLMClient) else LLMClient(judge)
         self._owns_client = not isinstance(judge, LLMClient)
         if protocol == "official":
