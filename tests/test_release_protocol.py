@@ -263,3 +263,19 @@ def test_the_papers_judge_without_its_key_stops_before_any_call(tmp_path, releas
     monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
     with pytest.raises(ValueError, match="set the environment variable DEEPSEEK_API_KEY"):
         DermBench(official_judge_config(), protocol="official", release=release_dir, progress=False)
+
+
+def test_injection_and_length_probes_run_under_the_official_protocol(tmp_path, release_dir):
+    release = load_release(release_dir)
+    with FakeOpenAIServer(judge_answer("json")) as server:
+        config = ClientConfig(base_url=server.base_url, model="judge", max_retries=0)
+        with DermBench(config, protocol="official", release=release, progress=False) as bench:
+            report = bench.probe(release.rows(), {"m1": official_rows(release, "m1")}, tmp_path / "probes",
+                                 kinds=["injection", "length"], n=4, n_bootstrap=20)
+            with pytest.raises(ValueError, match="one fixed order"):
+                bench.probe(release.rows(), {"m1": official_rows(release, "m1")}, tmp_path / "p2", kinds=["order"],
+                            n=2)
+        prompts = [r["body"]["messages"][0]["content"] for r in server.chat_requests]
+    assert {r.kind for r in report.results} == {"injection", "length"}
+    assert all(p.startswith("Stand-in reference-based judge prompt") for p in prompts)
+    assert (tmp_path / "probes" / "probes.md").is_file()
