@@ -273,6 +273,14 @@ def _has_splits(source: str) -> bool:
     return ":" not in source
 
 
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file (a narrative's text is often longer than a file name may be)."""
+    try:
+        return Path(text).is_file()
+    except OSError:
+        return False
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """``dermtrl score IMAGE NARRATIVE_OR_FILE``: one case, scored and shown with the legend."""
     from dermtrl.cases.images import read_image
@@ -281,7 +289,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     _check_model_args(args)
     source = args.narrative
     looks_like_file = not any(c.isspace() for c in source) and Path(source).suffix in (".txt", ".md", ".text")
-    if source == "-" or Path(source).is_file() or looks_like_file:
+    if source == "-" or looks_like_file or _is_file(source):
         narrative = _read_text(source)  # a file name that does not exist is refused, never scored as the text
     else:
         narrative = source
