@@ -1,11 +1,13 @@
-"""Cost per prompt of SOREB vs TRL's GRPOTrainer (8 generations) and RLOOTrainer (2), side by side in one run.
+"""Cost per prompt of SOREB vs TRL's GRPOTrainer (8 generations) and RLOOTrainer (2), side by side in one run, and
+a SOREB step against its floor: one generation plus one SFT step (TRL's SFTTrainer, as Stage 1 runs it) of the same
+batch.
 
 Same tiny VLM (the tiny LLaVA with a fresh LoRA), same synthetic cases, same prompt, same max new tokens, same
 reward (dermtrl.rewards.ScoreAlignmentReward, TRL's reward contract). Each trainer runs in its own process so
-its peak memory (max RSS) is its own. Goals: SOREB <= 0.3x GRPO and <= 0.7x RLOO per prompt; parsing and
-reward <= 1% of a SOREB step.
+its peak memory (max RSS) is its own. Goals: SOREB <= 0.3x GRPO and <= 0.7x RLOO per prompt; a SOREB step <= 1.3x
+(its generation + an SFT step); parsing and reward <= 1% of a SOREB step.
 
-    python benchmarks/step_cost.py [--steps 6] [--max-new-tokens 64]
+    python benchmarks/step_cost.py [--steps 6] [--max-new-tokens 64] [--trainers SOREB SFT]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def worker(name: str, steps: int, max_new_tokens: int) -> dict:
         return out
 
     timed_reward.__name__ = "score_alignment"
+    generate_time = [0.0]
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path())
     processor = AutoProcessor.from_pretrained(tiny_llava_path())
     use_training_template(processor)
@@ -59,6 +62,26 @@ def worker(name: str, steps: int, max_new_tokens: int) -> dict:
         trainer = SOREBTrainer(model=model, args=args, train_dataset=cases, processing_class=processor,
                                reward_funcs=[timed_reward], peft_config=peft)
         prompts_per_step = batch
+        sample = trainer.model.generate  # the PeftModel SOREB samples from
+
+        def timed_generate(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return sample(*args, **kwargs)
+            finally:
+                generate_time[0] += time.perf_counter() - start
+
+        trainer.model.generate = timed_generate
+    elif name == "SFT":
+        from trl import SFTConfig, SFTTrainer
+
+        from dermtrl.conversation import TrainingCollator
+
+        settings = {k: v for k, v in common.items() if k != "max_completion_length"}
+        args = SFTConfig(**settings, remove_unused_columns=False)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=cases, processing_class=processor,
+                             peft_config=peft, data_collator=TrainingCollator(processor))
+        prompts_per_step = batch
     else:
         data = cases.map(lambda r: {"prompt": evaluator_messages(r["narrative"])},
                          remove_columns=["reference", "findings", "evaluation"])
@@ -71,30 +94,36 @@ def worker(name: str, steps: int, max_new_tokens: int) -> dict:
         prompts_per_step = batch // generations
     # the first step pays one-off costs (allocations, caches): time the rest
     times: list[float] = []
+    generate_times: list[float] = []
 
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.t = time.perf_counter()
+            self.t, self.g = time.perf_counter(), generate_time[0]
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.t)
+            generate_times.append(generate_time[0] - self.g)
 
     trainer.add_callback(Clock())
     trainer.train()
     timed = times[1:] or times
     step = sum(timed) / len(timed)
+    generated = generate_times[1:] or generate_times
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"name": name, "per_prompt_s": step / prompts_per_step, "step_s": step, "prompts_per_step": prompts_per_step,
-            "generations_per_prompt": 1 if name == "SOREB" else batch // prompts_per_step,
-            "reward_fraction": reward_time[0] / sum(times), "peak_rss_mb": peak_mb}
+            "generations_per_prompt": batch // prompts_per_step if name in ("GRPO", "RLOO") else
+            (0 if name == "SFT" else 1), "reward_fraction": reward_time[0] / sum(times), "peak_rss_mb": peak_mb,
+            "generate_s": sum(generated) / len(generated)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--trainers", nargs="+", default=["SOREB", "SFT", "GRPO", "RLOO"],
+                        choices=["SOREB", "SFT", "GRPO", "RLOO"], help="which to run (SOREB is always run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -106,7 +135,7 @@ def main() -> None:
 
     results = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    for name in ("SOREB", "GRPO", "RLOO"):
+    for name in ["SOREB", *(t for t in args.trainers if t != "SOREB")]:
         out = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
                               "--max-new-tokens", str(args.max_new_tokens)], env=env, capture_output=True, text=True,
                              timeout=1800)
@@ -125,10 +154,20 @@ def main() -> None:
                       f"{r['per_prompt_s']:.4f}", f"{r['peak_rss_mb']:.0f}", f"{100 * r['reward_fraction']:.2f}%")
     console.print(table)
     s = results["SOREB"]["per_prompt_s"]
-    g, r = results["GRPO"]["per_prompt_s"], results["RLOO"]["per_prompt_s"]
     share = results["SOREB"]["reward_fraction"]
-    console.print(f"SOREB / GRPO per prompt: {s / g:.2f}x (goal <= 0.30x): {'met' if s / g <= 0.3 else 'NOT met'}")
-    console.print(f"SOREB / RLOO per prompt: {s / r:.2f}x (goal <= 0.70x): {'met' if s / r <= 0.7 else 'NOT met'}")
+    if "GRPO" in results:
+        g = results["GRPO"]["per_prompt_s"]
+        console.print(f"SOREB / GRPO per prompt: {s / g:.2f}x (goal <= 0.30x): {'met' if s / g <= 0.3 else 'NOT met'}")
+    if "RLOO" in results:
+        r = results["RLOO"]["per_prompt_s"]
+        console.print(f"SOREB / RLOO per prompt: {s / r:.2f}x (goal <= 0.70x): {'met' if s / r <= 0.7 else 'NOT met'}")
+    if "SFT" in results:
+        soreb = results["SOREB"]
+        floor = soreb["generate_s"] + results["SFT"]["step_s"]
+        ratio = soreb["step_s"] / floor
+        console.print(f"SOREB step / (its generation {soreb['generate_s']:.3f} s + SFT step "
+                      f"{results['SFT']['step_s']:.3f} s): {ratio:.2f}x (goal <= 1.3x): "
+                      f"{'met' if ratio <= 1.3 else 'NOT met'}")
     console.print(f"parse + reward share of a SOREB step: {100 * share:.2f}% (goal <= 1%): "
                   f"{'met' if share <= 0.01 else 'NOT met'}")
 
