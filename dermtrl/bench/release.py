@@ -27,8 +27,8 @@ from typing import Any
 
 from dermtrl.errors import DermtrlError
 
-__all__ = ["IMAGE_ROOT_ENV", "MANIFEST", "ReleaseCase", "Release", "ReleaseError", "find_release", "is_release",
-           "load_release"]
+__all__ = ["IMAGE_ROOT_ENV", "MANIFEST", "Release", "ReleaseCase", "ReleaseError", "find_release", "image_root_or_env",
+           "is_release", "load_release"]
 
 #: The manifest's path inside a checkout.
 MANIFEST = Path("data") / "manifest" / "dermbench_test.jsonl"
