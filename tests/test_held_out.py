@@ -81,14 +81,15 @@ def test_held_out_report_callback_reports_before_after_and_mismatched(demo_adapt
     cases = generate_cases(4, start=200_000)
     callback = HeldOutReportCallback(cases, tmp_path, AutoProcessor.from_pretrained(demo_adapter),
                                      image_dims=IMAGE_DEPENDENT)
+    args = SimpleNamespace(world_size=1, deepspeed_plugin=None, fsdp_plugin_args=None)  # one process, no sharding
     state = SimpleNamespace(is_world_process_zero=True, global_step=0)
-    callback.on_train_begin(None, state, None, model=model)
+    callback.on_train_begin(args, state, None, model=model)
     state.global_step = 3
-    callback.on_train_end(None, state, None, model=model)
+    callback.on_train_end(args, state, None, model=model)
     written = {p.name for p in tmp_path.iterdir()}
     assert {"before.jsonl", "after.jsonl", "mismatched.jsonl", "summary.txt", "agreement.md"} <= written, written
     assert callback.lines[0].startswith("Macro MAE after - before") and "Vision reliance" in callback.lines[1]
     assert model.training  # handed back to the trainer in training mode
     other = HeldOutReportCallback(cases, tmp_path / "other", None)
-    other.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, global_step=0), None, model=model)
+    other.on_train_begin(args, SimpleNamespace(is_world_process_zero=False, global_step=0), None, model=model)
     assert other.before is None and not (tmp_path / "other").exists()  # only the main process evaluates
