@@ -173,11 +173,12 @@ def demo_adapter() -> str:
     return str(path)
 
 
-def load_evaluator(args: NarratorArguments) -> Any:
+def load_evaluator(args: NarratorArguments, device: str) -> Any:
     from dermtrl.dermeval.evaluator import DermEval
 
     adapter = demo_adapter() if args.evaluator_adapter == "demo" else (args.evaluator_adapter or None)
-    return DermEval.from_pretrained(args.evaluator_model, adapter, max_new_tokens=args.evaluator_max_new_tokens)
+    return DermEval.from_pretrained(args.evaluator_model, adapter, max_new_tokens=args.evaluator_max_new_tokens,
+                                    device=device)
 
 
 def score(narratives: list[str], cases: list[dict], dermeval: Any) -> list[dict[str, Any]]:
@@ -224,15 +225,16 @@ def main(args: NarratorArguments, training_args: GRPOConfig, model_args: ModelCo
     if args.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
     weights = parse_weights(args.dimension_weights)
+    device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
     if args.evaluator_url:
         dermeval = DermEvalReward(url=args.evaluator_url, weights=weights, safety_gate=args.safety_gate)
     else:
-        dermeval = DermEvalReward(load_evaluator(args), weights=weights, safety_gate=args.safety_gate)
+        dermeval = DermEvalReward(load_evaluator(args, device), weights=weights, safety_gate=args.safety_gate)
 
     base = resolve_model_name(model_args.model_name_or_path or "dermtrl:tiny")
     processor = AutoProcessor.from_pretrained(base)
     use_training_template(processor)
-    model = AutoModelForImageTextToText.from_pretrained(base)
+    model = AutoModelForImageTextToText.from_pretrained(base).to(device)
     model = writer_sft(model, processor, args, training_args.seed)
 
     test = [generate_case(TEST_START + i, args.synthetic_seed) for i in range(args.test_cases)]
