@@ -230,7 +230,8 @@ def import_records(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
     from dermtrl.data.schema import DERMEVAL_FEATURES
 
-    rows = [{**r, "split": split} for r in rows]
+    # every column of the schema, those dermtrl adds later too (empty: an official record has no value for them)
+    rows = [{**{name: None for name in DERMEVAL_FEATURES}, **r, "split": split} for r in rows]
     DatasetDict({split: Dataset.from_list(rows, features=DERMEVAL_FEATURES)}).save_to_disk(str(out))
     return len(rows)
 
