@@ -39,7 +39,7 @@ __all__ = ["AgreementReport", "DimensionAgreement", "agreement", "constant_predi
 #: The integer labels of the 0-5 scale (for Cohen's kappa and the ordinal alpha).
 LABELS: tuple[int, ...] = tuple(range(int(SCORE_MIN), int(SCORE_MAX) + 1))
 TRAIN_MEAN_LABEL = "Constant train-mean baseline"
-LOO_MEAN_LABEL = "Constant mean baseline (leave-one-case-out)"
+IN_SAMPLE_LABEL = "Constant mean of these cases (in-sample)"
 
 _finite_or_none = finite_or_none
 
@@ -241,20 +241,22 @@ def constant_predictions(experts: Sequence[Mapping[str, float]],
     """The constant baseline's predictions and its label.
 
     With ``train_experts``: every case gets the training set's mean expert score per dimension (what an evaluator
-    that ignores image and text would learn). Without: each case gets the mean of the *other* cases' expert scores
-    (leave one case out), so no case's own answer leaks into its prediction.
+    that ignores image and text would learn). Without: every case gets the mean of these cases' own expert scores,
+    labelled in-sample: a constant that knows the answers' average, so a little harder to beat than a true training
+    mean. (Not each case's leave-one-out mean: that varies against the case's own score by construction, so near a
+    rounding boundary it scores worse than any constant and gives negative correlations.)
     """
     exp = _expert_matrix(experts)
     if train_experts is not None:
         train = _expert_matrix(train_experts)
         if not len(train):
             raise ValueError("train_experts is empty: the constant baseline needs the training cases' expert scores")
-        means = train.mean(axis=0)
-        return [dict(zip(DIMENSIONS, map(float, means), strict=True))] * len(exp), TRAIN_MEAN_LABEL
-    if len(exp) < 2:
-        return [], LOO_MEAN_LABEL
-    loo = (exp.sum(axis=0)[None, :] - exp) / (len(exp) - 1)
-    return [dict(zip(DIMENSIONS, map(float, row), strict=True)) for row in loo], LOO_MEAN_LABEL
+        means, label = train.mean(axis=0), TRAIN_MEAN_LABEL
+    elif len(exp):
+        means, label = exp.mean(axis=0), IN_SAMPLE_LABEL
+    else:
+        return [], IN_SAMPLE_LABEL
+    return [dict(zip(DIMENSIONS, map(float, means), strict=True))] * len(exp), label
 
 
 def agreement(
@@ -285,7 +287,7 @@ def agreement(
     - Percentile bootstrap CIs (``ci`` level, ``n_bootstrap`` resamples of whole cases, seeded, the same resamples
       for every statistic and dimension). ``n_bootstrap=0`` gives no CIs.
     - ``baseline``: a nested report of a constant predictor on the same cases (the training mean when
-      ``train_experts`` is given, else each case's leave-one-out mean of the others), so a model is never read
+      ``train_experts`` is given, else these cases' own mean, labelled in-sample), so a model is never read
       without what a constant achieves. A report whose predictions are all the same is itself a constant baseline
       (``constant=True``) and gets none; the renderers show no nested baseline beside a constant report.
     - ``raters``: per case, every rater's scores (``rater_scores`` or the pipeline's ``ratings``); gives the nested

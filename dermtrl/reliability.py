@@ -275,6 +275,8 @@ def agreement_statistics(x: np.ndarray, y: np.ndarray, w: np.ndarray, labels: in
     MAE, Spearman and the ICCs use the scores as given; QWK and the ordinal alpha, which need categories, use them
     rounded half-up to integers. Cases with weight 0 take no part (their values must still be finite).
     """
+    if not np.size(x):  # no case: every statistic is undefined
+        return {s: np.full(w.shape[0], np.nan) for s in STATISTICS}
     a = np.clip(round_half_up(x), 0, labels - 1).astype(int)
     b = np.clip(round_half_up(y), 0, labels - 1).astype(int)
     icc2, icc3 = weighted_icc(np.column_stack([x, y]), w)

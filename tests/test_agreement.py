@@ -13,7 +13,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from dermtrl.ceiling import rater_matrix
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.metrics import LOO_MEAN_LABEL, TRAIN_MEAN_LABEL, AgreementReport, agreement
+from dermtrl.metrics import IN_SAMPLE_LABEL, TRAIN_MEAN_LABEL, AgreementReport, agreement
 from dermtrl.reliability import (
     STATISTICS,
     agreement_statistics,
@@ -131,7 +131,7 @@ def test_missing_scores_take_no_part_in_the_coefficients():
     assert with_holes.n_missing == 10
 
 
-def test_constant_baselines_train_mean_and_leave_one_out():
+def test_constant_baselines_train_mean_and_in_sample_mean():
     experts = [{d: float(v) for d in DIMENSIONS} for v in (1, 2, 4, 5)]
     model = [{d: v for d in DIMENSIONS} for v in (1, 2, 3, 3)]
     report = agreement(model, experts, n_bootstrap=0,
@@ -139,10 +139,11 @@ def test_constant_baselines_train_mean_and_leave_one_out():
     assert report.baseline.label == TRAIN_MEAN_LABEL  # predicts 2.4 -> rounds to 2 for every case
     assert report.baseline.macro_mae == pytest.approx((1 + 0 + 2 + 3) / 4)
     assert report.baseline.constant and not report.constant
-    loo = agreement(model, experts, n_bootstrap=0).baseline
-    assert loo.label == LOO_MEAN_LABEL  # each case gets the others' mean: 3.67 -> 4, 3.33 -> 3, 2.67 -> 3, 2.33 -> 2
-    assert loo.macro_mae == pytest.approx((abs(4 - 1) + abs(3 - 2) + abs(3 - 4) + abs(2 - 5)) / 4)
-    assert loo.baseline is None and agreement([{}, {}], experts[:2], n_bootstrap=0).baseline is None
+    own = agreement(model, experts, n_bootstrap=0).baseline
+    assert own.label == IN_SAMPLE_LABEL and own.constant  # every case gets mean(1, 2, 4, 5) = 3
+    assert own.macro_mae == pytest.approx((2 + 1 + 1 + 2) / 4)
+    empty = agreement([], [], n_bootstrap=10)
+    assert own.baseline is None and empty.baseline is None and empty.macro["icc21"].value is None
     # a constant predictor is a baseline itself: no nested one
     constant = agreement([{d: 3 for d in DIMENSIONS}] * 4, experts, n_bootstrap=0)
     assert constant.constant and constant.baseline is None
@@ -194,7 +195,7 @@ def test_one_rater_per_case_has_no_ceiling():
 def test_report_shows_statistics_baseline_and_ceiling(report):
     md = to_markdown(report)
     assert "#### Agreement statistics [CI]" in md and "| Model | ICC(2,1) |" in md
-    assert f"| {LOO_MEAN_LABEL} |" in md and "Krippendorff alpha (ordinal)" in md
+    assert f"| {IN_SAMPLE_LABEL} |" in md and "Krippendorff alpha (ordinal)" in md
     assert "#### Expert ceiling: Model beside rater-to-rater agreement" in md
     assert "| Ratio Model / raters | MAE |" in md and "further from the experts than they are from each other" in md
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))
@@ -237,7 +238,7 @@ def test_a_constant_baseline_passed_as_its_own_report_replaces_the_nested_ones()
     own = agreement([means] * len(experts), experts, label=TRAIN_MEAN_LABEL, n_bootstrap=0)
     md = to_markdown([model, own])
     table = md.split("\n\n")[1]  # the Table 1 rows
-    assert table.count(f"| {TRAIN_MEAN_LABEL} |") == 1 and LOO_MEAN_LABEL not in table
+    assert table.count(f"| {TRAIN_MEAN_LABEL} |") == 1 and IN_SAMPLE_LABEL not in table
     rows = list(csv.DictReader(io.StringIO(to_csv([model, own]))))
     assert {r["label"] for r in rows if r["section"] == "baseline"} == {TRAIN_MEAN_LABEL}
     # without one of its own, each model's nested baseline is shown, once when they are the same
