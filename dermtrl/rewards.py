@@ -245,6 +245,17 @@ class DermEvalReward:
         return [self.reward(r) for r in records]
 
 
+class AsyncDermEvalReward(DermEvalReward):
+    """:class:`DermEvalReward` whose call is ``async``: TRL then awaits it beside other async rewards (a judge), so a
+    served DermEval and the judge score a step at the same time. In-process the evaluation runs in a worker thread."""
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+                       ) -> list[float | None]:
+        import asyncio
+
+        return await asyncio.to_thread(DermEvalReward.__call__, self, prompts, completions, **columns)
+
+
 def _log_dimensions(log_metric: Any, prefix: str, records: Sequence[Mapping[str, Any] | None]) -> None:
     """Each dimension's mean over the records that scored it, and the unparsed share, through TRL's ``log_metric``."""
     if not callable(log_metric) or not records:

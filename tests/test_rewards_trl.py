@@ -13,7 +13,7 @@ import pytest
 from dermtrl.cases.synthetic import generate_case
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.llm.client import ClientConfig
-from dermtrl.rewards import DermBenchJudgeReward, DermEvalReward, gated_reward
+from dermtrl.rewards import AsyncDermEvalReward, DermBenchJudgeReward, DermEvalReward, gated_reward
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -87,6 +87,8 @@ def test_dermeval_reward_in_process_and_served_agree_and_the_gate_holds(make_ope
                 unauthorised(prompts=[""], completions=narratives[:1], image=columns["image"][:1])
         finally:
             del os.environ["DERMTRL_TEST_SERVE_KEY"]
+    async_reward = AsyncDermEvalReward(evaluator, safety_gate=float("-inf"), weights={"Accuracy": 1})
+    assert asyncio.run(async_reward(prompts=[""] * 4, completions=narratives, **columns)) == [5.0] * 4
     with pytest.raises(KeyError, match="'image'"):
         local(prompts=[""], completions=narratives[:1], reference=["x"])
     with pytest.raises(ValueError, match="exactly one"):
@@ -148,7 +150,7 @@ def test_both_rewards_drive_a_real_grpo_run(make_openai_server, tmp_path):
 
     parser = make_openai_server(responder=lambda body: score_text((4, 5, 4, 3, 4, 4)))
     judge = make_openai_server(responder=lambda body: score_text((3, 5, 3, 3, 3, 3)))
-    dermeval = DermEvalReward(make_evaluator(parser.base_url))
+    dermeval = AsyncDermEvalReward(make_evaluator(parser.base_url))  # both async: TRL awaits them together
     judge_reward = DermBenchJudgeReward(ClientConfig(base_url=judge.base_url, model="judge", max_retries=0))
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the lesion."}]}]
     data = generate_cases(4, seed=7).select_columns(["image", "reference"]).map(lambda r: {"prompt": prompt})
@@ -162,6 +164,9 @@ def test_both_rewards_drive_a_real_grpo_run(make_openai_server, tmp_path):
     trainer = GRPOTrainer(model=model, reward_funcs=[dermeval, judge_reward], args=args, train_dataset=data,
                           processing_class=processor,
                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_MODEL_LORA_REGEX))
+    from trl.trainer.utils import is_async_callable
+
+    assert is_async_callable(dermeval) and is_async_callable(judge_reward)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/dermeval/mean" in h]
     assert len(logs) == 2
