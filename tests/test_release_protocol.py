@@ -24,7 +24,7 @@ from dermtrl.bench.release import load_release
 from dermtrl.categories import CATEGORIES
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.llm.client import ClientConfig
-from dermtrl.testing import FakeOpenAIServer, last_user_text
+from dermtrl.testing import FakeOpenAIServer, Reply, last_user_text
 from tests.test_release_standin import PLANTED_ID, STANDIN_CANDIDATE_PROMPT, make_release
 
 pytestmark = pytest.mark.timeout(240)
@@ -56,6 +56,9 @@ def judge_answer(style: str):
         if style == "think":
             decoy = json.dumps({"scores": dict.fromkeys(DIMENSIONS, 0.0)})
             return f"<think>First guess {decoy}; Accuracy: 0. Let me revise.</think>\n{json.dumps(obj)}"
+        if style == "reasoning_content":  # DeepSeek-R1's API: the thinking in its own field, with decoy scores
+            decoy = json.dumps({"scores": dict.fromkeys(DIMENSIONS, 0.0)})
+            return Reply(json.dumps(obj), reasoning=f"First guess {decoy}; Accuracy: 0. Let me revise.")
         if style == "half":  # only two scores in JSON, the rest nowhere: re-asked once
             return json.dumps({"scores": {"Accuracy": 4, "Safety": "8/10"}, "justification": "partial"})
         raise AssertionError(style)
@@ -81,7 +84,7 @@ def release_dir(tmp_path):
     return make_release(tmp_path / "DermBench", 40, image_root=tmp_path / "dermnet")
 
 
-@pytest.mark.parametrize("style", ["json", "fenced", "think"])
+@pytest.mark.parametrize("style", ["json", "fenced", "think", "reasoning_content"])
 def test_official_judge_reads_json_fenced_and_thinking_answers(tmp_path, release_dir, style):
     release = load_release(release_dir)
     cands = official_rows(release, "m1")[:6]
@@ -101,7 +104,7 @@ def test_official_judge_reads_json_fenced_and_thinking_answers(tmp_path, release
     ref = release.cases[0].reference
     assert prompt == render_judge_prompt(release.prompt("judge"), cands[0]["candidate_text"], ref)
     assert prompt.startswith("Stand-in reference-based judge prompt") and '"scores": {"Accuracy": 0.0' in prompt
-    if style == "think":
+    if style in ("think", "reasoning_content"):
         assert "First guess" in records[0]["thinking"]  # kept apart, never read for scores
 
 

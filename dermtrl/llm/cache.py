@@ -10,7 +10,7 @@ rerun makes calls only for the rest. The file is in WAL mode (readers do not blo
 processes may share it) with ``synchronous=NORMAL``: a killed *process* loses nothing committed; a power cut
 may lose the last few commits, which a rerun simply recomputes.
 
-Records hold only what an answer needs (:data:`RECORD_FIELDS`): text, finish reason, model, prompt version,
+Records hold only what an answer needs (:data:`RECORD_FIELDS`): text, a reasoning model's thinking, finish reason, model, prompt version,
 token usage, creation time. :meth:`ResponseCache.put` rejects any other field, so request headers and API
 keys can never end up on disk.
 """
@@ -32,7 +32,7 @@ CACHE_SCHEMA_VERSION = "dermtrl-cache-v1"
 
 #: The only fields a record may hold.
 RECORD_FIELDS: frozenset[str] = frozenset(
-    {"text", "finish_reason", "model", "prompt_version", "usage", "created"}
+    {"text", "reasoning", "finish_reason", "model", "prompt_version", "usage", "created"}
 )
 
 

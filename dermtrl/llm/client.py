@@ -118,6 +118,9 @@ class Completion:
     prompt_tokens: int | None
     completion_tokens: int | None
     finish_reason: str | None
+    #: A reasoning model's thinking, when the server returns it apart (``reasoning_content``, as DeepSeek-R1 and
+    #: vLLM's reasoning parsers do): kept for the record, never read for scores.
+    reasoning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -433,6 +436,7 @@ class LLMClient:
                     prompt_tokens=usage.get("prompt_tokens"),
                     completion_tokens=usage.get("completion_tokens"),
                     finish_reason=record.get("finish_reason"),
+                    reasoning=record.get("reasoning") if isinstance(record.get("reasoning"), str) else None,
                 )
         with self._in_flight_lock:  # an identical request already in flight: share its answer
             pending = self._in_flight.get(key)
@@ -463,6 +467,7 @@ class LLMClient:
         if self.cache is not None:
             record = {
                 "text": completion.text,
+                "reasoning": completion.reasoning,
                 "finish_reason": completion.finish_reason,
                 "model": completion.model,
                 "prompt_version": self.config.prompt_version,
@@ -678,6 +683,7 @@ def _to_completion(data: bytes, model: str) -> Completion:
     if text is not None and not isinstance(text, str):
         raise _BadResponse(f"the message content is a {type(text).__name__}, not text")
     usage = chat.get("usage") if isinstance(chat.get("usage"), dict) else {}
+    reasoning = message.get("reasoning_content", message.get("reasoning"))
     return Completion(
         text=text or "",
         cached=False,
@@ -685,6 +691,7 @@ def _to_completion(data: bytes, model: str) -> Completion:
         prompt_tokens=_token_count(usage.get("prompt_tokens")),
         completion_tokens=_token_count(usage.get("completion_tokens")),
         finish_reason=choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
+        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
     )
 
 

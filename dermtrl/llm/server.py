@@ -74,6 +74,7 @@ class Reply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None  # None: the server's own count
     usage: bool = True  # False: no "usage" in the answer at all (some gateways and proxies)
+    reasoning: str | None = None  # sent as ``reasoning_content`` beside the content, as DeepSeek-R1 and vLLM do
 
 
 class Fault(Exception):
@@ -220,12 +221,14 @@ class _Handler(BaseHTTPRequestHandler):
         finish_reason = "stop"
         prompt_tokens = _count_tokens(body, owner.image_tokens)
         report_usage = True
+        reasoning = None
         message = None
         if kind is None:
             try:
                 reply = owner.responder(body)
                 if isinstance(reply, Reply):
                     text, finish_reason, report_usage = reply.text, reply.finish_reason, reply.usage
+                    reasoning = reply.reasoning
                     prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else prompt_tokens
                 else:
                     text = reply
@@ -259,6 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             ],
         }
+        if reasoning is not None:
+            payload["choices"][0]["message"]["reasoning_content"] = reasoning
         if report_usage:
             payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                                 "total_tokens": prompt_tokens + len(text.split())}
