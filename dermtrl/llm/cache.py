@@ -10,9 +10,9 @@ rerun makes calls only for the rest. The file is in WAL mode (readers do not blo
 processes may share it) with ``synchronous=NORMAL``: a killed *process* loses nothing committed; a power cut
 may lose the last few commits, which a rerun simply recomputes.
 
-Records hold only what an answer needs (:data:`RECORD_FIELDS`): text, a reasoning model's thinking, finish reason, model, prompt version,
-token usage, creation time. :meth:`ResponseCache.put` rejects any other field, so request headers and API
-keys can never end up on disk.
+Records hold only what an answer needs (:data:`RECORD_FIELDS`): text, a reasoning model's thinking, finish
+reason, model, prompt version, token usage, creation time. :meth:`ResponseCache.put` rejects any other field, so
+request headers and API keys can never end up on disk.
 """
 
 from __future__ import annotations
