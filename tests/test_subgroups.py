@@ -135,3 +135,29 @@ def test_table1_reads_raters_and_the_slice_column_from_the_dataset():
     assert case_columns(plain) == (None, None, None)
     with pytest.raises(ValueError, match="--by 'tone': no such column"):
         case_columns(plain, by="tone")
+
+
+def test_bench_table1_command_slices_by_skin_tone_and_reads_the_ceiling(make_openai_server, demo_adapter, tmp_path):
+    """`dermtrl bench table1` on rated narratives that carry every rater and a skin tone: both rows are sliced and
+    read against the expert ceiling, with no flag."""
+    from dermtrl.cases.synthetic import generate_cases
+    from dermtrl.cli import main as dermtrl_main
+    from tests.test_bench_cli import server_responder
+
+    server = make_openai_server(responder=server_responder)
+    ds = generate_cases(6, start=600_000).select_columns(["case_id", "image", "narrative", "reference",
+                                                          "expert_scores", "rater_scores"])
+    ds = ds.add_column("skin_tone", ["I", "II", "V", "VI", None, "V"])
+    ds.save_to_disk(str(tmp_path / "rated"))
+    out = tmp_path / "table1"
+    assert dermtrl_main(["bench", "table1", "--dataset", str(tmp_path / "rated"), "--split", "train", "--base-url",
+                         server.base_url, "--model", "judge", "--dermeval", str(demo_adapter), "--out", str(out),
+                         "--n-bootstrap", "50", "--no-progress"]) == 0
+    table = json.loads((out / "table1.json").read_text())
+    assert table["dermeval"]["ceiling"]["n_cases"]["Safety"] == 6
+    assert [s["label"] for s in table["slices"]] == ["DermBench", "DermEval"]
+    assert [g["value"] for g in table["slices"][1]["groups"]] == ["I", "II", "V", "VI", "unknown"]
+    assert all(g["few_cases"] for g in table["slices"][1]["groups"])
+    md = (out / "table1.md").read_text()
+    assert "Expert ceiling: DermEval" in md and "MAE by skin_tone" in md
+    assert (out / "table1_slices_skin_tone.png").is_file()
