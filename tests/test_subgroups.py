@@ -161,3 +161,10 @@ def test_bench_table1_command_slices_by_skin_tone_and_reads_the_ceiling(make_ope
     md = (out / "table1.md").read_text()
     assert "Expert ceiling: DermEval" in md and "MAE by skin_tone" in md
     assert (out / "table1_slices_skin_tone.png").is_file()
+    # --by slices by any column; the rerun reuses the judgments and DermEval's records
+    ds.add_column("site", ["arm", "arm", "leg", "leg", "leg", "face"]).save_to_disk(str(tmp_path / "rated-site"))
+    assert dermtrl_main(["bench", "table1", "--dataset", str(tmp_path / "rated-site"), "--split", "train",
+                         "--base-url", server.base_url, "--model", "judge", "--dermeval", str(demo_adapter),
+                         "--out", str(out), "--n-bootstrap", "50", "--no-progress", "--by", "site"]) == 0
+    table = json.loads((out / "table1.json").read_text())
+    assert [g["value"] for g in table["slices"][1]["groups"]] == ["arm", "face", "leg"]

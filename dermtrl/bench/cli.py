@@ -284,13 +284,17 @@ def cmd_table1(args: argparse.Namespace) -> int:
     evaluator = load_dermeval(args.dermeval, args.dermeval_base, batch_size=args.dermeval_batch_size)
     table, paths = run_table1(_cases(args), _client_config(args), evaluator, args.out,
                               parse_retries=args.parse_retries, n_bootstrap=args.n_bootstrap,
-                              seed=args.bootstrap_seed, overwrite=args.overwrite, progress=not args.no_progress)
+                              seed=args.bootstrap_seed, overwrite=args.overwrite, progress=not args.no_progress,
+                              by=args.by)
     console.print(render_table([table.dermbench, table.dermeval],
                                title="Table 1: MAE against expert scores (rounded scores) [CI]"))
     diff = table.difference["Macro"]
     if diff is not None:
         console.print(f"Macro MAE, DermEval minus DermBench: {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}] "
                       f"(paired bootstrap, {table.n_paired} narratives)")
+    for sliced in table.slices:
+        for line in sliced.lines():
+            console.print(line, markup=False, highlight=False)
     console.print("Table 1: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -457,6 +461,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder: judgments.jsonl, dermeval.jsonl, table1.md/.csv/.json")
+    p.add_argument("--by", metavar="COLUMN", default=None,
+                   help="slice the report by this column (default: skin_tone when the data has it)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_table1)
