@@ -149,12 +149,13 @@ def test_task3_train_on_my_own_cases_then_evaluate(tmp_path):
                                 "--output_dir", "runs/my-sft"], tmp_path))
     assert "missing column 'evaluation'" in error and "docs/source/data_formats.md" in error
 
-    # with y*: image paths relative to the file are read (as `eval` reads them); a short run
+    # with y*: image paths relative to the file are read (as `eval` reads them); 20 epochs of 3 steps, long enough
+    # for the adapter to write score fields that differ between cases, and not over the over-training warning
     done = run(["sft", "--config", str(config), "--dataset_name", "mydata/train.jsonl", "--output_dir",
-                "runs/my-sft", "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                "runs/my-sft", "--max_steps", "60", "--per_device_train_batch_size", "8", "--logging_steps", "30",
                 "--disable_tqdm", "true"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "pass over the 20 training cases" not in done.stderr  # 8 of 20 cases seen: no over-training warning
+    assert "pass over the 20 training cases" not in done.stderr
     assert (tmp_path / "runs/my-sft/adapter_config.json").is_file()
 
     done = run(["eval", "--adapter", "runs/my-sft", "--dataset", "mydata/test.jsonl", "--baseline-train",
@@ -162,9 +163,11 @@ def test_task3_train_on_my_own_cases_then_evaluate(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = " ".join(done.stdout.replace("│", " ").split())
     assert "DermEval scores over the evaluated cases" in out
-    assert "Constant train mean: the mean expert score per dimension of the 20 cases of mydata/train.jsonl" in out
+    assert ("Constant train-mean baseline: the mean expert score per dimension of the 20 cases of "
+            "mydata/train.jsonl") in out
     report = json.loads((tmp_path / "runs/my-eval/agreement.json").read_text())
-    assert [r["label"] for r in report] == ["DermEval", "Constant train mean"]  # the baseline row beside the model
+    assert report[0]["label"] == "DermEval" and report[0]["baseline"]["label"] == "Constant train-mean baseline"
+    assert "Constant train-mean baseline" in (tmp_path / "runs/my-eval/agreement.md").read_text()  # its row
 
 
 def test_task3_a_long_run_on_a_small_set_is_warned_about():

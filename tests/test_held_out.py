@@ -49,8 +49,10 @@ def test_the_constant_baseline_row_and_the_model_against_it():
     assert line.startswith("Macro MAE after - constant train-mean baseline: -0.400")
     assert line.endswith("better than the constant")
     assert summary_lines(model, _held(base.errors), baseline=base)[-1].endswith("not shown to beat the constant")
-    with pytest.raises(ValueError, match="at least one training case"):
+    with pytest.raises(ValueError, match="train_experts is empty"):
         constant_baseline([], cases)
+    uneven = constant_baseline([dict.fromkeys(DIMENSIONS, 3.4)], cases, n_bootstrap=0)
+    assert uneven.errors[0].tolist() == pytest.approx([0.1] * 6)  # a constant is never rounded
 
 
 def test_image_controls_keep_narratives_and_scores_and_change_only_the_picture():

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from dermtrl.cases.synthetic import generate_case
 from dermtrl.cli import main
-from dermtrl.cli.scores_view import CRITIQUE_NAMES, LEGEND, baseline_report, score_table, summary_table
+from dermtrl.cli.scores_view import CRITIQUE_NAMES, LEGEND, score_table, summary_table
 from dermtrl.dimensions import DIMENSIONS
 
 
@@ -51,13 +51,6 @@ def test_the_eval_summary_counts_cases_without_expert_scores():
     text = " ".join(render(summary_table(records)).replace("│", " ").split())
     assert "2 case(s); mean overall 3.25/5; Safety flag (Safety 2 or less) on 1" in text
     assert "Safety 2.00 2 0 1 (50%)" in text and "Accuracy 3.50 2 0 0 (0%)" in text
-
-
-def test_the_constant_baseline_is_the_training_mean_never_rounded():
-    train = [dict.fromkeys(DIMENSIONS, 4.0), dict.fromkeys(DIMENSIONS, 3.0)]
-    experts = [dict.fromkeys(DIMENSIONS, 3.0), dict.fromkeys(DIMENSIONS, 5.0)]
-    report = baseline_report(train, experts, label="Constant train mean", n_bootstrap=0)
-    assert report.label == "Constant train mean" and abs(report.macro_mae - 1.0) < 1e-9  # |3.5-3|, |3.5-5|
 
 
 def test_score_prints_the_table_and_json(demo_adapter, tmp_path, capsys):

@@ -28,7 +28,7 @@ from dermtrl.cli._common import (
     finish,
     user_errors,
 )
-from dermtrl.cli.scores_view import baseline_report, score_table, summary_table
+from dermtrl.cli.scores_view import score_table, summary_table
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES, Overall
 
 #: What ``dermtrl --help`` says first: what the tool is, and the three commands a first hour needs.
@@ -169,15 +169,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "(marked `truncated` in the records); raise --max-new-tokens")
     if len(errors) < len(records):
         console.print(summary_table(records))
-    report = agreement_from_records(records, label=args.label, round_predictions=not args.raw)
+    train_experts, source = _baseline_train(args)
+    report = agreement_from_records(records, label=args.label, round_predictions=not args.raw,
+                                    train_experts=train_experts)
     if report is not None:
-        baseline, source = _baseline(args, records)
-        reports = [report, baseline]
         title = "DermEval agreement with expert scores (MAE, lower is better; the constant baseline below)"
-        paths = write_report(reports, out)
-        console.print(render_table(reports, title=title))
-        console.print(f"{baseline.label}: the mean expert score per dimension of {source}, for every case "
-                      "(a model whose macro MAE is not below it has learnt nothing usable)")
+        paths = write_report([report], out)
+        console.print(render_table([report], title=title))
+        if report.baseline is not None:
+            console.print(f"{report.baseline.label}: the mean expert score per dimension of {source}, for every "
+                          "case (a model whose macro MAE is not below it has learnt nothing usable)")
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
@@ -224,44 +225,34 @@ def _load_evaluator(args: argparse.Namespace, cls: Any, **kwargs: Any) -> Any:
 BASELINE_TRAIN_CASES = 2400
 
 
-def _baseline(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Any, str]:
-    """The constant-baseline row for the eval report (the training set's mean expert scores for every case) and
-    where those means come from.
+def _baseline_train(args: argparse.Namespace) -> tuple[list[Any] | None, str]:
+    """The training cases' expert scores behind the eval report's constant-baseline row, and where they come from.
 
-    Synthetic cases: the mean of the demo's training cases. A dataset with a ``train`` split (other than the one
-    evaluated): that split's mean. Otherwise the evaluated cases' own mean, labelled in-sample (a constant that
-    knows the answers' average: harder to beat than a true training mean)."""
+    ``--baseline-train``: that data. Synthetic cases: the demo's training cases. A dataset with a ``train`` split
+    (other than the one evaluated): that split. Otherwise ``None``: the report's baseline is then the evaluated
+    cases' own mean, labelled in-sample (a constant that knows the answers' average: harder to beat)."""
     from dermtrl.cases.loading import SYNTHETIC, load_cases, validate_cases
     from dermtrl.cases.splits import TRAIN
     from dermtrl.cases.synthetic import generate_case
 
-    scored = [r for r in records if r.get("expert_scores") and "error" not in r]
-    experts = [r["expert_scores"] for r in scored]
-    train: list[Any] | None = None
     if args.baseline_train:
         with user_errors("--baseline-train"):
-            baseline_cases = load_cases(args.baseline_train, "train")
-            validate_cases(baseline_cases, ("narrative",), scores=True, source=args.baseline_train)
-        train = list(baseline_cases["expert_scores"])
-        source = f"the {len(train):,} cases of {args.baseline_train}"
-    elif args.dataset == SYNTHETIC:
+            cases = load_cases(args.baseline_train, "train")
+            validate_cases(cases, ("narrative",), scores=True, source=args.baseline_train)
+        return list(cases["expert_scores"]), f"the {len(cases):,} cases of {args.baseline_train}"
+    if args.dataset == SYNTHETIC:
         train = [generate_case(i, args.seed, render_image=False)["expert_scores"]
                  for i in TRAIN[:BASELINE_TRAIN_CASES]]
-        source = f"the {len(train):,} synthetic training cases the demo adapter learnt"
-    elif _eval_split(args) != "train" and _has_splits(args.dataset):
+        return train, f"the {len(train):,} synthetic training cases the demo adapter learnt"
+    if _eval_split(args) != "train" and _has_splits(args.dataset):
         try:
-            train_cases = load_cases(args.dataset, "train")
-            validate_cases(train_cases, ("narrative",), scores=True, source=args.dataset)
-            train = list(train_cases["expert_scores"])
-            source = f"the {len(train):,} cases of {args.dataset}'s train split"
-        except (ValueError, OSError):  # no usable train split: the in-sample mean below, labelled as such
-            train = None
-    if not train:
-        train = experts
-        source = ("the evaluated cases themselves (no training data given: --baseline-train names it; an in-sample "
+            cases = load_cases(args.dataset, "train")
+            validate_cases(cases, ("narrative",), scores=True, source=args.dataset)
+            return list(cases["expert_scores"]), f"the {len(cases):,} cases of {args.dataset}'s train split"
+        except (ValueError, OSError):  # no usable train split: the in-sample mean, labelled as such
+            pass
+    return None, ("the evaluated cases themselves (no training data given: --baseline-train names it; an in-sample "
                   "mean is harder to beat than a training mean)")
-        return baseline_report(train, experts, label="Constant in-sample mean"), source
-    return baseline_report(train, experts, label="Constant train mean"), source
 
 
 def _has_splits(source: str) -> bool:

@@ -1,5 +1,5 @@
 """How the command line shows DermEval scores: one case's table (``dermtrl score``), the summary of many
-(``dermtrl eval``), the legend that says how to read them, and the constant baseline beside an agreement report.
+(``dermtrl eval``), and the legend that says how to read them.
 
 Every table here fits 100 columns, and every table of scores carries :data:`LEGEND` and the mapping of the two
 dimensions the critique names as the paper's Figure 4 does (:data:`~dermtrl.dimensions.LABEL_NAMES`).
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dermtrl.dimensions import DIMENSIONS, LABEL_NAMES, SCORE_MAX, SCORE_MIN, Overall
 
-__all__ = ["CRITIQUE_NAMES", "LEGEND", "baseline_report", "score_table", "summary_table"]
+__all__ = ["CRITIQUE_NAMES", "LEGEND", "score_table", "summary_table"]
 
 #: How to read every score the CLI prints.
 LEGEND = (f"Scores run {SCORE_MIN:g}-{SCORE_MAX:g}; higher is better on every dimension ({SCORE_MAX:g} = best, "
@@ -76,14 +76,3 @@ def summary_table(records: Sequence[Mapping[str, Any]], title: str = "DermEval s
         table.add_row(dim, f"{sum(values) / len(values):.2f}" if values else "-", str(len(values)),
                       str(len(scored) - len(values)), f"{low} ({low / len(values):.0%})" if values else "-")
     return table
-
-
-def baseline_report(train_experts: Sequence[Mapping[str, float]], experts: Sequence[Mapping[str, float]], *,
-                    label: str, **kwargs: Any) -> Any:
-    """The Table-1 agreement of a constant evaluator that always answers ``train_experts``' mean per dimension:
-    the row a model must beat before its MAE means anything (raw means, never rounded)."""
-    from dermtrl.dermeval.held_out import train_means
-    from dermtrl.metrics import agreement
-
-    means = train_means(train_experts)
-    return agreement([means] * len(experts), list(experts), round_predictions=False, label=label, **kwargs)

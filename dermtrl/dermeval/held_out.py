@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dermtrl.dimensions import DIMENSIONS
-from dermtrl.metrics import AgreementReport, agreement, case_errors, macro_mae, paired_bootstrap
+from dermtrl.metrics import AgreementReport, agreement, case_errors, constant_predictions, macro_mae, paired_bootstrap
 
 
 @dataclass
@@ -44,23 +43,16 @@ def evaluate_held_out(evaluator: Any, cases: Any, out_path: str | Path, label: s
     return HeldOut(agreement_from_records(records, label=label), errors, records)
 
 
-def train_means(train_experts: Sequence[Any]) -> dict[str, float]:
-    """The training set's mean expert score per dimension: what a constant evaluator answers for every case."""
-    if not train_experts:
-        raise ValueError("the constant baseline needs at least one training case with expert scores")
-    return {d: float(np.mean([float(e[d]) for e in train_experts])) for d in DIMENSIONS}
-
-
 def constant_baseline(train_experts: Sequence[Any], cases: Any, label: str = "Constant train mean",
                       **kwargs: Any) -> HeldOut:
     """The row every agreement report shows beside the model: a constant evaluator answering the training set's
     mean expert scores for every case (raw, never rounded). A model whose macro MAE is not below it has learnt
     nothing usable about these cases. ``cases`` needs ``case_id`` and ``expert_scores``."""
-    means = train_means(train_experts)
     case_ids, experts = list(cases["case_id"]), list(cases["expert_scores"])
-    records = [{"case_id": c, "scores": dict(means)} for c in case_ids]
-    report = agreement([means] * len(experts), experts, round_predictions=False, label=label, **kwargs)
-    return HeldOut(report, record_errors(records, case_ids, experts), records)
+    predictions, _ = constant_predictions(experts, train_experts)
+    records = [{"case_id": c, "scores": dict(p)} for c, p in zip(case_ids, predictions, strict=True)]
+    report = agreement(predictions, experts, round_predictions=False, label=label, baseline=False, **kwargs)
+    return HeldOut(report, case_errors(predictions, experts, round_predictions=False), records)
 
 
 def summary_lines(before: HeldOut, after: HeldOut, mismatched: HeldOut | None = None,
