@@ -139,3 +139,30 @@ def test_every_output_format(tmp_path):
         console.print(table)
     text = console.file.getvalue()
     assert "judge call failed" in text and "Urticaria Hives" in text and "Kendall" in text
+
+
+def test_skin_tone_slices_each_model_and_any_column_on_request(tmp_path):
+    """Records that carry a skin tone are sliced per model (mean score per group with a CI, few-case groups shown
+    and marked, the largest gap); ``by`` slices by any other field; records without one give no slice."""
+    records = []
+    for i in range(24):
+        tone = ("I", "II", "V", "VI")[i % 4]
+        low = tone in ("V", "VI")
+        for model, scores in (("steady", [4] * 6), ("worse-on-dark", [2 if low else 4] * 6)):
+            r = rec(model, i, scores, category="Eczema Photos" if i < 12 else "Urticaria Hives")
+            r["skin_tone"] = tone
+            records.append(r)
+    board = build_leaderboard(records, n_bootstrap=200)
+    assert [s.label for s in board.slices] == ["steady", "worse-on-dark"]
+    worse = board.slices[1]
+    assert [g.value for g in worse.groups] == ["I", "II", "V", "VI"] and all(g.few for g in worse.groups)
+    assert {g.value: g.macro.value for g in worse.groups} == {"I": 4.0, "II": 4.0, "V": 2.0, "VI": 2.0}
+    assert abs(worse.gap.value) == 2.0
+    paths = write_report(board, tmp_path / "report")
+    assert (tmp_path / "report" / "slices_skin_tone.png").is_file() and "slices_json" in paths
+    assert "mean score by skin_tone" in to_markdown(board)
+    by_category = build_leaderboard(records, n_bootstrap=50, by="category")
+    assert {g.value for g in by_category.slices[0].groups} == {"Eczema Photos", "Urticaria Hives"}
+    assert build_leaderboard(spread_records(), n_bootstrap=50).slices == []
+    with pytest.raises(ValueError, match="no such column"):
+        build_leaderboard(records, n_bootstrap=50, by="fitzpatrick")

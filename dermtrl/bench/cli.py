@@ -252,7 +252,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     console, _ = _consoles()
     from dermtrl.bench.render import notes_lines
 
-    board = build_leaderboard(read_judgments(*args.judgments), n_bootstrap=args.n_bootstrap, seed=args.seed, ci=args.ci)
+    board = build_leaderboard(read_judgments(*args.judgments), n_bootstrap=args.n_bootstrap, seed=args.seed, ci=args.ci,
+                              by=args.by)
     for table in render_tables(board):
         console.print(table)
     for line in notes_lines(board):
@@ -447,6 +448,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--ci", type=float, default=0.95)
+    p.add_argument("--by", metavar="FIELD", default=None,
+                   help="slice each model's scores by this record field (default: skin_tone when records carry it)")
     p.add_argument("--dermeval", nargs="+", default=None, metavar="JSONL",
                    help="DermEval records (from judge --dermeval): Table 2 for both evaluators, Figure 6, agreement")
     p.set_defaults(func=cmd_report)

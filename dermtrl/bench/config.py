@@ -133,6 +133,8 @@ class ReportSpec:
     n_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs and rank stability"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
     ci: float = field(default=0.95, metadata={"help": "confidence level"})
+    by: str | None = field(default=None, metadata={"help": "slice each model's scores by this case column "
+                                                         "(default: skin_tone when the data has it)"})
 
     def check(self, where: str) -> None:
         if not _is_int(self.n_bootstrap) or self.n_bootstrap < 0:
@@ -141,6 +143,8 @@ class ReportSpec:
             raise ConfigError(f"{where}.seed: must be an integer, got {self.seed!r}")
         if not isinstance(self.ci, float) or not 0 < self.ci < 1:
             raise ConfigError(f"{where}.ci: must be a number in (0, 1), got {self.ci!r}")
+        if self.by is not None and (not isinstance(self.by, str) or not self.by.strip()):
+            raise ConfigError(f"{where}.by: must be a column name, got {self.by!r}")
 
 
 @dataclass

@@ -390,7 +390,7 @@ def run_config(config: BenchConfig, *, overwrite: bool = False, retry_failed: bo
         sets = loaded.without_excluded(sets)
         records = bench.judge(ds, sets, out / "judgments.jsonl", overwrite=overwrite, retry_failed=retry_failed)
         board = build_leaderboard(records, n_bootstrap=config.report.n_bootstrap, seed=config.report.seed,
-                            ci=config.report.ci)
+                                  ci=config.report.ci, by=config.report.by)
         if loaded.excluded:
             import json
 

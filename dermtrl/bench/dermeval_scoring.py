@@ -38,7 +38,7 @@ def dermeval_settings(evaluator: DermEval) -> dict[str, Any]:
 
 
 def _items(cases: Any, candidates: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    rows = {r["case_id"]: (i, r) for i, r in enumerate(case_rows(cases, ("category", "expert_scores")))}
+    rows = {r["case_id"]: (i, r) for i, r in enumerate(case_rows(cases, ("category", "expert_scores", "skin_tone")))}
     items = []
     for model, records in candidates.items():
         for record in records:
@@ -53,7 +53,7 @@ def _items(cases: Any, candidates: Mapping[str, Sequence[Mapping[str, Any]]]) ->
             elif not isinstance(text, str) or not text.strip():
                 error = "no candidate: the candidate text is empty"
             items.append({"model": str(model), "case_id": case_id, "index": index, "text": text, "error": error,
-                          "category": row.get("category"),
+                          "category": row.get("category"), "skin_tone": row.get("skin_tone"),
                           "expert_scores": dict(record.get("expert_scores") or {}) or None})
     return items
 
@@ -62,6 +62,8 @@ def _record(item: Mapping[str, Any], evaluation: Any = None, error: str | None =
     record: dict[str, Any] = {"model": item["model"], "case_id": item["case_id"], "category": item["category"],
                               "status": "failed", "scores": None, "error": error,
                               "expert_scores": item["expert_scores"]}
+    if item.get("skin_tone") not in (None, ""):
+        record["skin_tone"] = str(item["skin_tone"])  # the leaderboards slice by it
     if evaluation is None:
         return record
     record.update(raw=evaluation.text, truncated=evaluation.truncated, sources=evaluation.sources)

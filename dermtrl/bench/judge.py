@@ -121,6 +121,7 @@ class JudgeItem:
     category: str | None = None
     expert_scores: Mapping[str, float] | None = None
     error: str | None = None
+    skin_tone: str | None = None  # when the dataset has it: the leaderboards slice by it
 
 
 def judge_items(
@@ -133,7 +134,7 @@ def judge_items(
     reference, a candidate whose generation failed, or one whose case is not in the dataset becomes an item
     with an ``error``: recorded as failed, while the rest proceeds.
     """
-    rows = {r["case_id"]: r for r in case_rows(cases, ("reference", "category", "expert_scores"),
+    rows = {r["case_id"]: r for r in case_rows(cases, ("reference", "category", "expert_scores", "skin_tone"),
                                                  required=("reference",))}
     items: list[JudgeItem] = []
     for model, records in candidates.items():
@@ -166,8 +167,13 @@ def judge_items(
                 category=row.get("category") if row is not None else None,
                 expert_scores=dict(expert) if expert else None,
                 error=error,
+                skin_tone=_text_or_none(row.get("skin_tone")) if row is not None else None,
             ))
     return items
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
 
 
 def _tally(answers: Sequence[Mapping[str, Any]], *, failed_call: bool = False) -> dict[str, Any]:
@@ -239,6 +245,8 @@ class Judge:
             "raw": None,
             "expert_scores": dict(item.expert_scores) if item.expert_scores else None,
         }
+        if item.skin_tone is not None:
+            record["skin_tone"] = item.skin_tone
         if item.error is not None:
             return {**record, "error": item.error}
         messages = self.messages(item)

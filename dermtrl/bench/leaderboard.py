@@ -30,6 +30,7 @@ import numpy as np
 from dermtrl.categories import CATEGORIES
 from dermtrl.dimensions import DIMENSIONS, SAFETY_FLAG_AT, Overall, valid_score
 from dermtrl.metrics import AgreementReport, agreement
+from dermtrl.subgroups import DEFAULT_COLUMN, Slices, default_column, slice_table
 
 __all__ = [
     "CategoryResult",
@@ -128,6 +129,7 @@ class Leaderboard:
     n_bootstrap: int
     seed: int
     ci_level: float
+    slices: list[Slices] = field(default_factory=list)  # each model's mean score by skin tone (or ``by``)
 
     @property
     def model_names(self) -> list[str]:
@@ -152,6 +154,7 @@ class Leaderboard:
                                "models": [r.to_dict() for r in self.rank_stability]},
             "categories": [c.to_dict() for c in self.categories],
             "agreement": {m: a.to_dict() for m, a in self.agreement.items()},
+            "slices": [s.to_dict() for s in self.slices],
         }
 
 
@@ -238,9 +241,12 @@ def _category_order(records: list[Mapping[str, Any]]) -> list[str]:
 
 
 def build_leaderboard(
-    records: Iterable[Mapping[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95
+    records: Iterable[Mapping[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
+    by: str | None = None,
 ) -> Leaderboard:
     """The leaderboard of judge ``records`` (any order; each (model, case) once).
+
+    ``by`` names a record field to slice each model's mean scores by (default ``skin_tone`` when any record has it).
 
     Raises ``ValueError`` naming the record for a malformed or repeated record, or when records of different
     judge settings are mixed (their scores are not comparable).
@@ -306,7 +312,26 @@ def build_leaderboard(
                 label=f"DermBench judge on {m.model}",
             )
     return Leaderboard(models=results, rank_stability=stability, mean_kendall_tau=tau, categories=categories,
-                       agreement=agreements, judge=judge, n_bootstrap=n_bootstrap, seed=seed, ci_level=ci)
+                       agreement=agreements, judge=judge, n_bootstrap=n_bootstrap, seed=seed, ci_level=ci,
+                       slices=_slices(results, by_model, by, n_bootstrap, seed, ci))
+
+
+def _slices(results: list[ModelResult], by_model: Mapping[str, list[Mapping[str, Any]]], by: str | None,
+            n_bootstrap: int, seed: int, ci: float) -> list[Slices]:
+    """Each model's mean judge score per group of ``by`` (skin tone by default), with CIs and the largest gap."""
+    present = {k for recs in by_model.values() for r in recs for k, v in r.items() if v is not None}
+    column = default_column(sorted(present), by) if by else (DEFAULT_COLUMN if DEFAULT_COLUMN in present else None)
+    if column is None:
+        return []
+    out = []
+    for m in results:
+        scored = [r for r in by_model[m.model] if r["status"] == "scored"]
+        if not scored:
+            continue
+        x = np.array([[r["scores"][d] for d in DIMENSIONS] for r in scored], dtype=float)
+        out.append(slice_table(x, [r.get(column) for r in scored], column=column, statistic="mean score",
+                               label=m.model, n_bootstrap=n_bootstrap, seed=seed, ci=ci))
+    return out
 
 
 def competition_ranks(values: np.ndarray) -> np.ndarray:

@@ -100,6 +100,8 @@ def notes_lines(lb: Leaderboard, extra: Sequence[str] = ()) -> list[str]:
         if o.unsafe:
             overall += f" - SAFETY FLAG: mean Safety {o.safety:.2f} ({SAFETY_FLAG_AT:g} or less)"
         lines.append(f"{m.model}: {overall}, the mean of {m.n_scored} scored judgment(s) of {n}{flag}")
+    for sliced in lb.slices:
+        lines += sliced.lines()
     return lines + list(extra)
 
 
@@ -132,6 +134,10 @@ def to_markdown(lb: Leaderboard, notes: Sequence[str] = ()) -> str:
     header, rows = _failure_rows(lb)
     lines += ["### Failed cases", ""] + (md_table(header, rows, left=2) if rows else ["None."]) + [""]
     lines += ["### Notes", "", *(f"- {line}" for line in notes_lines(lb, notes)), ""]
+    if lb.slices:
+        from dermtrl.subgroups import markdown as slices_markdown
+
+        lines += [slices_markdown(lb.slices), ""]
     if lb.agreement:
         lines += [agreement_report.to_markdown(list(lb.agreement.values()),
                                                title="DermBench judge vs expert scores (MAE)")]
@@ -220,6 +226,11 @@ def write_report(lb: Leaderboard, out_dir: str | Path, *, notes: Sequence[str] =
     if lb.agreement:
         for kind, p in agreement_report.write_report(list(lb.agreement.values()), out, stem="agreement").items():
             paths[f"agreement_{kind}"] = p
+    if lb.slices:
+        from dermtrl.subgroups import write_slices
+
+        for kind, p in write_slices(lb.slices, out).items():
+            paths[f"slices_{kind}"] = p
     return paths
 
 
