@@ -46,6 +46,17 @@ class Evaluation:
     spread: dict[str, float] = field(default_factory=dict)  # its standard deviation: lower = more confident
     truncated: bool = False  # generation hit max_new_tokens before its EOS: the score block may be cut off
     llm_error: str | None = None  # the LLM parser was asked and failed: the rules' scores stand
+    #: Calibrated intervals (split conformal, from the adapter's calibration.json) at ``coverage``; empty without one
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    coverage: float | None = None
+
+    @property
+    def uncertain(self) -> list[str]:
+        """Dimensions whose calibrated interval spans 3 points or more: scores not to act on alone."""
+        from dermtrl.calibration import UNCERTAIN_WIDTH
+
+        return [d for d in DIMENSIONS if d in self.intervals
+                and self.intervals[d][1] - self.intervals[d][0] >= UNCERTAIN_WIDTH]
 
     @property
     def rules_found(self) -> list[str]:
@@ -74,7 +85,9 @@ class Evaluation:
         return {"text": self.text, "critique": self.critique, "scores": self.scores.to_dict(),
                 "missing": list(self.missing), "overall": self.overall, "expected": self.expected,
                 "spread": self.spread, "sources": self.sources, "truncated": self.truncated,
-                "rules_found": self.rules_found, "llm_filled": self.llm_filled, "llm_error": self.llm_error}
+                "rules_found": self.rules_found, "llm_filled": self.llm_filled, "llm_error": self.llm_error,
+                "intervals": {d: list(v) for d, v in self.intervals.items()}, "coverage": self.coverage,
+                "uncertain": self.uncertain}
 
 
 def fingerprint(*sources: str | None) -> str:
@@ -101,6 +114,24 @@ def fingerprint(*sources: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
+def adapter_calibration(adapter: str | None) -> Any | None:
+    """The ``calibration.json`` written beside an adapter by ``dermtrl calibrate`` (a folder, or a Hub repo when it
+    can be reached), else ``None``: intervals are then absent, never made up."""
+    if adapter is None:
+        return None
+    from dermtrl.calibration import CALIBRATION_FILE, Calibration
+
+    path = Path(adapter) / CALIBRATION_FILE
+    if not path.exists() and not Path(adapter).exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(adapter, CALIBRATION_FILE))
+        except Exception:  # not on the Hub, not cached offline, or no such file: no intervals
+            return None
+    return Calibration.load(path) if path.exists() else None
+
+
 def _adapter_base(adapter: str) -> str:
     path = Path(adapter) / "adapter_config.json"
     if path.exists():
@@ -114,10 +145,18 @@ class DermEval:
     """A DermEval evaluator: a LLaVA-1.5 model, optionally with a DermEval LoRA adapter."""
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int | None = None, batch_size: int = 8,
-                 model_id: str = "", model_fingerprint: str = "", llm_parser: Any | None = None):
+                 model_id: str = "", model_fingerprint: str = "", llm_parser: Any | None = None,
+                 calibration: Any | None = None, coverage: float = 0.9):
         """``llm_parser``: a :class:`~dermtrl.llm.client.ClientConfig` (or a client with ``complete(messages)``) for
-        Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone."""
+        Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone.
+        ``calibration``: a :class:`~dermtrl.calibration.Calibration`; with it every evaluation carries intervals
+        at ``coverage`` (one the calibration was fitted at: 0.8, 0.9 or 0.95 by default)."""
         from dermtrl.llm.client import ClientConfig, LLMClient
+
+        if calibration is not None:
+            calibration._q("Accuracy", coverage)  # a coverage it was not fitted at fails now, naming the fitted ones
+        self.calibration = calibration
+        self.coverage = coverage
 
         self.llm_parser = LLMClient(llm_parser) if isinstance(llm_parser, ClientConfig) else llm_parser
         self.model = model.eval()
@@ -180,6 +219,12 @@ class DermEval:
         processor.tokenizer.padding_side = "left"
         if kwargs.get("max_new_tokens") is None:
             kwargs["max_new_tokens"] = recorded_max_new_tokens(adapter)
+        if "calibration" not in kwargs:
+            kwargs["calibration"] = adapter_calibration(adapter)
+        elif isinstance(kwargs["calibration"], (str, Path)):
+            from dermtrl.calibration import Calibration
+
+            kwargs["calibration"] = Calibration.load(kwargs["calibration"])
         return cls(model.to(device), processor, model_id=adapter or base_path,
                    model_fingerprint=fingerprint(base_path, adapter), **kwargs)
 
@@ -228,9 +273,12 @@ class DermEval:
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             parsed = self.parse(text)
             expected, spread = self._score_distributions(ids, logits[i])
+            intervals = ({} if self.calibration is None else
+                         self.calibration.intervals(expected, spread, self.coverage))
             results.append(Evaluation(text=text, scores=parsed.as_scores(), sources=dict(parsed.sources),
                                       expected=expected, spread=spread, truncated=truncated,
-                                      llm_error=parsed.llm_error))
+                                      llm_error=parsed.llm_error, intervals=intervals,
+                                      coverage=self.coverage if self.calibration is not None else None))
         return results
 
     def parse(self, text: str) -> ParsedScores:
