@@ -193,3 +193,19 @@ def test_push_then_load_by_id_gives_the_same_scores(adapter: Path, report_dir: P
         assert a["scores"] == b["scores"] and a["text"] == b["text"]
         assert a["expected"] == pytest.approx(b["expected"], abs=1e-3)
     assert not local_hub.unhandled
+
+
+def test_the_generation_budget_and_the_calibration_travel_with_the_adapter(adapter: Path, tmp_path: Path) -> None:
+    """A DermEval loaded by Hub id reads its max_new_tokens and its calibrated intervals from the repo."""
+    import shutil
+
+    from dermtrl.calibration import Calibration
+    from dermtrl.dimensions import DIMENSIONS
+
+    local = tmp_path / "adapter"
+    shutil.copytree(adapter, local)
+    (local / "generation_config.json").write_text(json.dumps({"max_new_tokens": 321}))
+    Calibration(quantiles={d: {"0.9": 1.0} for d in DIMENSIONS}, n=dict.fromkeys(DIMENSIONS, 10)).save(local)
+    out = stage_adapter(local, tmp_path / "repo", repo_id=REPO_ID, sft_config=SFT_CONFIG)
+    assert json.loads((out / "generation_config.json").read_text())["max_new_tokens"] == 321
+    assert Calibration.load(out).quantiles["Safety"] == {"0.9": 1.0}

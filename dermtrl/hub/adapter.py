@@ -39,6 +39,8 @@ ADAPTER_FILES: tuple[str, ...] = (
     "adapter_model.safetensors", "adapter_config.json", "processor_config.json", "preprocessor_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+    "generation_config.json",  # the generation budget DermEval reads beside the adapter
+    "calibration.json",  # the calibrated intervals of `dermtrl calibrate`
 )
 REPORT_FILES: tuple[str, ...] = ("agreement.md", "agreement.json", "agreement.csv")
 
