@@ -83,7 +83,9 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
         data_collator=TrainingCollator(processor, max_length=training_args.max_length),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    # every file first (adapter, processor, generation config, settings), then one push below: save_model would
+    # otherwise push an adapter without the rest (_internal_call, as Trainer.push_to_hub saves)
+    trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         # generation_config.json: DermEval's default budget, the longest y* plus a margin
