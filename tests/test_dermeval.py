@@ -226,3 +226,27 @@ def test_eval_cli_takes_the_llm_parser_flags_and_records_what_it_filled(sft_adap
                  "--llm-parser-max-retries", "0", "--llm-parser-timeout", "2"]) == 0
     (record,) = read_records(out2 / "evaluations.jsonl")
     assert record["llm_filled"] == [] and record["llm_error"]
+
+
+def test_eval_reads_the_expert_ceiling_and_slices_by_skin_tone(sft_adapter, tmp_path, capsys):
+    """`dermtrl eval` on cases that carry every rater and a skin tone: the report is read against the raters'
+    own agreement, sliced by skin tone with no flag, and by any column with --by."""
+    from dermtrl.cases.synthetic import generate_cases
+    from dermtrl.cli import main
+
+    ds = generate_cases(12, start=200_000)
+    ds = ds.add_column("skin_tone", ["I", "II", "III", "IV", "V", "VI"] * 2)
+    ds.save_to_disk(str(tmp_path / "cases"))
+    out = tmp_path / "eval"
+    assert main(["eval", "--adapter", str(sft_adapter), "--dataset", str(tmp_path / "cases"), "--split", "train",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    records = read_records(out / "evaluations.jsonl")
+    assert all(r["skin_tone"] and r["rater_scores"] for r in records)
+    assert "Expert ceiling" in (out / "agreement.md").read_text() and "Expert ceiling" in text
+    assert "MAE by skin_tone" in text and (out / "slices_skin_tone.png").is_file()
+    assert main(["eval", "--adapter", str(sft_adapter), "--dataset", str(tmp_path / "cases"), "--split", "train",
+                 "--out", str(out), "--by", "category"]) == 0
+    assert "MAE by category" in capsys.readouterr().out
+    assert main(["eval", "--adapter", str(sft_adapter), "--dataset", str(tmp_path / "cases"), "--split", "train",
+                 "--out", str(out), "--by", "fitzpatrick"]) == 2

@@ -134,6 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
     from dermtrl.dermeval.evaluator import DermEval
     from dermtrl.report import render_table, write_report
+    from dermtrl.subgroups import default_column, slice_records, write_slices
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,6 +142,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with user_errors():
         ds = load_cases(args.dataset, _eval_split(args), n=args.n, seed=args.seed, start=args.start)
         validate_cases(ds, ("image", "narrative"), scores="expert_scores" in ds.column_names, source=args.dataset)
+    with user_errors():
+        slice_by = default_column(ds.column_names, args.by)
     llm_parser = None
     if args.llm_parser_model:  # Figure 4's LLM parser: the bench CLI's endpoint flags, prefixed --llm-parser-
         with user_errors("--llm-parser-*", also=(TypeError,)):
@@ -150,7 +153,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         with user_errors(hint=" (--overwrite starts afresh)"):
-            records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite)
+            records = run_evaluation(evaluator, ds, out / "evaluations.jsonl", overwrite=args.overwrite,
+                                     carry=(slice_by,) if slice_by else ())
     finally:
         if evaluator.llm_parser is not None:
             evaluator.llm_parser.close()
@@ -179,6 +183,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if report.baseline is not None:
             console.print(f"{report.baseline.label}: the mean expert score per dimension of {source}, for every "
                           "case (a model whose macro MAE is not below it has learnt nothing usable)")
+        if slice_by:
+            sliced = slice_records(records, slice_by, label=args.label)
+            paths.update({f"slices_{k}": p for k, p in write_slices(sliced, out).items()})
+            for line in sliced.lines():
+                console.print(line, markup=False, highlight=False)
         console.print("Report: " + ", ".join(str(p) for p in paths.values()))
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
@@ -413,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training data whose mean expert scores make the constant-baseline row (default: synthetic "
                         "cases: the demo's training cases; a dataset with a train split: that split; else the "
                         "evaluated cases' own mean, labelled in-sample)")
+    p.add_argument("--by", metavar="COLUMN", default=None,
+                   help="slice the agreement report by this column (default: skin_tone when the data has it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     allow_failures_arg(p)
     # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on

@@ -42,10 +42,19 @@ def _batches(ds: Dataset, done: set[str], batch_size: int) -> Iterator[list[tupl
         yield batch
 
 
+#: Case columns copied into each record when the data has them: every rater's scores (the expert ceiling) and the
+#: subgroup columns reports slice by.
+CARRIED_COLUMNS: tuple[str, ...] = ("rater_scores", "ratings", "skin_tone", "category", "source")
+
+
 def run_evaluation(
-    evaluator: DermEval, ds: Dataset, out_path: str | Path, *, progress: bool = True, overwrite: bool = False
+    evaluator: DermEval, ds: Dataset, out_path: str | Path, *, progress: bool = True, overwrite: bool = False,
+    carry: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Evaluate every case not yet in ``out_path`` (JSONL), appending records as each batch finishes.
+
+    Each record keeps the case's :data:`CARRIED_COLUMNS` and ``carry`` columns (raters, skin tone, a ``--by``
+    column) where the data has them, so a report can read them without reloading the data.
 
     Records from other weights or another prompt version are never mixed in: resuming such a file is refused
     (:class:`~dermtrl.jsonl.SettingsMismatch`; ``overwrite=True`` starts it afresh).
@@ -53,6 +62,7 @@ def run_evaluation(
     log = RecordLog(out_path, {"prompt_version": PROMPT_VERSION, "model_fingerprint": evaluator.model_fingerprint},
                     key="case_id", overwrite=overwrite)
     done = set(log.records)  # a case whose image failed is done too: rerunning cannot mend the file
+    carried = [c for c in dict.fromkeys((*CARRIED_COLUMNS, *carry)) if c in ds.column_names and c != "image"]
     if "image" in ds.column_names:
         ds = ds.cast_column("image", ImageFeature(decode=False))
     ids = ([str(c or i) for i, c in enumerate(ds["case_id"])] if "case_id" in ds.column_names
@@ -66,7 +76,8 @@ def run_evaluation(
             new: list[dict[str, Any]] = []
             good: list[tuple[int, Any, str]] = []  # (slot in `new`, image, narrative)
             for case_id, row in batch:
-                new.append({"case_id": case_id, "model": evaluator.model_id, "expert_scores": row.get("expert_scores")})
+                new.append({"case_id": case_id, "model": evaluator.model_id, "expert_scores": row.get("expert_scores"),
+                            **{c: row[c] for c in carried if row.get(c) is not None}})
                 try:
                     good.append((len(new) - 1, _decode(row["image"], case_id), row["narrative"]))
                 except ValueError as exc:
@@ -89,5 +100,9 @@ def agreement_from_records(records: list[dict[str, Any]], *, label: str = "DermE
         return None
     skipped = sum(1 for r in records if "error" in r)
     truncated = sum(1 for r in scored if r.get("truncated"))
+    if "raters" not in kwargs:  # records that carry every rater's scores are read against the expert ceiling
+        from dermtrl.ceiling import record_raters
+
+        kwargs["raters"] = record_raters(scored)
     return agreement([r["scores"] for r in scored], [r["expert_scores"] for r in scored], skipped=skipped,
                      label=label, truncated=truncated, **kwargs)
