@@ -61,3 +61,26 @@ def test_fit_then_intervals_cover_the_calibration_cases_at_the_nominal_rate():
                      for d, (lo, hi) in calibration.intervals(r["expected"], r["spread"], 0.9).items())
                  for r in records)
     assert inside / len(records) >= 0.9
+
+
+def test_calibrate_command_fits_on_validation_and_score_shows_intervals(demo_adapter, tmp_path, case, capsys):
+    """`dermtrl calibrate` evaluates validation cases, writes calibration.json beside the adapter (with the data's
+    split and fingerprint), and `dermtrl score` then prints intervals."""
+    import json
+
+    from dermtrl.cli import main
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(demo_adapter, adapter)
+    assert main(["calibrate", "--adapter", str(adapter), "--dataset", "dermtrl:synthetic", "--n", "12"]) == 0
+    saved = json.loads((adapter / CALIBRATION_FILE).read_text())
+    assert saved["dataset"]["split"] == "validation" and saved["dataset"]["fingerprint"]
+    assert set(saved["quantiles"]) == set(DIMENSIONS) and set(saved["quantiles"]["Safety"]) == {"0.8", "0.9", "0.95"}
+    assert (adapter / "calibration-records.jsonl").is_file()
+    capsys.readouterr()
+    image = tmp_path / "case.png"
+    case["image"].save(image)
+    assert main(["score", str(image), case["narrative"], "--adapter", str(adapter), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["coverage"] == 0.9 and set(result["intervals"]) <= set(DIMENSIONS) and result["intervals"]
+    assert main(["calibrate", "--adapter", "owner/not-here", "--dataset", "dermtrl:synthetic", "--n", "2"]) == 2

@@ -192,6 +192,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Evaluate validation cases, fit per-dimension conformal quantiles, write ``calibration.json``."""
+    from dermtrl.calibration import CALIBRATION_FILE, fit
+    from dermtrl.cases.loading import load_cases, validate_cases
+    from dermtrl.dermeval.eval_job import run_evaluation
+    from dermtrl.dermeval.evaluator import DermEval
+
+    _check_model_args(args)
+    if not Path(args.adapter).is_dir() and args.out is None:
+        raise CLIError(f"--adapter {args.adapter}: a Hub id; give --out FILE for the calibration (then upload it "
+                       "beside the adapter, or publish the adapter from a folder that holds it)")
+    with user_errors():
+        ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
+        validate_cases(ds, ("image", "narrative", "expert_scores"), scores=True, source=args.dataset)
+    target = Path(args.out) if args.out else Path(args.adapter) / CALIBRATION_FILE
+    if target.is_dir():
+        target = target / CALIBRATION_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    evaluator = _load_evaluator(args, DermEval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                calibration=None)
+    with user_errors(hint=" (delete the records file to start afresh)"):
+        records = run_evaluation(evaluator, ds, target.parent / "calibration-records.jsonl")
+    with user_errors():
+        calibration = fit([r for r in records if "error" not in r], coverages=args.coverages, dataset={
+            "name": args.dataset, "split": args.split, "fingerprint": getattr(ds, "_fingerprint", None),
+            "n": len(ds), "start": args.start, "model_fingerprint": evaluator.model_fingerprint})
+    path = calibration.save(target)
+    table = Table(title=f"Conformal quantiles q per dimension (interval = expected +/- q x (spread + "
+                        f"{calibration.delta:g}))")
+    table.add_column("dimension")
+    table.add_column("n", justify="right")
+    for c in args.coverages:
+        table.add_column(f"q at {c:.0%}", justify="right")
+    for dim, qs in calibration.quantiles.items():
+        table.add_row(dim, str(calibration.n[dim]), *(f"{q:.2f}" for q in qs.values()))
+    console.print(table)
+    console.print(f"Wrote [bold]{path}[/bold]: DermEval loads it with the adapter and returns intervals at "
+                  "coverage 0.9 (DermEval.from_pretrained(..., coverage=...)); measure the coverage on test cases "
+                  "with benchmarks/calibration.py")
+    return 0
+
+
 def _eval_split(args: argparse.Namespace) -> str | None:
     """The split to read: ``--split``, else ``test`` (for synthetic cases only when no ``--start`` picks one)."""
     from dermtrl.cases.loading import SYNTHETIC
@@ -429,6 +471,27 @@ def build_parser() -> argparse.ArgumentParser:
     # the same endpoint flags as every `dermtrl bench` endpoint, prefixed; --llm-parser-model turns it on
     endpoint_args(p, "LLM parser", model_required=False, prefix="llm-parser-", structured_output=True)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit calibrated score intervals (split conformal) on validation cases and "
+                                         "write calibration.json beside the adapter")
+    p.add_argument("--adapter", required=True, help="DermEval LoRA adapter folder (calibration.json goes in it)")
+    p.add_argument("--model", help="base model (default: the adapter's base)")
+    p.add_argument("--dataset", required=True, help="cases with expert scores: Hub id, folder, file, or "
+                                                    "dermtrl:synthetic")
+    p.add_argument("--split", default="validation",
+                   help="the split to fit on (default: validation; never the cases you report on)")
+    p.add_argument("--n", type=_count, default=None, help="the first N cases (synthetic: generate N)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic cases: seed")
+    p.add_argument("--start", type=int, default=None, help="synthetic cases: first index (default: the split's)")
+    p.add_argument("--coverages", type=float, nargs="+", default=[0.8, 0.9, 0.95],
+                   help="coverages to fit (DermEval's coverage must be one of them; default 0.8 0.9 0.95)")
+    p.add_argument("--out", default=None,
+                   help="where to write calibration.json (default: the adapter folder); the evaluation records go "
+                        "beside it in calibration-records.jsonl (resumable)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default: the one recorded beside the adapter, else 512)")
+    p.set_defaults(func=cmd_calibrate)
 
     from dermtrl.bench.cli import register as register_bench
     from dermtrl.data.cli import register as register_data
