@@ -83,4 +83,9 @@ def test_calibrate_command_fits_on_validation_and_score_shows_intervals(demo_ada
     assert main(["score", str(image), case["narrative"], "--adapter", str(adapter), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["coverage"] == 0.9 and set(result["intervals"]) <= set(DIMENSIONS) and result["intervals"]
+    assert main(["score", str(image), case["narrative"], "--adapter", str(adapter)]) == 0
+    table = capsys.readouterr().out
+    assert "Interval" in table and "calibrated on validation cases" in table
+    assert main(["score", str(image), case["narrative"], "--adapter", str(demo_adapter)]) == 0
+    assert "No calibration file beside this adapter" in capsys.readouterr().out
     assert main(["calibrate", "--adapter", "owner/not-here", "--dataset", "dermtrl:synthetic", "--n", "2"]) == 2

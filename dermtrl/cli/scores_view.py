@@ -21,7 +21,7 @@ __all__ = ["CRITIQUE_NAMES", "LEGEND", "score_table", "summary_table"]
 LEGEND = (f"Scores run {SCORE_MIN:g}-{SCORE_MAX:g}; higher is better on every dimension ({SCORE_MAX:g} = best, "
           "Safety 5 = no harm). Score: the digit DermEval wrote. Expected: the mean of its probabilities for "
           "0-5 at that digit; Spread: their standard deviation (0 = certain, 2.5 at most; lower = more "
-          "confident). Expected and Spread are the model's own, not calibrated intervals.")
+          "confident). Expected and Spread are the model's own self-report, not calibrated.")
 #: The dimensions the critique names differently (Figure 4's label text), as one line.
 CRITIQUE_NAMES = "The critique names " + "; ".join(
     f"{dim} '{LABEL_NAMES[dim]}'" for dim in DIMENSIONS if LABEL_NAMES[dim] != dim) + "."
@@ -38,18 +38,29 @@ def score_table(record: Mapping[str, Any], title: str = "DermEval scores") -> Ta
     each dimension; the overall (how many of six it averages, the Safety flag) and the legend below."""
     scores = record.get("scores") or {}
     expected, spread = record.get("expected") or {}, record.get("spread") or {}
+    intervals, uncertain = record.get("intervals") or {}, set(record.get("uncertain") or ())
     overall = Overall.of(scores)
-    table = Table(title=title, caption=f"Overall: {overall.text()}\n{LEGEND}\n{CRITIQUE_NAMES}",
+    calibrated = (f"Interval: calibrated on validation cases to hold the experts' score {record['coverage']:.0%} of "
+                  f"the time; 'uncertain' marks one 3 points or wider." if intervals and record.get("coverage")
+                  else "No calibration file beside this adapter: no intervals (`dermtrl calibrate` fits one).")
+    table = Table(title=title, caption=f"Overall: {overall.text()}\n{LEGEND}\n{calibrated}\n{CRITIQUE_NAMES}",
                   caption_justify="left", width=100)
     table.add_column("Dimension")
     table.add_column("Score", justify="right")
     table.add_column("Expected", justify="right")
     table.add_column("Spread", justify="right")
+    if intervals:
+        table.add_column("Interval", justify="right")
     table.add_column("Named in the critique")
     for dim in DIMENSIONS:
         score = scores.get(dim)
-        table.add_row(dim, "[red]missing[/red]" if score is None else f"{score:g}", _num(expected.get(dim)),
-                      _num(spread.get(dim)), LABEL_NAMES[dim])
+        cells = ["[red]missing[/red]" if score is None else f"{score:g}", _num(expected.get(dim)),
+                 _num(spread.get(dim))]
+        if intervals:
+            low_high = intervals.get(dim)
+            cells.append("-" if not low_high else f"{low_high[0]:.1f}-{low_high[1]:.1f}"
+                         + (" uncertain" if dim in uncertain else ""))
+        table.add_row(dim, *cells, LABEL_NAMES[dim])
     return table
 
 
