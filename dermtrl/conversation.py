@@ -16,7 +16,7 @@ and would drop the BOS, so Stage 1 uses :class:`TrainingCollator` instead.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +45,18 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def evaluator_messages(narrative: str, evaluation: str | None = None) -> list[dict[str, Any]]:
-    """The conversation DermEval sees: image + narrative + Figure 4's instruction, then y* when training."""
+#: Builds DermEval's user text from a narrative: the paper's prompt by default, or the official release's
+#: (``Release.dermeval_prompt_builder()``) for adapters trained on the official target format.
+PromptFn = Callable[[str], str]
+
+
+def evaluator_messages(narrative: str, evaluation: str | None = None, prompt_fn: PromptFn | None = None
+                       ) -> list[dict[str, Any]]:
+    """The conversation DermEval sees: image + narrative + Figure 4's instruction (or ``prompt_fn``'s), then y*
+    when training."""
+    text = (prompt_fn or evaluator_prompt)(narrative)
     messages: list[dict[str, Any]] = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": evaluator_prompt(narrative)}]}
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
     ]
     if evaluation is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": evaluation}]})
@@ -83,12 +91,12 @@ def neutralise_control_tokens(text: str, tokens: Sequence[str]) -> tuple[str, li
 
 
 def _conversations(processor: Any, images: Sequence[Any], narratives: Sequence[str],
-                   evaluations: Sequence[str] | None):
+                   evaluations: Sequence[str] | None, prompt_fn: PromptFn | None = None):
     tokens = control_tokens(processor)
     conversations = []
     for i, (image, narrative) in enumerate(zip(images, narratives, strict=True)):
         narrative, _ = neutralise_control_tokens(narrative, tokens)
-        messages = evaluator_messages(narrative, evaluations[i] if evaluations is not None else None)
+        messages = evaluator_messages(narrative, evaluations[i] if evaluations is not None else None, prompt_fn)
         messages[0]["content"][0]["image"] = image
         conversations.append(messages)
     return conversations
@@ -113,18 +121,20 @@ def _tokenize(processor: Any, conversations: list, *, generation_prompt: bool, m
     return batch
 
 
-def prompt_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str]) -> Any:
+def prompt_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str],
+                 prompt_fn: PromptFn | None = None) -> Any:
     """Left-padded prompts ending in the generation prompt: what DermEval generates from (inference and SOREB)."""
-    return _tokenize(processor, _conversations(processor, images, narratives, None), generation_prompt=True)
+    return _tokenize(processor, _conversations(processor, images, narratives, None, prompt_fn),
+                     generation_prompt=True)
 
 
 def training_batch(processor: Any, images: Sequence[Any], narratives: Sequence[str], evaluations: Sequence[str],
-                   max_length: int | None = None) -> Any:
+                   max_length: int | None = None, prompt_fn: PromptFn | None = None) -> Any:
     """Full conversations with ``labels`` on the assistant's tokens only (y* and its EOS), right-padded.
 
     This is the L_TEXT target of eq. 1 (Stage 1) and eq. 5 (Stage 2).
     """
-    batch = _tokenize(processor, _conversations(processor, images, narratives, evaluations),
+    batch = _tokenize(processor, _conversations(processor, images, narratives, evaluations, prompt_fn),
                       generation_prompt=False, max_length=max_length)
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
@@ -146,10 +156,28 @@ class TrainingCollator:
 
     processor: Any
     max_length: int | None = None
+    prompt_fn: PromptFn | None = None  # the official release's DermEval prompt (target_format: official)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         from dermtrl.cases.images import read_cell
 
         images = [read_cell(row["image"], where=f"case {row.get('case_id', '?')!r}").image for row in rows]
         return dict(training_batch(self.processor, images, [row["narrative"] for row in rows],
-                                   [row["evaluation"] for row in rows], max_length=self.max_length))
+                                   [row["evaluation"] for row in rows], max_length=self.max_length,
+                                   prompt_fn=self.prompt_fn))
+
+
+#: Written beside an adapter trained on another prompt than the paper's: which one, so inference uses it too.
+PROMPT_RECORD = "dermeval_prompt.json"
+
+
+def save_prompt_record(folder: str, target_format: str, release: str | None) -> None:
+    """Record beside the adapter that it was trained on ``target_format`` (and where its prompt came from)."""
+    import json
+    from pathlib import Path
+
+    if target_format == "paper":
+        return
+    (Path(folder) / PROMPT_RECORD).write_text(json.dumps(
+        {"target_format": target_format, "release": str(Path(release).resolve()) if release else None}, indent=2))
+

@@ -41,6 +41,37 @@ class DermEvalScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "torch.set_num_threads on CPU; tiny models run fastest with 1 on small machines."},
     )
+    target_format: str = field(
+        default="paper",
+        metadata={"help": "The y* format and prompt: 'paper' (Figure 4's label text, the paper's prompt) or "
+                  "'official' (the official DermBench release's '<Dimension>: <score> - ...' lines, as `dermtrl data "
+                  "import-records` writes them, and the release's DermEval prompt, read from `release`)."},
+    )
+    release: str | None = field(
+        default=None,
+        metadata={"help": "A checkout of the official DermBench release (yuhos16/DermBench): target_format "
+                  "'official' reads its DermEval prompt from it (dermtrl ships none of the release's text)."},
+    )
+
+
+def prompt_builder(script_args: Any) -> Any | None:
+    """The DermEval prompt of ``target_format``: ``None`` for the paper's, the release's builder for 'official'.
+
+    Checked before any model loads: a wrong format or a missing checkout is one clear error.
+    """
+    from dermtrl.errors import DermtrlError
+
+    fmt = getattr(script_args, "target_format", "paper")
+    if fmt == "paper":
+        return None
+    if fmt != "official":
+        raise DermtrlError(f"target_format {fmt!r}: choose 'paper' or 'official'")
+    if not getattr(script_args, "release", None):
+        raise DermtrlError("target_format 'official' needs release: a checkout of the official DermBench release "
+                           "(git clone https://github.com/yuhos16/DermBench), whose DermEval prompt it trains with")
+    from dermtrl.bench.release import load_release
+
+    return load_release(script_args.release).dermeval_prompt_builder()
 
 
 def setup_threads(script_args: DermEvalScriptArguments) -> None:

@@ -114,6 +114,27 @@ def fingerprint(*sources: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
+def adapter_prompt(adapter: str | None, release: str | None = None) -> Any | None:
+    """The prompt an adapter was trained with: ``None`` (the paper's), or the official release's DermEval prompt
+    builder when ``dermeval_prompt.json`` says so, read from ``release`` or the checkout recorded there."""
+    from dermtrl.conversation import PROMPT_RECORD
+
+    if adapter is None or not (Path(adapter) / PROMPT_RECORD).is_file():
+        return None
+    record = json.loads((Path(adapter) / PROMPT_RECORD).read_text())
+    if record.get("target_format") != "official":
+        return None
+    checkout = release or record.get("release")
+    if not checkout or not Path(checkout).exists():
+        from dermtrl.errors import DermtrlError
+
+        raise DermtrlError(f"{adapter} was trained on the official DermBench release's format and prompt; give "
+                           f"release=PATH (a checkout of yuhos16/DermBench; recorded: {record.get('release')})")
+    from dermtrl.bench.release import load_release
+
+    return load_release(checkout).dermeval_prompt_builder()
+
+
 def adapter_calibration(adapter: str | None) -> Any | None:
     """The ``calibration.json`` written beside an adapter by ``dermtrl calibrate`` (a folder, or a Hub repo when it
     can be reached), else ``None``: intervals are then absent, never made up."""
@@ -146,7 +167,7 @@ class DermEval:
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int | None = None, batch_size: int = 8,
                  model_id: str = "", model_fingerprint: str = "", llm_parser: Any | None = None,
-                 calibration: Any | None = None, coverage: float = 0.9):
+                 calibration: Any | None = None, coverage: float = 0.9, prompt_fn: Any | None = None):
         """``llm_parser``: a :class:`~dermtrl.llm.client.ClientConfig` (or a client with ``complete(messages)``) for
         Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone.
         ``calibration``: a :class:`~dermtrl.calibration.Calibration`; with it every evaluation carries intervals
@@ -157,6 +178,7 @@ class DermEval:
             calibration._q("Accuracy", coverage)  # a coverage it was not fitted at fails now, naming the fitted ones
         self.calibration = calibration
         self.coverage = coverage
+        self.prompt_fn = prompt_fn  # None: the paper's prompt; the release's for an adapter trained on its format
 
         self.llm_parser = LLMClient(llm_parser) if isinstance(llm_parser, ClientConfig) else llm_parser
         self.model = model.eval()
@@ -178,6 +200,7 @@ class DermEval:
         device: str | None = None,
         dtype: torch.dtype | str | None = None,
         merge: bool = True,
+        release: str | None = None,
         **kwargs: Any,
     ) -> DermEval:
         """Load base + adapter from Hub ids or folders; the adapter's config names its base when ``base`` is None.
@@ -188,6 +211,10 @@ class DermEval:
         ``max_new_tokens`` defaults to the budget the training recipe recorded beside the adapter
         (``generation_config.json``: the longest label evaluation plus a margin, see :mod:`dermtrl.lengths`), and to
         ``FALLBACK_MAX_NEW_TOKENS`` when there is none.
+
+        An adapter trained on the official release's target format (``dermeval_prompt.json`` beside it) is prompted
+        with the release's DermEval prompt, read from ``release`` (a checkout; default: the one it was trained with).
+        A ``calibration.json`` beside the adapter adds calibrated intervals (``coverage``, default 0.9).
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -219,6 +246,8 @@ class DermEval:
         processor.tokenizer.padding_side = "left"
         if kwargs.get("max_new_tokens") is None:
             kwargs["max_new_tokens"] = recorded_max_new_tokens(adapter)
+        if "prompt_fn" not in kwargs:
+            kwargs["prompt_fn"] = adapter_prompt(adapter, release)
         if "calibration" not in kwargs:
             kwargs["calibration"] = adapter_calibration(adapter)
         elif isinstance(kwargs["calibration"], (str, Path)):
@@ -247,7 +276,7 @@ class DermEval:
         return results
 
     def _generate(self, images: list[Image.Image], narratives: list[str]) -> list[Evaluation]:
-        batch = prompt_batch(self.processor, images, narratives).to(self.model.device)
+        batch = prompt_batch(self.processor, images, narratives, self.prompt_fn).to(self.model.device)
         # only the six digit columns of each step's raw logits are kept (output_logits would hold
         # batch x new tokens x 32,064 fp32 values, about 8 GB at batch 64 for the 7B model)
         digit_steps: list[torch.Tensor] = []

@@ -28,13 +28,14 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from dermtrl import lengths
 from dermtrl.cases.images import read_cell
 from dermtrl.console import err_console
-from dermtrl.conversation import TrainingCollator, use_training_template
+from dermtrl.conversation import TrainingCollator, save_prompt_record, use_training_template
 from dermtrl.script_args import (
     DermEvalScriptArguments,
     epochs_warning,
     load_model,
     load_training_cases,
     lora_config,
+    prompt_builder,
     save_stage1_settings,
     setup_threads,
     stage1_settings,
@@ -55,8 +56,9 @@ def stage1_cases(script_args: DermEvalScriptArguments) -> Dataset:
 def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     setup_threads(script_args)
 
-    # Dataset first: a missing column or file is refused before the model is loaded
+    # Dataset first: a missing column or file (or the official prompt's checkout) is refused before the model loads
     train = stage1_cases(script_args)
+    prompt_fn = prompt_builder(script_args)  # None: the paper's prompt; else the official release's
     state = PartialState()
     warning = epochs_warning(len(train), training_args, state.num_processes)
     if warning and state.is_main_process:
@@ -80,7 +82,7 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
     # Training
     trainer = SFTTrainer(
         model=model, args=training_args, train_dataset=train, processing_class=processor, peft_config=peft_config,
-        data_collator=TrainingCollator(processor, max_length=training_args.max_length),
+        data_collator=TrainingCollator(processor, max_length=training_args.max_length, prompt_fn=prompt_fn),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # every file first (adapter, processor, generation config, settings), then one push below: save_model would
@@ -88,6 +90,8 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
     trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
+        # an adapter trained on the official target format says so, so DermEval prompts it the same way
+        save_prompt_record(training_args.output_dir, script_args.target_format, script_args.release)
         # generation_config.json: DermEval's default budget, the longest y* plus a margin
         lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
         # what decided these weights: recipes/soreb.py retrains an output its Stage-1 config would not produce

@@ -1,0 +1,74 @@
+"""Stage 1 on official DermEval records (`target_format: official`): trained with the release's DermEval prompt,
+read from the user's checkout, and an adapter that says so, so DermEval prompts it the same way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dermtrl.data.records import import_records
+from tests.test_records import make_images, records, write_jsonl
+from tests.test_release_standin import STANDIN_DERMEVAL_PROMPTS, make_release
+
+CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo_sft.yaml"
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A stand-in release checkout with its DermEval prompt module (written for these tests)."""
+    root = make_release(tmp_path / "DermBench", 2)
+    package = root / "dermbench" / "dermeval"
+    package.mkdir(parents=True)
+    (root / "dermbench" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "constants.py").write_text('NAMES = ["Accuracy", "Safety"]\n', encoding="utf-8")
+    (package / "prompts.py").write_text(STANDIN_DERMEVAL_PROMPTS, encoding="utf-8")
+    return root
+
+
+def test_the_collator_uses_the_releases_prompt(checkout, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from dermtrl.bench.release import load_release
+    from dermtrl.conversation import TrainingCollator, use_training_template
+    from dermtrl.tiny import tiny_llava_path
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_path())
+    use_training_template(processor)
+    row = {"image": Image.new("RGB", (32, 32), (180, 60, 60)), "narrative": "Red plaques.",
+           "evaluation": "Accuracy: 4.0 - right"}
+    official = TrainingCollator(processor, prompt_fn=load_release(checkout).dermeval_prompt_builder())([row])
+    paper = TrainingCollator(processor)([row])
+    text = processor.tokenizer.decode(official["input_ids"][0], skip_special_tokens=True)
+    assert "Stand-in DermEval prompt over Accuracy, Safety:" in text and "Red plaques." in text
+    assert "Stand-in DermEval prompt" not in processor.tokenizer.decode(paper["input_ids"][0])
+    # the label is y* either way
+    labelled = official["input_ids"][0][official["labels"][0] != -100]
+    assert processor.tokenizer.decode(labelled, skip_special_tokens=True).strip() == "Accuracy: 4.0 - right"
+
+
+def test_stage1_trains_one_step_on_official_records_and_dermeval_prompts_the_same_way(checkout, tmp_path):
+    from dermtrl import DermEval
+    from dermtrl.cli import main
+
+    src = write_jsonl(tmp_path / "official.jsonl", records())
+    images = make_images(tmp_path / "images")
+    import_records(src, tmp_path / "data" / "train.jsonl", image_root=str(images))
+    out = tmp_path / "adapter"
+    args = ["sft", "--config", str(CONFIG), "--dataset_name", str(tmp_path / "data" / "train.jsonl"),
+            "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
+            "--logging_steps", "1", "--disable_tqdm", "true", "--target_format", "official"]
+    assert main(args) == 2  # no checkout given: refused before any model loads
+    assert main([*args, "--release", str(checkout)]) == 0
+    assert json.loads((out / "dermeval_prompt.json").read_text())["target_format"] == "official"
+    evaluator = DermEval.from_pretrained(adapter=str(out), max_new_tokens=4)
+    assert evaluator.prompt_fn("A papule.").startswith("Stand-in DermEval prompt over Accuracy, Safety:")
+    assert evaluator.evaluate(images / "derm" / "a.png", "A papule.").text is not None
+    moved = tmp_path / "moved"
+    checkout.rename(moved)
+    with pytest.raises(Exception, match="release=PATH"):
+        DermEval.from_pretrained(adapter=str(out))
+    assert DermEval.from_pretrained(adapter=str(out), release=str(moved)).prompt_fn is not None
