@@ -72,3 +72,35 @@ def test_stage1_trains_one_step_on_official_records_and_dermeval_prompts_the_sam
     with pytest.raises(Exception, match="release=PATH"):
         DermEval.from_pretrained(adapter=str(out))
     assert DermEval.from_pretrained(adapter=str(out), release=str(moved)).prompt_fn is not None
+
+
+def test_soreb_continues_an_official_stage1_adapter_with_the_same_prompt(checkout, tmp_path, monkeypatch):
+    """Stage 2 on official records, continuing the Stage-1 adapter above: it samples and computes its text loss
+    with the release's prompt (read from the Stage-1 adapter's record), and its own adapter records it too."""
+    from dermtrl.cli import main
+    from dermtrl.trainer import soreb_trainer
+
+    src = write_jsonl(tmp_path / "official.jsonl", records())
+    images = make_images(tmp_path / "images")
+    data = tmp_path / "data" / "train.jsonl"
+    import_records(src, data, image_root=str(images))
+    stage1 = tmp_path / "stage1"
+    assert main(["sft", "--config", str(CONFIG), "--dataset_name", str(data), "--output_dir", str(stage1),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--disable_tqdm", "true",
+                 "--target_format", "official", "--release", str(checkout)]) == 0
+    seen = []
+    original = soreb_trainer.prompt_batch
+
+    def spy(processor, images, narratives, prompt_fn=None):
+        seen.append(prompt_fn(narratives[0]) if prompt_fn else None)
+        return original(processor, images, narratives, prompt_fn)
+
+    monkeypatch.setattr(soreb_trainer, "prompt_batch", spy)
+    out = tmp_path / "stage2"
+    assert main(["soreb", "--model_name_or_path", "dermtrl:tiny", "--dataset_name", str(data),
+                 "--sft_adapter", str(stage1), "--output_dir", str(out), "--max_steps", "1",
+                 "--per_device_train_batch_size", "2", "--max_completion_length", "8", "--use_cpu", "true",
+                 "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--log_completions", "false",
+                 "--disable_tqdm", "true"]) == 0
+    assert seen and all(s and s.startswith("Stand-in DermEval prompt") for s in seen)
+    assert json.loads((out / "dermeval_prompt.json").read_text())["release"] == str(checkout.resolve())

@@ -126,3 +126,21 @@ def test_an_unreadable_training_image_names_the_case(tmp_path, processor):
     row = {"case_id": "c7", "image": str(tmp_path / "empty.png"), "narrative": NARRATIVE, "evaluation": "Fine."}
     with pytest.raises(ValueError, match=r"case 'c7'.*zero-byte"):
         TrainingCollator(processor)([row])
+
+
+def test_stage2_samples_from_the_inference_pixels(tmp_path, processor):
+    """SOREB reads its cases (image paths in a data file, relative to it) through the same reader: the pixels it
+    samples from are the ones inference sees."""
+    from dermtrl.script_args import load_training_cases
+    from dermtrl.trainer.soreb_trainer import sampling_images
+
+    names = _write_images(tmp_path / "data" / "images")
+    scores = {"Accuracy": 4, "Safety": 5, "Medical Groundedness": 4, "Clinical Coverage": 3,
+              "Reasoning Coherence": 4, "Description Precision": 4}
+    data = tmp_path / "data" / "train.jsonl"
+    data.write_text("".join(json.dumps({"case_id": n, "image": f"images/{n}", "narrative": NARRATIVE,
+                                        "evaluation": "Fine.", "expert_scores": scores}) + "\n" for n in names))
+    cases = load_training_cases(DermEvalScriptArguments(dataset_name=str(data)), scores=True)
+    for name, row in zip(names, cases, strict=True):
+        pixels = prompt_batch(processor, sampling_images([row]), [NARRATIVE])["pixel_values"]
+        assert torch.equal(pixels, _inference_pixels(processor, tmp_path / "data" / "images" / name)), name

@@ -20,6 +20,7 @@ accelerate launch --cpu --num_processes 2 recipes/soreb.py --config recipes/conf
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from dermtrl import lengths
 from dermtrl.cases.loading import load_cases
 from dermtrl.cases.splits import TEST_START
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
+from dermtrl.conversation import PROMPT_RECORD, save_prompt_record
+from dermtrl.dermeval.evaluator import adapter_prompt
 from dermtrl.lora import other_base
 from dermtrl.script_args import (
     STAGE1_SETTINGS_FILE,
@@ -40,6 +43,7 @@ from dermtrl.script_args import (
     load_model,
     load_training_cases,
     lora_config,
+    prompt_builder,
     recorded_stage1_settings,
     setup_threads,
     stage1_settings,
@@ -127,6 +131,14 @@ def set_aside_stale_stage1(adapter: str, base: str, sft_config: str, training_ar
                                                                                                     sft_config)
 
 
+def _recorded_release(adapter: str | None) -> str | None:
+    """The release checkout a Stage-1 adapter's prompt record names."""
+    try:
+        return json.loads((Path(adapter) / PROMPT_RECORD).read_text()).get("release") if adapter else None
+    except (OSError, ValueError):
+        return None
+
+
 def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_args: ModelConfig) -> SOREBTrainer:
     setup_threads(script_args)
     if script_args.report_cases:
@@ -155,6 +167,9 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else base
     processor = AutoProcessor.from_pretrained(processor_source)
 
+    # The prompt: the paper's, or the official release's (target_format: official, or a Stage-1 adapter trained so)
+    prompt_fn = prompt_builder(script_args) or adapter_prompt(adapter, script_args.release)
+
     # Dataset: cases with image, narrative, y* and expert scores
     train = load_training_cases(script_args, scores=True)
     label_lengths = lengths.measure_cases(processor, train)
@@ -166,7 +181,7 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
 
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
-                           peft_config=peft_config)
+                           peft_config=peft_config, prompt_fn=prompt_fn)
     if script_args.report_cases:  # Table 1 before and after on held-out cases, and with mismatched images
         held_out = load_cases("dermtrl:synthetic", n=script_args.report_cases, start=HELD_OUT_START)
         trainer.add_callback(HeldOutReportCallback(
@@ -183,6 +198,8 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         lengths.save(label_lengths, training_args.output_dir, trainer.model.generation_config)
+        if prompt_fn is not None:  # DermEval prompts this adapter as it was trained
+            save_prompt_record(training_args.output_dir, "official", script_args.release or _recorded_release(adapter))
         trainer.create_model_card(**card)
     trainer.accelerator.print(f"Saved the DermEval Stage-2 adapter to {training_args.output_dir}")
     if training_args.push_to_hub:

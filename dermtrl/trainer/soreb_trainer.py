@@ -28,7 +28,7 @@ import os
 import textwrap
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import print_prompt_completions_sample, selective_log_softmax
 
+from dermtrl.cases.images import read_cell
 from dermtrl.conversation import prompt_batch, training_batch, use_training_template
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.rewards import ScoreAlignmentReward
@@ -209,6 +210,13 @@ def cast_adapter_to_base_dtype(model: Any) -> None:
             p.data = p.data.to(dtype)
 
 
+def sampling_images(features: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The batch's pictures through the project's one reader (EXIF orientation, transparency on white, 16-bit
+    scaled), whatever a cell holds (a path from a data file, bytes, a PIL image): Stage 2 samples from the pixels
+    Stage 1 trained on and inference sees."""
+    return [read_cell(f["image"], where=f"case {f.get('case_id', '?')!r}").image for f in features]
+
+
 class SOREBTrainer(_BaseTrainer):
     """DermEval Stage 2 trainer. Examples need ``image``, ``narrative``, ``evaluation`` (y*) and ``expert_scores``.
 
@@ -266,7 +274,11 @@ class SOREBTrainer(_BaseTrainer):
         peft_config: Any = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
+        prompt_fn: Callable[[str], str] | None = None,
     ):
+        # ``prompt_fn``: DermEval's user text from a narrative; None is the paper's prompt (the official release's
+        # for an adapter trained on its target format), the same in sampling and in the text loss
+        self.prompt_fn = prompt_fn
         args = args or SOREBConfig(output_dir="soreb-output")
         if isinstance(model, str):  # a Hub id, a folder or dermtrl:tiny, as TRL's trainers accept it
             model, processing_class = self._load(model, args, processing_class)
@@ -393,9 +405,9 @@ class SOREBTrainer(_BaseTrainer):
     def _prepare_inputs(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
-        images = [f["image"].convert("RGB") for f in features]
+        images = sampling_images(features)
         narratives = [f["narrative"] for f in features]
-        prompts = prompt_batch(self.processing_class, images, narratives).to(device)
+        prompts = prompt_batch(self.processing_class, images, narratives, self.prompt_fn).to(device)
         # every process takes part in each sampling step until all are done when the parameters are sharded
         synced = self._dist.is_zero3 and self.accelerator.num_processes > 1
         with torch.no_grad(), self._checkpointing_off(), unwrap_model_for_generation(
@@ -424,7 +436,7 @@ class SOREBTrainer(_BaseTrainer):
         self._log_generation(mode, features, texts, rewards, advantages, completion_mask, ~is_eos.any(1))
 
         text_batch = training_batch(self.processing_class, images, narratives,
-                                    [f["evaluation"] for f in features]).to(device)
+                                    [f["evaluation"] for f in features], prompt_fn=self.prompt_fn).to(device)
         attention_mask = torch.cat([prompts["attention_mask"], completion_mask], dim=1)
         generated_mask = torch.cat([torch.zeros_like(prompts["attention_mask"]), completion_mask], dim=1)
         return {
