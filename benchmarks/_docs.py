@@ -81,6 +81,14 @@ def write_docs(name: str, title: str, body: str, command: str | None = None, pag
     return page
 
 
+def write_console_docs(name: str, title: str, console: object) -> Path:
+    """Write what a script printed to a ``Console(record=True)`` (its tables, ratios and targets) as its section."""
+    text = console.export_text(clear=False).rstrip()  # type: ignore[attr-defined]
+    path = write_docs(name, title, f"```text\n{text}\n```")
+    print(f"wrote the {name} section of {path}")
+    return path
+
+
 def rich_table_markdown(headers: list[str], rows: list[list[object]]) -> str:
     """A Markdown table from the same cells a script prints with rich."""
     def cell(value: object) -> str:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console
 from rich.table import Table
 
@@ -71,8 +72,9 @@ def main() -> None:
     parser.add_argument("--sequential-cases", type=int, default=64, help="cases for the sequential baseline")
     parser.add_argument("--latency", type=float, default=0.1, help="server latency per call, seconds")
     parser.add_argument("--concurrency", type=int, default=64)
+    add_write_docs_argument(parser)
     args = parser.parse_args()
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 120, record=True)
 
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.latency)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -127,6 +129,8 @@ def main() -> None:
                   f"(ideal {args.concurrency}x), goal >= {goal:.0f}x: {'met' if speedup >= goal else 'NOT met'}")
     console.print(f"target: judge process CPU {cpu_ms:.3f} ms per call in the concurrent run, goal <= "
                   f"{TARGET_CPU_MS:g} ms: {'met' if cpu_ms <= TARGET_CPU_MS else 'NOT met'}")
+    if args.write_docs:
+        write_console_docs("judge_throughput", "DermBench judge throughput", console)
 
 
 if __name__ == "__main__":

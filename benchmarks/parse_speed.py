@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=20_000, help="texts in the mix (default 20000)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per format; the best counts")
     ap.add_argument("--seed", type=int, default=0)
+    add_write_docs_argument(ap)
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(record=True)
     pinned = pin_one_core()
     corpus = build(args.n, args.seed)
 
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         f"overall: {overall:,.0f} texts/s on the mix (goal {GOAL:,.0f}/s, ratio {overall / GOAL:.2f}x)",
         highlight=False,
     )
+    if args.write_docs:
+        write_console_docs("parse_speed", "Score parser speed", console)
     return 1 if wrong else 0
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console
 from rich.table import Table
 
@@ -61,8 +62,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="completions per step")
     parser.add_argument("--steps", type=int, default=5, help="steps timed per mode (the median is reported)")
     parser.add_argument("--latency", type=float, default=0.2, help="parser server latency per call, seconds")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 120, record=True)
 
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.latency)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -94,6 +96,8 @@ def main() -> None:
     console.print(f"parser calls made in all (warm-up included): {calls}")
     console.print(f"speed-up of the concurrent parser over sequential: {ratio:.1f}x (ideal {args.batch}x; "
                   f"target >= {TARGET:g}x: {'met' if ratio >= TARGET else 'NOT met'})")
+    if args.write_docs:
+        write_console_docs("parser_throughput", "SOREB reward: LLM parser throughput", console)
 
 
 if __name__ == "__main__":

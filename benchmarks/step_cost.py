@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
+
 
 def worker(name: str, steps: int, max_new_tokens: int) -> dict:
     import torch
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["SOREB", "SFT", "GRPO", "RLOO"],
                         choices=["SOREB", "SFT", "GRPO", "RLOO"], help="which to run (SOREB is always run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.steps, args.max_new_tokens)))
@@ -143,7 +146,7 @@ def main() -> None:
         if line is None:
             raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
         results[name] = json.loads(line[7:])
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 120, record=True)
     table = Table(title=f"Cost per prompt, tiny LLaVA + LoRA, batch 8, {args.max_new_tokens} new tokens, "
                         f"{args.steps} steps (first untimed), 1 CPU thread")
     for col in ("trainer", "samples / prompt", "s / step", "prompts / step", "s / prompt", "peak RSS (MB)",
@@ -170,6 +173,8 @@ def main() -> None:
                       f"{'met' if ratio <= 1.3 else 'NOT met'}")
     console.print(f"parse + reward share of a SOREB step: {100 * share:.2f}% (goal <= 1%): "
                   f"{'met' if share <= 0.01 else 'NOT met'}")
+    if args.write_docs:
+        write_console_docs("step_cost", "Cost of a SOREB step", console)
 
 
 if __name__ == "__main__":
