@@ -1,6 +1,7 @@
 """Do DermEval's calibrated intervals cover the experts' scores as often as they claim?
 
-Fits the split conformal predictor of ``dermtrl.calibration`` on validation cases only, then measures on test cases:
+Fits the split conformal predictor of ``dermtrl.agreement.calibration`` on validation cases only, then measures
+on test cases:
 
 - the share of expert scores inside their interval at 80, 90 and 95% nominal coverage, with a bootstrap CI over
   cases, the mean interval width and the share of intervals 3 or more points wide ("uncertain");
@@ -28,10 +29,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dermtrl.calibration import COVERAGES, UNCERTAIN_WIDTH, Calibration, coverage_report, fit, score_matrices  # noqa: E402
+from dermtrl.agreement.calibration import COVERAGES, UNCERTAIN_WIDTH, Calibration, coverage_report, fit, score_matrices  # noqa: E402
+from dermtrl.agreement.reliability import Estimate  # noqa: E402
+from dermtrl.agreement.selective import record_matrices, risk_coverage, selective_prediction  # noqa: E402
 from dermtrl.jsonl import read_records  # noqa: E402
-from dermtrl.reliability import Estimate  # noqa: E402
-from dermtrl.selective import record_matrices, risk_coverage, selective_prediction  # noqa: E402
 
 TOLERANCE = 0.03  # measured coverage within 3 points of nominal
 

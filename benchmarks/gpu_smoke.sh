@@ -19,7 +19,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-smoke() { "$PYTHON" -c 'import sys; from dermtrl.memory import smoke_main; smoke_main(sys.argv[1:])' "$@"; }
+smoke() { "$PYTHON" -c 'import sys; from dermtrl.trainer.memory import smoke_main; smoke_main(sys.argv[1:])' "$@"; }
 
 case "${1:-}" in
   --dry-run)

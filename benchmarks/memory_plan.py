@@ -10,7 +10,7 @@ extrapolates linearly in depth (the per-layer increment from the 1- vs 2-layer d
 embeddings, lm_head, CLIP, LoRA and its AdamW state) and in tokens (the per-token increment from the two lengths;
 the 576 image tokens count as positions like any other) to 32 layers, batch 1-4 and the recorded lengths, and adds
 one image's measured pass through the vision tower per image in the batch. Activations are thus scaled from short
-sequences, not measured at full length. ``dermtrl.memory`` states the method and its assumptions. About 2-3
+sequences, not measured at full length. ``dermtrl.trainer.memory`` states the method and its assumptions. About 2-3
 minutes on 2 idle cores. With ``--device cuda`` it builds the full 32-layer model on the GPU
 and measures every setting for real (``torch.cuda.max_memory_allocated``, wall time).
 
@@ -35,8 +35,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dermtrl.memory import GIB, LORA, Shape, checkpoint_bytes, fits, measure, parameter_counts, predicted_peak
 from dermtrl.testing.llava7b import IMAGE_SEQ_LENGTH, llava15_7b_config
+from dermtrl.trainer.memory import GIB, LORA, Shape, checkpoint_bytes, fits, measure, parameter_counts, predicted_peak
 
 GPUS = {"24 GB (RTX 4090)": 24, "80 GB (A100/H100)": 80}
 #: the CPU probes (prompt, y*, completion tokens; batch 1, text only): short, since a 4096-wide layer is slow here
@@ -84,7 +84,7 @@ def plan_cpu(settings: list[Shape], console: Console, fused: bool = True) -> tup
 
 
 def plan_cuda(settings: list[Shape], fused: bool = True) -> tuple[dict, dict]:
-    from dermtrl.memory import build, step
+    from dermtrl.trainer.memory import build, step
 
     config = llava15_7b_config()
     model, optimizer = build(config, "cuda")

@@ -45,7 +45,7 @@ def run_mode(evaluator, cases, *, batch: int, wait_ms: float, clients: int, requ
     """Serve with ``batch`` as the largest batch; ``clients`` threads each send ``requests`` chat completions."""
     from openai import OpenAI
 
-    from dermtrl.serve import DermEvalServer, ServeConfig
+    from dermtrl.dermeval.serve import DermEvalServer, ServeConfig
 
     config = ServeConfig(max_batch_size=batch, max_wait_ms=wait_ms, max_queue=4 * clients, request_timeout_s=600)
     latencies: list[float] = []

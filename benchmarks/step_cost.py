@@ -31,8 +31,8 @@ def worker(name: str, steps: int, max_new_tokens: int) -> dict:
 
     from dermtrl.cases.synthetic import generate_cases
     from dermtrl.conversation import evaluator_messages, use_training_template
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.rewards import ScoreAlignmentReward
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.tiny import tiny_llava_path
     from dermtrl.trainer.soreb_config import SOREBConfig
     from dermtrl.trainer.soreb_trainer import SOREBTrainer

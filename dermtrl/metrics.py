@@ -6,9 +6,9 @@ scale", and the "macro average MAE" over the six dimensions. Keeping that defini
 the two evaluators can never drift onto subtly different metrics. Beside the MAE every report gives the
 statistics clinical agreement studies use (ICC(2,1), ICC(3,1), Krippendorff's ordinal alpha), quadratic-weighted
 kappa and Spearman's rho, per dimension and macro-averaged, each with a seeded bootstrap CI over cases
-(:mod:`dermtrl.reliability`); a constant-mean baseline row; and, when the cases keep every rater's scores, the
-expert ceiling (:mod:`dermtrl.ceiling`). Missing or skipped cases are counted and reported rather than silently
-scored.
+(:mod:`dermtrl.agreement.reliability`); a constant-mean baseline row; and, when the cases keep every rater's
+scores, the expert ceiling (:mod:`dermtrl.agreement.ceiling`). Missing or skipped cases are counted and reported
+rather than silently scored.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau
 
-from dermtrl.ceiling import Ceiling, expert_ceiling
-from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, Scores, canonical_dimension, valid_score
-from dermtrl.reliability import (
+from dermtrl.agreement.ceiling import Ceiling, expert_ceiling
+from dermtrl.agreement.reliability import (
     STATISTICS,
     Estimate,
     agreement_statistics,
@@ -33,6 +32,7 @@ from dermtrl.reliability import (
     finite_or_none,
     round_half_up,
 )
+from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, Scores, canonical_dimension, valid_score
 
 __all__ = ["AgreementReport", "DimensionAgreement", "agreement", "constant_predictions", "round_half_up"]
 
@@ -73,7 +73,7 @@ class DimensionAgreement:
     alpha_ci: tuple[float, float] | None = None
 
     def stat(self, name: str) -> Estimate:
-        """One statistic of :data:`~dermtrl.reliability.STATISTICS` with its interval."""
+        """One statistic of :data:`~dermtrl.agreement.reliability.STATISTICS` with its interval."""
         return Estimate(getattr(self, name), getattr(self, f"{name}_ci"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def agreement(
       without what a constant achieves. A report whose predictions are all the same is itself a constant baseline
       (``constant=True``) and gets none; the renderers show no nested baseline beside a constant report.
     - ``raters``: per case, every rater's scores (``rater_scores`` or the pipeline's ``ratings``); gives the nested
-      expert ceiling (:func:`dermtrl.ceiling.expert_ceiling`) on the same bootstrap resamples.
+      expert ceiling (:func:`dermtrl.agreement.ceiling.expert_ceiling`) on the same bootstrap resamples.
 
     ``skipped`` counts cases dropped before scoring (e.g. undecodable images); it is carried into the
     report so that it is never lost; ``truncated`` likewise counts evaluations that hit the generation budget.

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from dermtrl.ceiling import MACRO, Ceiling
+from dermtrl.agreement.ceiling import MACRO, Ceiling
+from dermtrl.agreement.reliability import STATISTIC_NAMES, STATISTICS, Estimate
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, DimensionAgreement
-from dermtrl.reliability import STATISTIC_NAMES, STATISTICS, Estimate
 
 __all__ = ["CSV_FIELDS", "NA", "ceiling_lines", "cell", "md_row", "md_table", "render_table", "rich_table", "to_csv",
            "to_json", "to_markdown", "write_report"]

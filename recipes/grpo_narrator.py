@@ -99,7 +99,7 @@ def writer_sft(model: Any, processor: Any, args: NarratorArguments, seed: int) -
     from peft import LoraConfig, get_peft_model
 
     from dermtrl.cases.synthetic import generate_case
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
 
     if args.writer_sft_steps <= 0:
         return model
@@ -214,8 +214,8 @@ def main(args: NarratorArguments, training_args: GRPOConfig, model_args: ModelCo
     from dermtrl.cases.splits import TEST_START
     from dermtrl.cases.synthetic import generate_case, generate_cases
     from dermtrl.conversation import use_training_template
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.rewards import DermBenchJudgeReward, DermEvalReward
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.tiny import resolve_model_name
 
     if args.reward not in REWARDS:

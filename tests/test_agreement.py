@@ -11,10 +11,8 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-from dermtrl.ceiling import rater_matrix
-from dermtrl.dimensions import DIMENSIONS
-from dermtrl.metrics import IN_SAMPLE_LABEL, TRAIN_MEAN_LABEL, AgreementReport, agreement
-from dermtrl.reliability import (
+from dermtrl.agreement.ceiling import rater_matrix
+from dermtrl.agreement.reliability import (
     STATISTICS,
     agreement_statistics,
     bootstrap_counts,
@@ -22,6 +20,8 @@ from dermtrl.reliability import (
     krippendorff_alpha,
     round_half_up,
 )
+from dermtrl.dimensions import DIMENSIONS
+from dermtrl.metrics import IN_SAMPLE_LABEL, TRAIN_MEAN_LABEL, AgreementReport, agreement
 from dermtrl.report import to_csv, to_json, to_markdown
 
 # Shrout & Fleiss (1979), Table 2: six targets rated by four judges. Published: ICC(2,1) = .29, ICC(3,1) = .71.
@@ -73,7 +73,7 @@ def _reference_statistics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 @pytest.mark.parametrize("cells", [4096, 0], ids=["counted cells", "every case ranked"])
 def test_weighted_statistics_equal_explicit_resamples(monkeypatch, cells):
     """A bootstrap row of case counts gives exactly the statistic of the resampled data set."""
-    monkeypatch.setattr("dermtrl.reliability.JOINT_CELLS", cells)
+    monkeypatch.setattr("dermtrl.agreement.reliability.JOINT_CELLS", cells)
     rng = np.random.default_rng(3)
     y = rng.integers(0, 6, 40) + rng.choice([0, 0.5, 1 / 3], 40)
     y = np.clip(y, 0, 5)
@@ -221,7 +221,7 @@ def test_old_report_json_still_loads(report):
 
 
 def test_record_raters_reads_either_column():
-    from dermtrl.ceiling import record_raters
+    from dermtrl.agreement.ceiling import record_raters
 
     scores = {d: 1.0 for d in DIMENSIONS}
     synthetic = {"rater_scores": [scores, scores]}

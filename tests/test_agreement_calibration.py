@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from dermtrl.calibration import Calibration, _quantile, coverage_lines, coverage_report, fit
+from dermtrl.agreement.calibration import Calibration, _quantile, coverage_lines, coverage_report, fit
 from dermtrl.dimensions import DIMENSIONS
 
 

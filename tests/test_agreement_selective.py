@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dermtrl.agreement.selective import record_matrices, risk_coverage, selective_prediction
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.selective import record_matrices, risk_coverage, selective_prediction
 
 
 def _data(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dermtrl.bench.cli import register
 from dermtrl.cli import main as dermtrl_main
+from dermtrl.cli.bench import register
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.prompts import CANDIDATE_CLOSE, CANDIDATE_OPEN, REFERENCE_CLOSE, REFERENCE_OPEN
 from dermtrl.testing import last_user_text

@@ -18,7 +18,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     """dermtrl's main parser with `data` and `publish` registered (as dermtrl/cli.py does); (exit code, output)."""
     from rich.console import Console
 
-    import dermtrl.data.cli as data_cli
+    import dermtrl.cli.data as data_cli
     from dermtrl.cli import CLIError, build_parser
 
     parser = build_parser()

@@ -78,7 +78,7 @@ def test_only_lora_and_declared_modules_change(tmp_path):
     assert (config["r"], config["lora_alpha"]) == (recipe["lora_r"], recipe["lora_alpha"])
     assert sorted(config["modules_to_save"]) == ["lm_head", "multi_modal_projector"]
     # the settings that decided these weights are recorded beside them (recipes/soreb.py compares them)
-    from dermtrl.script_args import recorded_stage1_settings, stage1_settings
+    from dermtrl.scripts.script_args import recorded_stage1_settings, stage1_settings
 
     recorded = recorded_stage1_settings(str(tmp_path))
     assert recorded == stage1_settings(*args)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from dermtrl.calibration import CALIBRATION_FILE, Calibration, fit
+from dermtrl.agreement.calibration import CALIBRATION_FILE, Calibration, fit
 from dermtrl.cases.synthetic import generate_case
 from dermtrl.dimensions import DIMENSIONS
 

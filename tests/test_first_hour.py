@@ -173,7 +173,7 @@ def test_task3_train_on_my_own_cases_then_evaluate(tmp_path):
 def test_task3_a_long_run_on_a_small_set_is_warned_about():
     from trl import SFTConfig
 
-    from dermtrl.script_args import epochs_warning
+    from dermtrl.scripts.script_args import epochs_warning
 
     args = SFTConfig(output_dir="unused", max_steps=300, per_device_train_batch_size=8, use_cpu=True, bf16=False)
     warning = epochs_warning(20, args)

@@ -54,7 +54,7 @@ def test_the_oracle_arm_trains_and_reports_before_and_after(tmp_path):
 
 def test_the_dermeval_arm_trains_against_a_served_dermeval(tmp_path, make_openai_server):
     from dermtrl.dermeval.evaluator import DermEval
-    from dermtrl.serve import DermEvalServer
+    from dermtrl.dermeval.serve import DermEvalServer
     from dermtrl.tiny import tiny_llava_path
 
     scores = (4, 5, 4, 3, 4, 4)

@@ -38,6 +38,12 @@ def test_no_module_only_reexports_a_moved_one():
     assert not shims, shims
 
 
+def test_the_package_root_holds_one_concept_per_module_and_few_of_them():
+    """Everything else lives in a room; the root stays small enough to read at a glance."""
+    root = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 16, root
+
+
 def test_top_level_exports_are_lazy_and_work():
     code = ("import sys, dermtrl\n"
             "assert 'torch' not in sys.modules and 'trl' not in sys.modules, 'import dermtrl pulled in torch/TRL'\n"
@@ -50,6 +56,6 @@ def test_top_level_exports_are_lazy_and_work():
 def test_rooms_import_nothing_on_their_own():
     """Importing one module of a room must not pull in its siblings (the trainer's torch and TRL, the client's
     openai): each room's __init__ holds only its docstring."""
-    for room in ("trainer", "dermeval", "llm", "hub", "cases"):
+    for room in ("trainer", "dermeval", "llm", "hub", "cases", "agreement"):
         tree = ast.parse((PACKAGE / room / "__init__.py").read_text())
         assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], room

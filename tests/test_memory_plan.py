@@ -1,4 +1,4 @@
-"""The memory plan's machinery (dermtrl.memory, benchmarks/memory_plan.py) on a small LLaVA configuration."""
+"""The memory plan's machinery (dermtrl.trainer.memory, benchmarks/memory_plan.py) on a small LLaVA configuration."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-from dermtrl.memory import (
+from dermtrl.trainer.memory import (
     Fit,
     PeakMemory,
     Shape,

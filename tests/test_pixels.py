@@ -15,7 +15,7 @@ from PIL import Image
 
 from dermtrl.cases.images import load_image
 from dermtrl.conversation import TrainingCollator, prompt_batch, use_training_template
-from dermtrl.script_args import DermEvalScriptArguments
+from dermtrl.scripts.script_args import DermEvalScriptArguments
 from dermtrl.scripts.sft import stage1_cases
 from dermtrl.testing.llava7b import llava15_7b_processor
 
@@ -131,7 +131,7 @@ def test_an_unreadable_training_image_names_the_case(tmp_path, processor):
 def test_stage2_samples_from_the_inference_pixels(tmp_path, processor):
     """SOREB reads its cases (image paths in a data file, relative to it) through the same reader: the pixels it
     samples from are the ones inference sees."""
-    from dermtrl.script_args import load_training_cases
+    from dermtrl.scripts.script_args import load_training_cases
     from dermtrl.trainer.soreb_trainer import sampling_images
 
     names = _write_images(tmp_path / "data" / "images")

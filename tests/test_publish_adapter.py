@@ -199,7 +199,7 @@ def test_the_generation_budget_and_the_calibration_travel_with_the_adapter(adapt
     """A DermEval loaded by Hub id reads its max_new_tokens and its calibrated intervals from the repo."""
     import shutil
 
-    from dermtrl.calibration import Calibration
+    from dermtrl.agreement.calibration import Calibration
     from dermtrl.dimensions import DIMENSIONS
 
     local = tmp_path / "adapter"

@@ -58,7 +58,7 @@ def make_evaluator(parser_url: str):
 
 
 def test_dermeval_reward_in_process_and_served_agree_and_the_gate_holds(make_openai_server, cases):
-    from dermtrl.serve import DermEvalServer, ServeConfig
+    from dermtrl.dermeval.serve import DermEvalServer, ServeConfig
 
     parser = make_openai_server(responder=lambda body: UNSAFE_TEXT)
     evaluator = make_evaluator(parser.base_url)
@@ -132,7 +132,7 @@ def test_judge_reward_is_async_concurrent_cached_and_reads_the_reference(make_op
 
 def test_dermtrl_rewards_imports_without_the_server_or_the_space():
     code = ("import sys, dermtrl.rewards\n"
-            "bad = [m for m in ('gradio', 'dermtrl.serve', 'torch', 'openai') if m in sys.modules]\n"
+            "bad = [m for m in ('gradio', 'dermtrl.dermeval.serve', 'torch', 'openai') if m in sys.modules]\n"
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -145,7 +145,7 @@ def test_both_rewards_drive_a_real_grpo_run(make_openai_server, tmp_path):
 
     from dermtrl.cases.synthetic import generate_cases
     from dermtrl.conversation import use_training_template
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.tiny import tiny_llava_path
 
     parser = make_openai_server(responder=lambda body: score_text((4, 5, 4, 3, 4, 4)))

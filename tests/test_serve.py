@@ -13,10 +13,10 @@ import urllib.request
 
 import pytest
 
-from dermtrl.calibration import Calibration
+from dermtrl.agreement.calibration import Calibration
 from dermtrl.cases.synthetic import generate_case
+from dermtrl.dermeval.serve import EXTRA_FIELD, DermEvalServer, ServeConfig
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.serve import EXTRA_FIELD, DermEvalServer, ServeConfig
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -170,9 +170,9 @@ def test_serve_is_a_cli_command_and_a_module():
 
     args = build_parser().parse_args(["serve", "--model", "dermtrl:tiny", "--port", "0", "--max-batch-size", "1"])
     assert args.max_batch_size == 1 and args.host == "127.0.0.1"
-    done = subprocess.run([sys.executable, "-m", "dermtrl.serve", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "dermtrl.dermeval.serve", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "--api-key-env" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "dermtrl.serve", "--model", "dermtrl:tiny", "--api-key-env",
+    done = subprocess.run([sys.executable, "-m", "dermtrl.dermeval.serve", "--model", "dermtrl:tiny", "--api-key-env",
                            "DERMTRL_SURELY_UNSET_VAR"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "DERMTRL_SURELY_UNSET_VAR" in done.stderr

@@ -10,8 +10,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 
 from dermtrl.cases.synthetic import generate_cases
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
 from dermtrl.rewards import ScoreAlignmentReward, score_reward
+from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
 from dermtrl.tiny import tiny_llava_path
 from dermtrl.trainer.soreb_config import SOREBConfig
 from dermtrl.trainer.soreb_trainer import EMABaseline, SOREBTrainer, policy_gradient_loss

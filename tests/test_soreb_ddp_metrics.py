@@ -49,7 +49,7 @@ def _worker(out: Path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from dermtrl.cases.synthetic import generate_cases
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
     from dermtrl.tiny import tiny_llava_path
     from dermtrl.trainer.soreb_config import SOREBConfig
     from dermtrl.trainer.soreb_trainer import SOREBTrainer

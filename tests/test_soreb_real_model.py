@@ -16,11 +16,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationC
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from dermtrl.cases.synthetic import generate_cases
-from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
-from dermtrl.memory import Shape, measure
+from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
 from dermtrl.tiny import tiny_llava_path
 from dermtrl.trainer import soreb_trainer
 from dermtrl.trainer.callbacks import report_backend_problem
+from dermtrl.trainer.memory import Shape, measure
 from dermtrl.trainer.soreb_config import SOREBConfig
 from dermtrl.trainer.soreb_trainer import (
     SOREBTrainer,
@@ -281,7 +281,7 @@ def test_each_gpu_process_loads_onto_its_own_device(monkeypatch):
     import transformers
     from trl import ModelConfig
 
-    from dermtrl.script_args import load_model
+    from dermtrl.scripts.script_args import load_model
 
     seen = {}
     monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dermtrl.agreement.subgroups import FEW_CASES, default_column, slice_agreement, slice_table, write_slices
 from dermtrl.dimensions import DIMENSIONS
-from dermtrl.subgroups import FEW_CASES, default_column, slice_agreement, slice_table, write_slices
 
 
 def _scores(v: float) -> dict[str, float]:
@@ -109,7 +109,7 @@ def test_table1_with_raters_and_skin_tone(tmp_path):
 
 
 def test_slice_records_leaves_out_errors_and_unrated():
-    from dermtrl.subgroups import slice_records
+    from dermtrl.agreement.subgroups import slice_records
 
     records = [{"case_id": "a", "scores": _scores(3.0), "expert_scores": _scores(2.0), "skin_tone": "VI"},
                {"case_id": "b", "error": "image: broken", "expert_scores": _scores(2.0), "skin_tone": "I"},

@@ -8,7 +8,7 @@ from peft import get_peft_model
 from transformers import AutoModelForImageTextToText
 from trl import ModelConfig
 
-from dermtrl.script_args import DermEvalScriptArguments, check_continued_adapter, lora_config
+from dermtrl.scripts.script_args import DermEvalScriptArguments, check_continued_adapter, lora_config
 from dermtrl.tiny import tiny_llava_path
 
 
@@ -90,8 +90,8 @@ def test_the_recipe_sets_aside_a_stage1_output_its_edited_config_would_not_produ
     Stage 1 runs again with the new settings instead of Stage 2 silently continuing the old weights."""
     import yaml
 
-    from dermtrl.script_args import save_stage1_settings, stage1_settings
     from dermtrl.scripts import sft
+    from dermtrl.scripts.script_args import save_stage1_settings, stage1_settings
     from dermtrl.scripts.soreb import set_aside_if_trained_otherwise
 
     config = tmp_path / "sft.yaml"

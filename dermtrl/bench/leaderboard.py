@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.agreement.subgroups import DEFAULT_COLUMN, Slices, default_column, slice_table
 from dermtrl.categories import CATEGORIES
 from dermtrl.dimensions import DIMENSIONS, SAFETY_FLAG_AT, Overall, valid_score
 from dermtrl.metrics import AgreementReport, agreement
-from dermtrl.subgroups import DEFAULT_COLUMN, Slices, default_column, slice_table
 
 __all__ = [
     "CategoryResult",

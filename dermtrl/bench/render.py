@@ -135,7 +135,7 @@ def to_markdown(lb: Leaderboard, notes: Sequence[str] = ()) -> str:
     lines += ["### Failed cases", ""] + (md_table(header, rows, left=2) if rows else ["None."]) + [""]
     lines += ["### Notes", "", *(f"- {line}" for line in notes_lines(lb, notes)), ""]
     if lb.slices:
-        from dermtrl.subgroups import markdown as slices_markdown
+        from dermtrl.agreement.subgroups import markdown as slices_markdown
 
         lines += [slices_markdown(lb.slices), ""]
     if lb.agreement:
@@ -227,7 +227,7 @@ def write_report(lb: Leaderboard, out_dir: str | Path, *, notes: Sequence[str] =
         for kind, p in agreement_report.write_report(list(lb.agreement.values()), out, stem="agreement").items():
             paths[f"agreement_{kind}"] = p
     if lb.slices:
-        from dermtrl.subgroups import write_slices
+        from dermtrl.agreement.subgroups import write_slices
 
         for kind, p in write_slices(lb.slices, out).items():
             paths[f"slices_{kind}"] = p

@@ -8,7 +8,7 @@ bootstrap CIs, ICC, Krippendorff's alpha, QWK and Spearman beside it, and a cons
 are compared case by case: the paired difference of their MAEs (DermEval minus DermBench) with a paired bootstrap CI
 over the narratives both scored. When the rows keep every rater's scores (``rater_scores``, or the data pipeline's
 ``ratings``), both rows are read against the expert ceiling; when they carry a ``skin_tone`` column (or the column
-named by ``by``), both are sliced by it (:mod:`dermtrl.subgroups`).
+named by ``by``), both are sliced by it (:mod:`dermtrl.agreement.subgroups`).
 
 Columns of the dataset (one row per rated narrative; several rows may share an image): ``image``, ``narrative``,
 ``reference`` (the image's certified reference), ``expert_scores`` (six 0-5 scores), and optionally ``case_id``
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dermtrl.agreement.subgroups import Slices, default_column, slice_agreement, write_slices
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.metrics import AgreementReport, agreement, case_errors, macro_mae, paired_bootstrap
-from dermtrl.subgroups import Slices, default_column, slice_agreement, write_slices
 
 if TYPE_CHECKING:
     from dermtrl.dermeval.evaluator import DermEval
@@ -125,8 +125,8 @@ def write_table1(table: Table1, out_dir: str | os.PathLike[str]) -> dict[str, Pa
     """``table1.md`` (Table 1 as the paper lays it out, plus notes, the agreement statistics, the expert ceiling,
     the paired difference and the slices), ``table1.csv``, ``table1.json``; when sliced, also
     ``table1_slices_<column>.{md,csv,json,png}``."""
+    from dermtrl.agreement.subgroups import markdown as slices_markdown
     from dermtrl.report import to_csv, to_markdown
-    from dermtrl.subgroups import markdown as slices_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,8 +147,8 @@ def case_columns(cases: Any, by: str | None = None) -> tuple[str | None, dict[st
                                                             dict[str, Any] | None]:
     """(column to slice by, case id -> raters, case id -> group) from the rated narratives: raters from
     ``rater_scores`` or ``ratings``, the column ``by`` (default ``skin_tone`` when present); ``None`` where absent."""
+    from dermtrl.agreement.ceiling import RATER_COLUMNS
     from dermtrl.bench.cases import case_rows
-    from dermtrl.ceiling import RATER_COLUMNS
 
     columns = set(cases.column_names) if hasattr(cases, "column_names") else set().union(*cases)
     column = default_column(sorted(columns), by)

@@ -1,6 +1,6 @@
 """What every ``dermtrl`` command module shares: the consoles, the user-error class and the exit-status rule.
 
-Subcommand modules (:mod:`dermtrl.bench.cli`, :mod:`dermtrl.data.cli`, :mod:`dermtrl.hub.adapter`) import
+Subcommand modules (:mod:`dermtrl.cli.bench`, :mod:`dermtrl.cli.data`, :mod:`dermtrl.hub.adapter`) import
 from here, never from :mod:`dermtrl.cli.dispatch`, so that the dispatcher can import them without a cycle.
 """
 

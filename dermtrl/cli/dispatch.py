@@ -130,11 +130,11 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from dermtrl.agreement.subgroups import default_column, slice_records, write_slices
     from dermtrl.cases.loading import load_cases, validate_cases
     from dermtrl.dermeval.eval_job import agreement_from_records, run_evaluation
     from dermtrl.dermeval.evaluator import DermEval
     from dermtrl.report import render_table, write_report
-    from dermtrl.subgroups import default_column, slice_records, write_slices
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Evaluate validation cases, fit per-dimension conformal quantiles, write ``calibration.json``."""
-    from dermtrl.calibration import CALIBRATION_FILE, fit
+    from dermtrl.agreement.calibration import CALIBRATION_FILE, fit
     from dermtrl.cases.loading import load_cases, validate_cases
     from dermtrl.dermeval.eval_job import run_evaluation
     from dermtrl.dermeval.evaluator import DermEval
@@ -493,15 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation budget (default: the one recorded beside the adapter, else 512)")
     p.set_defaults(func=cmd_calibrate)
 
-    from dermtrl.bench.cli import register as register_bench
-    from dermtrl.data.cli import register as register_data
+    from dermtrl.cli.bench import register as register_bench
+    from dermtrl.cli.data import register as register_data
     from dermtrl.hub.adapter import register_publish_adapter
 
     register_bench(sub)
     publish = register_data(sub)  # `dermtrl data ...` and `dermtrl publish dataset`
     register_publish_adapter(publish)  # `dermtrl publish adapter`
 
-    from dermtrl.serve import register as register_serve
+    from dermtrl.dermeval.serve import register as register_serve
 
     register_serve(sub)  # `dermtrl serve`: DermEval behind an OpenAI-compatible HTTP API
     return parser

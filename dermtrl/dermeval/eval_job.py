@@ -101,7 +101,7 @@ def agreement_from_records(records: list[dict[str, Any]], *, label: str = "DermE
     skipped = sum(1 for r in records if "error" in r)
     truncated = sum(1 for r in scored if r.get("truncated"))
     if "raters" not in kwargs:  # records that carry every rater's scores are read against the expert ceiling
-        from dermtrl.ceiling import record_raters
+        from dermtrl.agreement.ceiling import record_raters
 
         kwargs["raters"] = record_raters(scored)
     return agreement([r["scores"] for r in scored], [r["expert_scores"] for r in scored], skipped=skipped,

@@ -53,7 +53,7 @@ class Evaluation:
     @property
     def uncertain(self) -> list[str]:
         """Dimensions whose calibrated interval spans 3 points or more: scores not to act on alone."""
-        from dermtrl.calibration import UNCERTAIN_WIDTH
+        from dermtrl.agreement.calibration import UNCERTAIN_WIDTH
 
         return [d for d in DIMENSIONS if d in self.intervals
                 and self.intervals[d][1] - self.intervals[d][0] >= UNCERTAIN_WIDTH]
@@ -140,7 +140,7 @@ def adapter_calibration(adapter: str | None) -> Any | None:
     can be reached), else ``None``: intervals are then absent, never made up."""
     if adapter is None:
         return None
-    from dermtrl.calibration import CALIBRATION_FILE, Calibration
+    from dermtrl.agreement.calibration import CALIBRATION_FILE, Calibration
 
     path = Path(adapter) / CALIBRATION_FILE
     if not path.exists() and not Path(adapter).exists():
@@ -170,8 +170,8 @@ class DermEval:
                  calibration: Any | None = None, coverage: float = 0.9, prompt_fn: Any | None = None):
         """``llm_parser``: a :class:`~dermtrl.llm.client.ClientConfig` (or a client with ``complete(messages)``) for
         Figure 4's LLM parser, which fills the scores the rules miss; ``None`` reads scores by rules alone.
-        ``calibration``: a :class:`~dermtrl.calibration.Calibration`; with it every evaluation carries intervals
-        at ``coverage`` (one the calibration was fitted at: 0.8, 0.9 or 0.95 by default)."""
+        ``calibration``: a :class:`~dermtrl.agreement.calibration.Calibration`; with it every evaluation carries
+        intervals at ``coverage`` (one the calibration was fitted at: 0.8, 0.9 or 0.95 by default)."""
         from dermtrl.llm.client import ClientConfig, LLMClient
 
         if calibration is not None:
@@ -251,7 +251,7 @@ class DermEval:
         if "calibration" not in kwargs:
             kwargs["calibration"] = adapter_calibration(adapter)
         elif isinstance(kwargs["calibration"], (str, Path)):
-            from dermtrl.calibration import Calibration
+            from dermtrl.agreement.calibration import Calibration
 
             kwargs["calibration"] = Calibration.load(kwargs["calibration"])
         return cls(model.to(device), processor, model_id=adapter or base_path,

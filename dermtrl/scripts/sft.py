@@ -29,7 +29,7 @@ from dermtrl import lengths
 from dermtrl.cases.images import read_cell
 from dermtrl.console import err_console
 from dermtrl.conversation import TrainingCollator, save_prompt_record, use_training_template
-from dermtrl.script_args import (
+from dermtrl.scripts.script_args import (
     DermEvalScriptArguments,
     epochs_warning,
     load_model,

@@ -35,8 +35,9 @@ from dermtrl.cases.splits import TEST_START
 from dermtrl.cases.synthetic import IMAGE_DEPENDENT, SYNTHETIC_VERSION
 from dermtrl.conversation import PROMPT_RECORD, save_prompt_record
 from dermtrl.dermeval.evaluator import adapter_prompt
-from dermtrl.lora import other_base
-from dermtrl.script_args import (
+from dermtrl.scripts import sft
+from dermtrl.scripts.lora import other_base
+from dermtrl.scripts.script_args import (
     STAGE1_SETTINGS_FILE,
     DermEvalScriptArguments,
     check_continued_adapter,
@@ -48,7 +49,6 @@ from dermtrl.script_args import (
     setup_threads,
     stage1_settings,
 )
-from dermtrl.scripts import sft
 from dermtrl.tiny import resolve_model_name
 from dermtrl.trainer.callbacks import HeldOutReportCallback, report_backend_problem
 from dermtrl.trainer.soreb_config import SOREBConfig

@@ -143,7 +143,7 @@ def build(config: Any, device: str = "cpu", lora: dict | None = None, gradient_c
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -382,7 +382,7 @@ def parameter_counts(config: Any, lora: dict | None = None) -> dict[str, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from dermtrl.lora import LANGUAGE_MODEL_LORA_REGEX
+    from dermtrl.scripts.lora import LANGUAGE_MODEL_LORA_REGEX
 
     with torch.device("meta"):
         model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16)

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.agreement.reliability import Estimate, bootstrap_counts, estimate
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.metrics import case_errors
-from dermtrl.reliability import Estimate, bootstrap_counts, estimate
 
 __all__ = ["CoveragePoint", "Selective", "record_matrices", "risk_coverage", "selective_prediction"]
 

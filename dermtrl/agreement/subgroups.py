@@ -9,9 +9,9 @@ that this can be checked. :func:`slice_agreement` splits the cases by any column
 
 and the largest between-group difference (highest minus lowest group) with its CI. The groups hold different cases,
 so the difference is unpaired: each resample draws every group's cases independently (a stratified bootstrap) with
-the project's one bootstrap (:func:`dermtrl.reliability.bootstrap_counts`). The pair is chosen among the groups with
-at least ``min_cases`` cases when two such groups exist; a gap picked as the largest of several is biased upwards, and
-the report says how many groups it was chosen from.
+the project's one bootstrap (:func:`dermtrl.agreement.reliability.bootstrap_counts`). The pair is chosen among the
+groups with at least ``min_cases`` cases when two such groups exist; a gap picked as the largest of several is
+biased upwards, and the report says how many groups it was chosen from.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.agreement.reliability import Estimate, bootstrap_counts, finite_or_none, percentile_ci
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS, Scores
 from dermtrl.metrics import case_errors
-from dermtrl.reliability import Estimate, bootstrap_counts, finite_or_none, percentile_ci
 
 __all__ = ["DEFAULT_COLUMN", "Group", "Slices", "default_column", "slice_agreement", "slice_records", "slice_table",
            "write_slices"]

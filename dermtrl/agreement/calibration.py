@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.agreement.reliability import Estimate, bootstrap_counts, estimate
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN
-from dermtrl.reliability import Estimate, bootstrap_counts, estimate
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_VERSION", "Calibration", "CoverageRow", "coverage_lines",
            "coverage_report", "fit", "score_matrices"]

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dermtrl.agreement.reliability import STATISTICS, Estimate, agreement_statistics, estimate
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN, canonical_dimension
-from dermtrl.reliability import STATISTICS, Estimate, agreement_statistics, estimate
 
 __all__ = ["RATER_COLUMNS", "Ceiling", "expert_ceiling", "rater_matrix", "record_raters"]
 

@@ -83,7 +83,7 @@ def lora_config(script_args: DermEvalScriptArguments, model_args: ModelConfig) -
     """The LoRA config of a new adapter: TRL's from ``model_args``, on the language model, optionally the projector."""
     from trl import get_peft_config
 
-    from dermtrl.lora import restrict_to_language_model, with_trainable_projector
+    from dermtrl.scripts.lora import restrict_to_language_model, with_trainable_projector
 
     peft_config = get_peft_config(model_args)
     if script_args.lora_language_model_only:
@@ -98,7 +98,7 @@ def lora_config(script_args: DermEvalScriptArguments, model_args: ModelConfig) -
 def check_continued_adapter(script_args: DermEvalScriptArguments, adapter: str, base: str) -> None:
     """Stage 2 continues the Stage-1 adapter: refuse one trained on another base (its weights would be applied to
     a model they were not trained for, and it would score nonsense) or a ``train_projector`` it does not match."""
-    from dermtrl.lora import adapter_trains_projector, other_base
+    from dermtrl.scripts.lora import adapter_trains_projector, other_base
 
     trained_on = other_base(adapter, base)
     if trained_on is not None:

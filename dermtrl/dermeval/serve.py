@@ -428,7 +428,7 @@ class DermEvalServer(LoopbackServer):
 
 def load_calibration(path: str | None, adapter: str | None, fingerprint: str | None = None) -> Any | None:
     """``calibration.json`` from ``path``, or beside a local adapter when there is one; ``None`` otherwise."""
-    from dermtrl.calibration import CALIBRATION_FILE, Calibration
+    from dermtrl.agreement.calibration import CALIBRATION_FILE, Calibration
 
     if path:
         return Calibration.load(path)
@@ -438,7 +438,7 @@ def load_calibration(path: str | None, adapter: str | None, fingerprint: str | N
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``dermtrl serve`` (also ``python -m dermtrl.serve``)."""
+    """The flags of ``dermtrl serve`` (also ``python -m dermtrl.dermeval.serve``)."""
     p.add_argument("--adapter", help="DermEval LoRA adapter: a folder written by `dermtrl sft`, or a Hub id")
     p.add_argument("--model", help="base model: Hub id, folder, or dermtrl:tiny (default: the adapter's base)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -513,7 +513,7 @@ def register(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from dermtrl.errors import DermtrlError
 
-    parser = argparse.ArgumentParser(prog="python -m dermtrl.serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dermtrl.dermeval.serve", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     try:
         return run(parser.parse_args(argv))
