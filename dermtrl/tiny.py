@@ -401,7 +401,11 @@ def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain
             return path
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         try:
-            build_tiny_llava(tmp, seed, pretrain_steps, compare_steps)
+            shipped = shipped_asset(path.name)
+            if shipped is not None:  # the package's own copy of this very build: same bits on every machine
+                copy_verified(shipped, tmp)
+            else:
+                build_tiny_llava(tmp, seed, pretrain_steps, compare_steps)
             try:
                 tmp.rename(path)
             except OSError:  # another process won the race; its copy is identical
@@ -410,6 +414,38 @@ def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+#: Built models shipped inside the package (``dermtrl/assets``, about 2 MB): the tiny base of the default build and
+#: the Space's demo adapter, each with a ``SHA256SUMS`` file. A machine with no cache copies them instead of
+#: building (about 13 minutes) or training, so every machine, ARM included, starts from the same bits;
+#: ``dermtrl tiny --out DIR`` still rebuilds from scratch, and a slow opt-in test compares a rebuild's checksums.
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def shipped_asset(name: str) -> Path | None:
+    """The shipped folder of that name (``tiny-llava-v7-<corpus>-seed0``, ...), or ``None``: a base whose prompts
+    or synthetic texts changed has another corpus key in its name, so a stale shipped copy is never used."""
+    folder = ASSETS / name
+    return folder if (folder / "SHA256SUMS").is_file() else None
+
+
+def copy_verified(source: Path, target: Path) -> Path:
+    """Copy a shipped folder into ``target`` (which may exist, empty) after checking every file's SHA-256."""
+    import hashlib
+
+    expected = {}
+    for line in (source / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        expected[name.strip()] = digest
+    for name, digest in expected.items():
+        if hashlib.sha256((source / name).read_bytes()).hexdigest() != digest:
+            raise RuntimeError(f"{source / name}: checksum mismatch (a damaged install?); reinstall dermtrl or delete "
+                               f"{source} to build it instead")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in expected:
+        shutil.copyfile(source / name, target / name)
+    return target
 
 
 @contextlib.contextmanager

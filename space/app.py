@@ -259,7 +259,10 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     if (path / "adapter_model.safetensors").exists():
         log.info("Demo adapter: %s", path)
         return path, "a Stage-1 adapter trained on synthetic cases"
-    if _find_recipe() is None:
+    from dermtrl.tiny import copy_verified, shipped_asset
+
+    shipped = shipped_asset(path.name)  # the package ships this adapter (trained by the same recipe): no training
+    if shipped is None and _find_recipe() is None:
         return None, "no demo adapter (recipes/configs/demo_sft.yaml is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(settings.cache_dir / f".{path.name}.lock"):  # one process trains; the others wait for it
@@ -267,10 +270,14 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
             log.info("Demo adapter (trained by another process meanwhile): %s", path)
             return path, "a Stage-1 adapter trained on synthetic cases"
         tmp = Path(tempfile.mkdtemp(prefix=".demo-adapter-", dir=settings.cache_dir))
-        log.warning("No demo adapter cached: training a Stage-1 adapter on synthetic cases (1,200 steps: a few "
-                    "minutes on a CPU), cached in %s", path)
+        if shipped is None:
+            log.warning("No demo adapter cached: training a Stage-1 adapter on synthetic cases (1,200 steps: a few "
+                        "minutes on a CPU), cached in %s", path)
         try:
-            train_demo_adapter(tmp)
+            if shipped is not None:
+                copy_verified(shipped, tmp)
+            else:
+                train_demo_adapter(tmp)
             try:
                 tmp.rename(path)
             except OSError:  # another process finished first; its adapter is the same
@@ -278,6 +285,8 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if shipped is not None:
+        return path, "a Stage-1 adapter trained on synthetic cases (shipped with dermtrl)"
     return path, "a Stage-1 adapter trained on synthetic cases at first start"
 
 

@@ -678,3 +678,21 @@ def test_the_model_loads_on_the_device_it_was_given(space: Running, space_module
     assert space_module.Settings.from_env({"DERMEVAL_DEVICE": "cuda:1"}).device == "cuda:1"
     with pytest.raises(ValueError, match="DERMEVAL_DEVICE"):
         space_module.Settings.from_env({"DERMEVAL_DEVICE": "gpu please"})
+
+
+def test_an_empty_cache_gets_the_shipped_demo_adapter_without_training(tmp_path, monkeypatch):
+    """A first start on a new machine copies the demo adapter shipped with dermtrl (and the tiny base) instead of
+    training for minutes, and it loads by its recorded base, not this build machine's cache path."""
+    from dermtrl import DermEval
+
+    space = load_space_module()
+
+    def no_training(out):
+        raise AssertionError("trained instead of using the shipped adapter")
+
+    monkeypatch.setattr(space, "train_demo_adapter", no_training)
+    settings = space.Settings.from_env({"DERMEVAL_DEMO": "1", "DERMTRL_CACHE": str(tmp_path)})
+    path, how = space.demo_adapter_path(settings)
+    assert path is not None and path.parent == tmp_path and "shipped with dermtrl" in how
+    assert json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"] == "dermtrl:tiny"
+    assert DermEval.from_pretrained(adapter=str(path), max_new_tokens=2).model_id == str(path)

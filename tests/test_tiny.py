@@ -1,3 +1,5 @@
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,47 @@ def test_prefetched_batches_keep_their_order_and_errors():
     assert next(batches) == 50
     batches.close()
     assert not any(t.name == "dermtrl-tiny-batches" for t in threading.enumerate())
+
+
+def test_a_new_cache_gets_the_shipped_base_without_building(tmp_path, monkeypatch):
+    """The package ships the default build (about 1 MB): a machine with an empty cache copies it, checksums checked,
+    instead of spending 13 minutes building, so every machine starts from the same bits."""
+    from dermtrl import tiny
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built instead of using the shipped copy")
+
+    monkeypatch.setattr(tiny, "build_tiny_llava", no_build)
+    path = tiny.tiny_llava_path(cache_dir=tmp_path)
+    shipped = tiny.shipped_asset(path.name)
+    assert shipped is not None
+    assert (path / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    assert json.loads((path / "dermtrl_tiny.json").read_text())["corpus"] == tiny.corpus_key()
+
+
+def test_a_damaged_shipped_copy_is_refused_by_name(tmp_path, monkeypatch):
+    import shutil
+
+    from dermtrl import tiny
+
+    name = f"{tiny.TINY_VERSION}-{tiny.corpus_key()}-seed0"
+    assets = tmp_path / "assets"
+    shutil.copytree(tiny.ASSETS / name, assets / name)
+    (assets / name / "config.json").write_text("{}")
+    monkeypatch.setattr(tiny, "ASSETS", assets)
+    with pytest.raises(RuntimeError, match="config.json: checksum mismatch"):
+        tiny.tiny_llava_path(cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.skipif(os.environ.get("DERMTRL_SLOW_TESTS") != "1",
+                    reason="rebuilds the tiny base (about 13 minutes); set DERMTRL_SLOW_TESTS=1")
+def test_a_rebuild_reproduces_the_shipped_base(tmp_path):
+    """On the pinned kernels (AVX2, one thread) the build reproduces the shipped weights bit for bit."""
+    import hashlib
+
+    from dermtrl import tiny
+
+    out = tiny.build_tiny_llava(tmp_path / "rebuilt")
+    shipped = tiny.shipped_asset(f"{tiny.TINY_VERSION}-{tiny.corpus_key()}-seed0")
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert f"{digest}  model.safetensors" in (shipped / "SHA256SUMS").read_text()

@@ -60,6 +60,9 @@ def test_wheel_ships_the_card_templates_and_no_repository_paths(wheel):
     assert "dermtrl/cli/__main__.py" in names
     assert not any(n.startswith(("tests/", "recipes/", "benchmarks/")) for n in names)
     assert "dermtrl/testing/hub_server.py" not in names  # the test Hub is test code (tests/hub_server.py)
+    shipped = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "dermtrl" / "assets").rglob("*")
+                     if p.is_file())
+    assert shipped and set(shipped) <= names  # the prebuilt tiny base and demo adapter, with their checksums
 
 
 @pytest.fixture(scope="module")
