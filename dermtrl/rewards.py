@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dermtrl.dimensions import DIMENSIONS
+from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.parsing import ParsedScores, parse_scores, parse_scores_with_llm
 
 
@@ -47,8 +47,8 @@ class ScoreAlignmentReward:
     :class:`dermtrl.llm.client.LLMClient`) the LLM parser of Figure 4 fills what the rules miss. A step's
     completions are parsed concurrently, up to ``max_concurrency`` at a time (default: the client's own
     ``config.max_concurrency``, e.g. ``SOREBConfig.llm_parser_max_concurrency``), so a batch of 8 waits about one
-    parser call, not eight in a row. The parsed scores of the last call stay in :attr:`last_parsed` so a trainer
-    can log parse rates and per-dimension errors.
+    parser call, not eight in a row. Parse rates and per-dimension errors go through TRL's ``log_metric`` hook
+    (``parse_rate``, ``mae/Acc``, ...) when the trainer passes one, as SOREB and TRL's GRPO do.
     """
 
     __name__ = "score_alignment"  # TRL names reward columns after the function
@@ -81,7 +81,20 @@ class ScoreAlignmentReward:
             raise KeyError(f"the reward needs the dataset column {self.expert_column!r} (the expert scores)")
         experts = columns[self.expert_column]
         self.last_parsed = self.parse_many([completion_text(c) for c in completions])
+        _log_parsing(columns.get("log_metric"), self.last_parsed, experts)
         return [score_reward(p.scores, e) for p, e in zip(self.last_parsed, experts, strict=True)]
+
+
+def _log_parsing(log_metric: Any, parsed: Sequence[ParsedScores], experts: Sequence[Mapping[str, float]]) -> None:
+    """Through TRL's ``log_metric`` hook: the share of the six scores parsed (``parse_rate``) and, per dimension,
+    the mean absolute error of the parsed scores against the experts' (``mae/Acc``, ...)."""
+    if not callable(log_metric) or not parsed:
+        return
+    log_metric("parse_rate", sum(len(p.scores) for p in parsed) / (len(parsed) * len(DIMENSIONS)))
+    for dim in DIMENSIONS:
+        errs = [abs(p.scores[dim] - e[dim]) for p, e in zip(parsed, experts, strict=True) if dim in p.scores]
+        if errs:
+            log_metric(f"mae/{ABBREVIATIONS[dim]}", sum(errs) / len(errs))
 
 
 # --- DermEval and the DermBench judge as rewards for TRL's GRPOTrainer / RLOOTrainer -------------------------------

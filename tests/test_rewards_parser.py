@@ -48,3 +48,20 @@ def test_without_a_parser_the_rules_alone_score_and_a_bad_limit_is_refused():
     assert reward(["p"], [RULES_READ], expert_scores=[dict.fromkeys(DIMENSIONS, 5.0)]) == [-0.0]
     with pytest.raises(ValueError, match="max_concurrency"):
         ScoreAlignmentReward(max_concurrency=0)
+
+
+def test_parse_rate_and_per_dimension_errors_go_through_trls_log_metric_hook():
+    """As TRL passes ``log_metric`` to reward functions, the reward logs its parse rate and per-dimension errors
+    there (SOREB passes the same hook), instead of a trainer reading the reward's internals."""
+    from dermtrl.dimensions import DIMENSIONS
+    from dermtrl.rewards import ScoreAlignmentReward
+
+    logged: dict[str, float] = {}
+    expert = dict.fromkeys(DIMENSIONS, 4.0)
+    full = "\n".join(f"{d}: 3" for d in DIMENSIONS)
+    half = "Accuracy: 5\nSafety: 4\nClinical Coverage: 2"
+    rewards = ScoreAlignmentReward()(["p", "p"], [full, half], expert_scores=[expert, expert],
+                                     log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert rewards[0] == -1.0
+    assert logged["parse_rate"] == 9 / 12
+    assert logged["mae/Acc"] == 1.0 and logged["mae/Safe"] == 0.5 and logged["mae/Cover"] == 1.5

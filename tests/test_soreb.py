@@ -163,8 +163,10 @@ def test_only_adapter_and_declared_modules_change(tmp_path):
     assert all(("lora_" in n) or ("modules_to_save" in n) for n in changed)
     assert any("lora_" in n for n in changed) and any("modules_to_save" in n for n in changed)
     logged = [h for h in trainer.state.log_history if "loss/rl" in h]
-    for key in ("reward", "baseline", "advantage", "no_reward_fraction", "loss/text", "completion_length"):
-        assert key in logged[0]
+    for key in ("reward", "baseline", "advantage", "no_reward_fraction", "loss/text", "completions/mean_length",
+                "completions/clipped_ratio", "rewards/length_reward/mean", "rewards/length_reward/std", "num_tokens"):
+        assert key in logged[0], key
+    assert not [k for k, v in logged[0].items() if isinstance(v, float) and v != v], "a NaN was averaged in"
     assert logged[0]["no_reward_fraction"] == pytest.approx(1 / 3)
 
 
@@ -271,7 +273,7 @@ def test_samples_that_hit_max_completion_length_are_logged_and_warned(tmp_path):
     eos = trainer.processing_class.tokenizer.eos_token_id
     generated = inputs["rl"]["input_ids"] * inputs["generated_mask"]
     expected = float((~(generated == eos).any(1)).float().mean())
-    assert trainer._metrics["train"]["clipped_ratio"] == [pytest.approx(expected)]
+    assert trainer._metrics["train"]["completions/clipped_ratio"] == [pytest.approx(expected)]
     assert expected > 0.05
     with pytest.warns(UserWarning, match="hit max_completion_length=4"):
         trainer.log({"loss": 0.0})

@@ -29,7 +29,7 @@ class SOREBConfig(_BaseConfig):
 
         max_completion_length (`int`, *optional*, defaults to `256`):
             Maximum number of tokens of the sampled evaluation. A sample that hits it is counted in
-            `clipped_ratio`, and the trainer warns above 5%.
+            `completions/clipped_ratio`, and the trainer warns above 5%.
         temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the one sample per example (the paper gives none: 1.0 samples the model's own
             distribution, as REINFORCE assumes).
@@ -89,9 +89,10 @@ class SOREBConfig(_BaseConfig):
         > Parameters that control the logging
 
         log_completions (`bool`, *optional*, defaults to `True`):
-            Whether to log a table of sampled completions at each logging step.
-        num_completions_to_print (`int`, *optional*, defaults to `2`):
-            Number of completions in that table.
+            Whether to append every sampled completion (step, narrative, completion, reward, advantage) to
+            `completions.jsonl` in `output_dir` at each logging step.
+        num_completions_to_print (`int`, *optional*, defaults to `0`):
+            Number of those completions also printed as a table at each logging step (0: none).
 
     Choices the paper leaves open, and what SOREB does:
 
@@ -156,8 +157,10 @@ class SOREBConfig(_BaseConfig):
     llm_parser_response_format: str | None = field(
         default=None, metadata={"help": "LLM parser: 'scores' asks for the six scores as JSON (structured output)."}
     )
-    log_completions: bool = field(default=True, metadata={"help": "Log a table of sampled completions."})
-    num_completions_to_print: int = field(default=2, metadata={"help": "Completions per log step in the table."})
+    log_completions: bool = field(default=True, metadata={"help": "Append every sampled completion to "
+                                                                  "completions.jsonl in output_dir."})
+    num_completions_to_print: int = field(default=0, metadata={"help": "Completions also printed as a table at each "
+                                                                       "logging step (0: none)."})
 
     def __post_init__(self):
         super().__post_init__()

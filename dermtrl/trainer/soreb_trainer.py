@@ -24,6 +24,7 @@ The baseline is a stateful callback: it is written into every checkpoint and res
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import warnings
@@ -45,11 +46,13 @@ from trl.trainer.utils import print_prompt_completions_sample, selective_log_sof
 
 from dermtrl.cases.images import read_cell
 from dermtrl.conversation import prompt_batch, training_batch, use_training_template
-from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS
 from dermtrl.rewards import ScoreAlignmentReward
 from dermtrl.trainer.soreb_config import SOREBConfig
 
 RewardFunc = Callable[..., list[float | None]]
+#: With ``log_completions``, every sampled completion (step, narrative, completion, reward, advantage) is appended
+#: here under ``output_dir``.
+COMPLETIONS_FILE = "completions.jsonl"
 #: share of samples hitting max_completion_length above which the trainer warns
 CLIPPED_WARNING = 0.05
 
@@ -374,8 +377,21 @@ class SOREBTrainer(_BaseTrainer):
     # -- generation, reward, baseline -------------------------------------------------------------------------
 
     def _rewards(self, prompts: list, completions: list[str], features: list[dict]) -> list[float | None]:
+        mode = "train" if self.model.training else "eval"
         columns = {k: [f[k] for f in features] for k in features[0] if k != "image"}
-        per_func = [func(prompts=prompts, completions=completions, **columns) for func in self.reward_funcs]
+
+        def log_metric(name: str, value: float) -> None:  # TRL's hook: a reward function's own scalars
+            self._metrics[mode][name].append(float(value))
+
+        per_func = [func(prompts=prompts, completions=completions, trainer_state=self.state, log_metric=log_metric,
+                         **columns) for func in self.reward_funcs]
+        for func, values in zip(self.reward_funcs, per_func, strict=True):  # as TRL: rewards/<name>/mean and std
+            name = getattr(func, "__name__", type(func).__name__)
+            present = [float(v) for v in values if v is not None]
+            if present:
+                self._metrics[mode][f"rewards/{name}/mean"].append(sum(present) / len(present))
+                self._metrics[mode][f"rewards/{name}/std"].append(
+                    float(torch.tensor(present).std()) if len(present) > 1 else 0.0)
         rewards: list[float | None] = []
         for values in zip(*per_func, strict=True):
             present = [v for v in values if v is not None]
@@ -460,19 +476,15 @@ class SOREBTrainer(_BaseTrainer):
             m["reward_std"].append(float(torch.tensor(valid).std()) if len(valid) > 1 else 0.0)
             m["advantage"].append(sum(a for a in advantages if a is not None) / len(valid))
             m["advantage_abs"].append(sum(abs(a) for a in advantages if a is not None) / len(valid))
-        m["baseline"].append(self.baseline.value if self.baseline.value is not None else float("nan"))
-        m["completion_length"].append(float(completion_mask.sum(1).float().mean()))
+        if self.baseline.value is not None:  # none yet before the first reward: nothing to average, never NaN
+            m["baseline"].append(self.baseline.value)
+        lengths = completion_mask.sum(1).float()
+        m["completions/mean_length"].append(float(lengths.mean()))
+        m["completions/min_length"].append(float(lengths.min()))
+        m["completions/max_length"].append(float(lengths.max()))
         # samples that ran into max_completion_length without their EOS: their score block may be cut off
-        m["clipped_ratio"].append(float(clipped.float().mean()))
-        parser = next((f for f in self.reward_funcs if isinstance(f, ScoreAlignmentReward)), None)
-        if parser is not None and parser.last_parsed:
-            parsed = parser.last_parsed
-            m["parse_rate"].append(sum(len(p.scores) for p in parsed) / (len(parsed) * len(DIMENSIONS)))
-            for dim in DIMENSIONS:
-                errs = [abs(p.scores[dim] - f["expert_scores"][dim]) for p, f in zip(parsed, features, strict=True)
-                        if dim in p.scores]
-                if errs:
-                    m[f"mae/{ABBREVIATIONS[dim]}"].append(sum(errs) / len(errs))
+        m["completions/clipped_ratio"].append(float(clipped.float().mean()))
+        m["num_tokens"].append(float(completion_mask.sum()))
         if self.args.log_completions:
             for f, text, r, a in zip(features, texts, rewards, advantages, strict=True):
                 self._completions.append({"narrative": f["narrative"], "completion": text, "reward": r,
@@ -507,7 +519,7 @@ class SOREBTrainer(_BaseTrainer):
         # every process's metrics, not rank 0's alone (Trainer calls log on every process)
         local = {k: (float(sum(v)), len(v)) for k, v in self._metrics[mode].items() if v}
         metrics = _merge_metric_parts(gather_object([local]) if self.accelerator.num_processes > 1 else [local])
-        clipped = metrics.get("clipped_ratio", 0.0)
+        clipped = metrics.get("completions/clipped_ratio", 0.0)
         if clipped > CLIPPED_WARNING and not self._warned_clipped:
             self._warned_clipped = True
             warnings.warn(
@@ -520,11 +532,18 @@ class SOREBTrainer(_BaseTrainer):
         self._metrics[mode].clear()
         if self._completions and self.accelerator.is_main_process and mode == "train":
             c = self._completions
-            nan = float("nan")
-            print_prompt_completions_sample(
-                [x["narrative"] for x in c], [x["completion"] for x in c],
-                {"score_alignment": [nan if x["reward"] is None else x["reward"] for x in c]},
-                [nan if x["advantage"] is None else x["advantage"] for x in c],
-                self.state.global_step, self.args.num_completions_to_print,
-            )
+            # every sampled completion of the logging step, for reading later (as TRL logs its completions table)
+            out = Path(self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / COMPLETIONS_FILE, "a", encoding="utf-8") as fh:
+                for x in c:
+                    fh.write(json.dumps({"step": self.state.global_step, **x}) + "\n")
+            if self.args.num_completions_to_print:  # a table on screen only when asked for
+                nan = float("nan")
+                print_prompt_completions_sample(
+                    [x["narrative"] for x in c], [x["completion"] for x in c],
+                    {"score_alignment": [nan if x["reward"] is None else x["reward"] for x in c]},
+                    [nan if x["advantage"] is None else x["advantage"] for x in c],
+                    self.state.global_step, self.args.num_completions_to_print,
+                )
         self._completions = []
