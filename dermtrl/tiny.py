@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dermtrl.conversation import LLAVA_CHAT_TEMPLATE
@@ -396,7 +397,7 @@ def tiny_llava_path(seed: int = 0, cache_dir: str | Path | None = None, pretrain
     root.mkdir(parents=True, exist_ok=True)
     # One build per cache at a time: a second process (another test worker, the Space, a second terminal) waits for
     # the first instead of starting its own 12-minute build on the same cores.
-    with _build_lock(root / f".{path.name}.lock"):
+    with cache_lock(root / f".{path.name}.lock"):
         if (path / "dermtrl_tiny.json").exists():
             return path
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
@@ -449,9 +450,10 @@ def copy_verified(source: Path, target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _build_lock(lock_path: Path):
-    """An exclusive advisory lock on ``lock_path`` (released by the OS if the holder dies); a no-op where
-    ``fcntl`` is missing (Windows), where the atomic rename above still keeps concurrent builds from clashing."""
+def cache_lock(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``lock_path`` (released by the OS if the holder dies), so concurrent first
+    uses of the cache (test workers, Space workers) build or train once; a no-op where ``fcntl`` is missing
+    (Windows), where an atomic rename into place still keeps concurrent writers from clashing."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import logging
 import os
 import re
@@ -42,7 +41,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,13 +258,13 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     if (path / "adapter_model.safetensors").exists():
         log.info("Demo adapter: %s", path)
         return path, "a Stage-1 adapter trained on synthetic cases"
-    from dermtrl.tiny import copy_verified, shipped_asset
+    from dermtrl.tiny import cache_lock, copy_verified, shipped_asset
 
     shipped = shipped_asset(path.name)  # the package ships this adapter (trained by the same recipe): no training
     if shipped is None and _find_recipe() is None:
         return None, "no demo adapter (recipes/configs/demo_sft.yaml is not beside the app), so the model is untrained"
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(settings.cache_dir / f".{path.name}.lock"):  # one process trains; the others wait for it
+    with cache_lock(settings.cache_dir / f".{path.name}.lock"):  # one process trains; the others wait for it
         if (path / "adapter_model.safetensors").exists():
             log.info("Demo adapter (trained by another process meanwhile): %s", path)
             return path, "a Stage-1 adapter trained on synthetic cases"
@@ -288,23 +287,6 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     if shipped is not None:
         return path, "a Stage-1 adapter trained on synthetic cases (shipped with dermtrl)"
     return path, "a Stage-1 adapter trained on synthetic cases at first start"
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (released if the process dies): concurrent first starts (several
-    workers, or test sessions sharing a cache) train the demo adapter once instead of each on the same cores."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; the atomic rename above still keeps the cache consistent
-        yield
-        return
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _dtype(settings: Settings) -> Any:

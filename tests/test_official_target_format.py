@@ -10,7 +10,7 @@ import pytest
 
 from dermtrl.data.records import import_records
 from tests.test_records import make_images, records, write_jsonl
-from tests.test_release_standin import STANDIN_DERMEVAL_PROMPTS, make_release
+from tests.test_release_standin import make_release, write_dermeval_prompt_module
 
 CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo_sft.yaml"
 
@@ -18,14 +18,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "demo_sft
 @pytest.fixture
 def checkout(tmp_path):
     """A stand-in release checkout with its DermEval prompt module (written for these tests)."""
-    root = make_release(tmp_path / "DermBench", 2)
-    package = root / "dermbench" / "dermeval"
-    package.mkdir(parents=True)
-    (root / "dermbench" / "__init__.py").write_text("", encoding="utf-8")
-    (package / "__init__.py").write_text("", encoding="utf-8")
-    (package / "constants.py").write_text('NAMES = ["Accuracy", "Safety"]\n', encoding="utf-8")
-    (package / "prompts.py").write_text(STANDIN_DERMEVAL_PROMPTS, encoding="utf-8")
-    return root
+    return write_dermeval_prompt_module(make_release(tmp_path / "DermBench", 2))
 
 
 def test_the_collator_uses_the_releases_prompt(checkout, tmp_path):

@@ -200,17 +200,23 @@ def build_dermeval_prompt(diagnostic_text):
 '''
 
 
-def test_the_official_dermeval_prompt_is_imported_from_the_checkout(tmp_path):
-    root = make_release(tmp_path / "DermBench", 2)
-    release = load_release(root)
-    with pytest.raises(ReleaseError, match="no dermbench/dermeval/prompts.py"):
-        release.dermeval_prompt_builder()
+def write_dermeval_prompt_module(root: Path) -> Path:
+    """The release's ``dermbench/dermeval`` package in a stand-in checkout (its prompt written for these tests)."""
     package = root / "dermbench" / "dermeval"
     package.mkdir(parents=True)
     (root / "dermbench" / "__init__.py").write_text("", encoding="utf-8")
     (package / "__init__.py").write_text("", encoding="utf-8")
     (package / "constants.py").write_text('NAMES = ["Accuracy", "Safety"]\n', encoding="utf-8")
     (package / "prompts.py").write_text(STANDIN_DERMEVAL_PROMPTS, encoding="utf-8")
+    return root
+
+
+def test_the_official_dermeval_prompt_is_imported_from_the_checkout(tmp_path):
+    root = make_release(tmp_path / "DermBench", 2)
+    release = load_release(root)
+    with pytest.raises(ReleaseError, match="no dermbench/dermeval/prompts.py"):
+        release.dermeval_prompt_builder()
+    write_dermeval_prompt_module(root)
     build = release.dermeval_prompt_builder()
     assert build("  Red plaques.  ") == "Stand-in DermEval prompt over Accuracy, Safety:\nRed plaques."
     import sys
