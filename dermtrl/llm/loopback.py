@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 class LoopbackHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen backlog is 5: a client opening 64 connections at once has most of its SYNs dropped and
+    # retried a second later, which no real server (uvicorn, vLLM, llama.cpp: hundreds or more) would do
+    request_queue_size = 1024
     owner: Any  # the LoopbackServer that started it; handlers reach their state through it
 
     def handle_error(self, request: Any, client_address: Any) -> None:
