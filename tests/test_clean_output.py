@@ -77,3 +77,27 @@ def test_only_the_unfixable_library_warning_is_filtered():
     control = subprocess.run([sys.executable, "-W", "default", "-c", unfiltered], cwd=ROOT, capture_output=True,
                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=120)
     assert control.returncode == 0 and "is_gradient_checkpointing" in control.stderr  # the warning is real
+
+
+def test_the_demo_recipes_show_the_progress_bar_but_not_a_metrics_dict_per_step(tmp_path):
+    """`print_logs: false` (both demo configs): the bar stays, the per-step metrics dict is not printed, and the
+    metrics still reach trainer_state.json; `print_logs: true` prints them as Trainer does."""
+    import json
+
+    config = ROOT / "recipes" / "configs" / "demo_sft.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+    def run(out: Path, *extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "dermtrl.cli", "sft", "--config", str(config), "--output_dir",
+                               str(out), "--synthetic_train_cases", "8", "--max_steps", "2", "--logging_steps", "1",
+                               "--save_strategy", "steps", "--save_steps", "2", *extra],
+                              cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    quiet = run(tmp_path / "quiet")
+    assert "{'loss'" not in quiet
+    assert "it/s]" in quiet or "s/it]" in quiet  # the bar itself is kept
+    state = json.loads(next((tmp_path / "quiet").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert any("loss" in entry for entry in state["log_history"])
+    assert "{'loss'" in run(tmp_path / "loud", "--print_logs", "true")

@@ -41,6 +41,11 @@ class DermEvalScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "torch.set_num_threads on CPU; tiny models run fastest with 1 on small machines."},
     )
+    print_logs: bool = field(
+        default=True,
+        metadata={"help": "Print each logging step's metrics beside the progress bar, as Trainer does. With false "
+                  "only the bar shows (the demo); the metrics still reach report_to and trainer_state.json."},
+    )
     target_format: str = field(
         default="paper",
         metadata={"help": "The y* format and prompt: 'paper' (Figure 4's label text, the paper's prompt) or "
@@ -72,6 +77,22 @@ def prompt_builder(script_args: Any) -> Any | None:
     from dermtrl.bench.release import load_release
 
     return load_release(script_args.release).dermeval_prompt_builder()
+
+
+def bar_only(trainer: Any, script_args: Any) -> Any:
+    """With ``print_logs: false``, keep Trainer's progress bar but not the metrics dict it prints at every logging
+    step (the numbers still go to ``report_to`` and ``trainer_state.json``)."""
+    if getattr(script_args, "print_logs", True) or trainer.args.disable_tqdm:
+        return trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarOnlyProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarOnlyProgress)
+    return trainer
 
 
 def setup_threads(script_args: DermEvalScriptArguments) -> None:

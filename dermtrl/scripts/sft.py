@@ -31,6 +31,7 @@ from dermtrl.console import err_console
 from dermtrl.conversation import TrainingCollator, save_prompt_record, use_training_template
 from dermtrl.scripts.script_args import (
     DermEvalScriptArguments,
+    bar_only,
     epochs_warning,
     load_model,
     load_training_cases,
@@ -84,6 +85,7 @@ def main(script_args: DermEvalScriptArguments, training_args: SFTConfig, model_a
         model=model, args=training_args, train_dataset=train, processing_class=processor, peft_config=peft_config,
         data_collator=TrainingCollator(processor, max_length=training_args.max_length, prompt_fn=prompt_fn),
     )
+    bar_only(trainer, script_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # every file first (adapter, processor, generation config, settings), then one push below: save_model would
     # otherwise push an adapter without the rest (_internal_call, as Trainer.push_to_hub saves)

@@ -40,6 +40,7 @@ from dermtrl.scripts.lora import other_base
 from dermtrl.scripts.script_args import (
     STAGE1_SETTINGS_FILE,
     DermEvalScriptArguments,
+    bar_only,
     check_continued_adapter,
     load_model,
     load_training_cases,
@@ -182,6 +183,7 @@ def main(script_args: SOREBScriptArguments, training_args: SOREBConfig, model_ar
     # Training
     trainer = SOREBTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor,
                            peft_config=peft_config, prompt_fn=prompt_fn)
+    bar_only(trainer, script_args)
     if script_args.report_cases:  # Table 1 before and after on held-out cases, and with mismatched images
         held_out = load_cases("dermtrl:synthetic", n=script_args.report_cases, start=HELD_OUT_START)
         trainer.add_callback(HeldOutReportCallback(
