@@ -76,9 +76,10 @@ DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v5"  # v5: LoRA rank 64 (v4: learning 
 #: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 6 minutes on 2 cores). What
 #: it writes on the four offered examples (synthetic v2.4, tiny model v7) is in the README's Space section.
 DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--num_train_epochs", "4")
-#: Held-out synthetic cases offered as examples (training uses indices below 100,000), one per quality tier.
-EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((100_015, "correct"), (100_002, "unsafe"),
-                                              (100_003, "hallucinated"), (100_004, "vague"))
+#: Synthetic test cases offered as examples (dermtrl.cases.splits: never trained on, never used to choose a setting),
+#: one per quality tier.
+EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((200_000, "correct"), (200_002, "unsafe"),
+                                              (200_008, "hallucinated"), (200_004, "vague"))
 #: Spread (standard deviation of the score-digit distribution) below which a score reads as high / medium
 #: confidence; the largest possible spread on 0-5 is 2.5. These bands are NOT calibrated against experts (no
 #: calibration file exists for the served model), and the page says so wherever it shows them.
