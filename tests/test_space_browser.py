@@ -23,6 +23,7 @@ import pytest
 
 from dermtrl.cases.synthetic import generate_case
 from dermtrl.dimensions import DIMENSIONS
+from tests.test_space_page import _BROKEN_WORDS  # the one check that no word breaks across lines
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -175,28 +176,6 @@ def phone(app_url: str) -> Iterator[Any]:
             browser.close()
 
 
-_BROKEN_WORDS = """() => {
-    const broken = [];
-    for (const th of document.querySelectorAll('#score-table th')) {
-        const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
-        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-            let at = 0;
-            for (const part of node.textContent.split(/(\\s+)/)) {
-                if (part.trim()) {
-                    const range = document.createRange();
-                    range.setStart(node, at);
-                    range.setEnd(node, at + part.length);
-                    const lines = new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top)));
-                    if (lines.size > 1) broken.push(part);
-                }
-                at += part.length;
-            }
-        }
-    }
-    return broken;
-}"""
-
-
 def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phone: Any, app_url: str,
                                                                              tmp_path: Path) -> None:
     pg = phone
@@ -222,7 +201,7 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     assert "<s>" in notes and "</s>" in notes  # shown as text...
     assert pg.locator("#evaluate-notes s").count() == 0  # ...never as a strike-through element
     pg.wait_for_function("() => document.querySelectorAll('#score-table th').length >= 5")
-    assert pg.evaluate(_BROKEN_WORDS) == []  # no header breaks inside a word at 390 px
+    assert pg.evaluate(_BROKEN_WORDS, "#score-table th") == []  # no header breaks inside a word at 390 px
     clipped = pg.evaluate("() => Array.from(document.querySelectorAll('#score-table th .header'))"
                           ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
     assert clipped == []  # nor is cut off (the table scrolls sideways instead)
