@@ -209,3 +209,53 @@ def test_every_extra_finding_can_be_seen_at_the_models_resolution():
                     halo = np.asarray(paint(replace(plain, extras=("a red halo",)), r)).astype(np.int32)
                     marked = (np.abs(halo - np.array(_SKIN)).max(axis=2) > 0)
                     assert ndimage.label(marked, structure=np.ones((3, 3)))[1] == 2, (colour, r)
+
+
+def test_skin_tone_is_balanced_recorded_and_leaves_texts_alone():
+    from collections import Counter
+
+    from dermtrl.cases.synthetic import SKIN_TONES
+
+    cases = [generate_case(i, render_image=False) for i in range(200_000, 200_060)]
+    assert Counter(c["skin_tone"] for c in cases) == {t: 10 for t in SKIN_TONES}
+    assert "skin_tone" in generate_cases(2).column_names
+    # another mix changes the pictures only: texts and scores are the same case for case
+    dark = SyntheticConfig(skin_tone_weights=(0, 0, 0, 0, 1, 1))
+    for i in range(200_000, 200_012):
+        plain, shifted = generate_case(i), generate_case(i, config=dark)
+        assert shifted["skin_tone"] in ("V", "VI")
+        for key in ("narrative", "reference", "evaluation", "expert_scores", "rater_scores", "label"):
+            assert plain[key] == shifted[key], key
+    with pytest.raises(ValueError, match="skin_tone_weights"):
+        SyntheticConfig(skin_tone_weights=(1, 1))
+    with pytest.raises(ValueError, match="skin_tone"):
+        draw_image(sample_findings(CONDITIONS[0], __import__("random").Random(0)), __import__("random").Random(0),
+                   skin_tone="VII")
+
+
+def test_skin_tone_changes_colour_and_lesion_contrast_as_clinically():
+    """Erythema fades on dark skin, pigment stays darker than the skin, white gains contrast; the layout is kept."""
+    import random
+
+    import numpy as np
+
+    from dermtrl.cases.synthetic import SKIN_COLOURS, lesion_colour
+
+    def distance(colour: str, tone: str) -> float:
+        skin = SKIN_COLOURS[tone]
+        return float(np.linalg.norm(np.subtract(lesion_colour(colour, skin, tone), skin)))
+
+    for colour in ("red", "pink", "brown", "black"):
+        assert distance(colour, "VI") < distance(colour, "I"), colour
+    assert distance("white", "VI") > distance("white", "I")
+    for tone, skin in SKIN_COLOURS.items():
+        assert all(p < s for p, s in zip(lesion_colour("brown", skin, tone), skin, strict=True)), tone
+    # the same draws on two skin types: lesions sit at the same pixels
+    clean = SyntheticConfig(noise=0.0, blur=0.0, lighting=0.0)
+    findings = replace(sample_findings(CONDITIONS[2], random.Random(1), clean), extras=())
+    masks = []
+    for tone in ("I", "VI"):
+        pixels = np.asarray(draw_image(findings, random.Random(5), clean, tone)).astype(int)
+        skin_like = np.abs(pixels - pixels[48, 8]).sum(axis=2) < 70  # the silhouette's colour at its edge
+        masks.append(~skin_like & (np.abs(pixels - pixels[0, 0]).sum(axis=2) > 40))
+    assert (masks[0] == masks[1]).mean() > 0.98

@@ -14,6 +14,10 @@ every code path (training, evaluation, judging, reports) runs offline on a lapto
   same fluent "correct" narrative therefore scores 5 with its own picture and poorly with a look-alike's.
   Accuracy, Medical Groundedness, Reasoning Coherence and Description Precision need the image; Safety and
   Clinical Coverage are judgeable from the text, as they are clinically.
+* **Skin tone.** Each case has a Fitzpatrick type I-VI (``skin_tone``), balanced by default. The skin is drawn in
+  that type's colour and the lesions change contrast as they do clinically: erythema (red, pink) fades on darker
+  skin, pigmented lesions (brown, black) lie closer to dark skin, and depigmented (white) ones stand out more. An
+  evaluator's error can therefore be sliced by skin tone (``--by skin_tone``) on data where the answer is known.
 * **Rater noise as in the paper's regular stream.** Two or three simulated raters score each text with small
   seeded disagreements; ``expert_scores`` is their mean (non-integer) and ``rater_scores`` keeps every rater.
 
@@ -38,7 +42,9 @@ from dermtrl.prompts import format_evaluation
 #: v2.3: the same texts and expert scores; lesions never touch (before, three large lesions on a hand or an arm were
 #: drawn as one blob, so the picture showed another count than the scores were computed for).
 #: v2.4: the same texts and expert scores; every extra finding can be seen (see ``_paint_lesion``).
-SYNTHETIC_VERSION = "v2.4"
+#: v2.5: the same texts, expert scores and lesion layouts; each case has a Fitzpatrick skin type (``skin_tone``) that
+#: sets the skin's colour and the lesions' contrast against it (see ``lesion_colour``).
+SYNTHETIC_VERSION = "v2.5"
 _STREAM = "v2"  # the seeded stream the cases are drawn from: unchanged since v2
 IMAGE_SIZE = 96
 QUALITY_TIERS: tuple[str, ...] = ("correct", "partly_wrong", "unsafe", "hallucinated", "vague")
@@ -56,8 +62,18 @@ _COLOURS: dict[str, tuple[int, int, int]] = {
 #: Extra findings that an image may show and a narrative may claim (a claim the image does not show is a
 #: hallucination, so Medical Groundedness needs the image).
 EXTRAS: tuple[str, ...] = ("fine white scale", "a dark central dot", "a red halo")
-_SKIN = (222, 184, 150)
+_SKIN = (222, 184, 150)  # the one skin colour of images drawn without a skin type (the tiny base's pretraining)
 _FEATURES = ("colour", "count", "border", "size", "site")
+#: Fitzpatrick skin types, lightest to darkest. Type I-II, III-IV and V-VI are the groups DDI reports.
+SKIN_TONES: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI")
+#: The skin colour drawn for each type (sRGB, before the per-case jitter of +/-20 per channel).
+SKIN_COLOURS: dict[str, tuple[int, int, int]] = {
+    "I": (244, 214, 190), "II": (232, 192, 162), "III": (214, 166, 126),
+    "IV": (178, 126, 88), "V": (124, 82, 54), "VI": (78, 52, 38),
+}
+#: A pigmented (brown or black) lesion is darker than the skin around it: no channel above this share of the skin's.
+#: On dark skin brown and black then lie close to each other and to the skin, as they do clinically.
+PIGMENT_CEILING = 0.6
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,10 @@ class SyntheticConfig:
         raters: inclusive range of the number of raters per text.
         min_gap: the least gap in pixels (of the 96-pixel picture) between two lesions' paint; a lesion that does
             not fit is shrunk within its size class (see ``_place_lesions``).
+        skin_tone_weights: the mix of Fitzpatrick types I-VI, six weights. ``None`` (the default) balances them
+            exactly: case ``i`` has type ``SKIN_TONES[i % 6]``, so any six consecutive cases hold each type once.
+            With weights, each case's type is drawn from its own seeded stream (the texts and the rest of the
+            picture stay the same).
     """
 
     contrast: float = 1.0
@@ -90,6 +110,13 @@ class SyntheticConfig:
     rater_noise: float = 0.2
     raters: tuple[int, int] = (2, 3)
     min_gap: float = 6.0
+    skin_tone_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        w = self.skin_tone_weights
+        if w is not None and (len(w) != len(SKIN_TONES) or any(x < 0 for x in w) or sum(w) <= 0):
+            raise ValueError(f"skin_tone_weights must be {len(SKIN_TONES)} non-negative weights for Fitzpatrick "
+                             f"types {', '.join(SKIN_TONES)} with a positive sum, got {w!r}")
 
 
 DEFAULT_CONFIG = SyntheticConfig()
@@ -196,13 +223,48 @@ def sample_findings(cond: Condition, rng: random.Random, config: SyntheticConfig
     return replace(f, extras=tuple(e for e in EXTRAS if e in extras))
 
 
-def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig = DEFAULT_CONFIG) -> Image.Image:
-    """Draw the body site as a skin-coloured silhouette, the lesions and extra findings on it, then degrade."""
+def skin_tone_of(index: int, seed: int = 0, config: SyntheticConfig = DEFAULT_CONFIG) -> str:
+    """The Fitzpatrick type of case ``index``: balanced by index, or drawn from ``config.skin_tone_weights``."""
+    if config.skin_tone_weights is None:
+        return SKIN_TONES[index % len(SKIN_TONES)]
+    rng = random.Random(f"dermtrl-synthetic-skin:{seed}:{index}")
+    return rng.choices(SKIN_TONES, weights=config.skin_tone_weights)[0]
+
+
+def lesion_colour(colour: str, skin: tuple[int, ...], skin_tone: str | None,
+                  contrast: float = 1.0) -> tuple[int, ...]:
+    """A lesion's paint on this skin: erythema fades on darker types, pigment stays darker than the skin.
+
+    Erythema lies under the epidermis, so it is seen through the skin's melanin: its colour is filtered by the
+    skin's transmittance relative to type I (each channel times skin / type-I skin). A pink lesion on type VI skin is
+    then a dusky patch close to the skin, as it is clinically. ``skin_tone=None`` keeps the pre-v2.5 rule (the named
+    colour at ``contrast``), which the tiny base was pretrained on.
+    """
+    target = _COLOURS[colour]
+    if skin_tone is not None:
+        if colour in ("red", "pink"):
+            light = SKIN_COLOURS["I"]
+            target = tuple(round(t * min(1.0, c / w)) for t, c, w in zip(target, skin, light, strict=True))
+        elif colour in ("brown", "black"):
+            target = tuple(min(t, round(PIGMENT_CEILING * c)) for t, c in zip(target, skin, strict=True))
+    return tuple(round(c + contrast * (t - c)) for c, t in zip(skin, target, strict=True))
+
+
+def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig = DEFAULT_CONFIG,
+               skin_tone: str | None = None) -> Image.Image:
+    """Draw the body site as a skin-coloured silhouette, the lesions and extra findings on it, then degrade.
+
+    ``skin_tone`` (a Fitzpatrick type) sets the skin's colour and the lesions' contrast; the layout and the random
+    draws are the same for every type, so one case drawn on six skin types differs only in colour.
+    """
+    if skin_tone is not None and skin_tone not in SKIN_COLOURS:
+        raise ValueError(f"skin_tone must be one of {', '.join(SKIN_TONES)} or None, got {skin_tone!r}")
     s = IMAGE_SIZE
     bg = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in (70, 90, 110))
     img = Image.new("RGB", (s, s), bg)
     d = ImageDraw.Draw(img)
-    skin = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in _SKIN)
+    base = _SKIN if skin_tone is None else SKIN_COLOURS[skin_tone]
+    skin = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in base)
     if findings.site == "face":
         d.ellipse((14, 6, s - 14, s - 4), fill=skin)
     elif findings.site == "hand":
@@ -214,10 +276,10 @@ def draw_image(findings: Findings, rng: random.Random, config: SyntheticConfig =
         d.rectangle((4, 4, s - 4, s - 4), fill=skin)
     else:  # arm
         d.rounded_rectangle((0, 26, s, s - 26), 16, fill=skin)
-    target = _COLOURS[findings.colour]
-    colour = tuple(round(k + config.contrast * (t - k)) for k, t in zip(skin, target, strict=True))
+    colour = lesion_colour(findings.colour, skin, skin_tone, config.contrast)
+    halo = _HALO if skin_tone is None else lesion_colour("red", skin, skin_tone)  # a halo is erythema too
     for cx, cy, r in _place_lesions(findings, rng, config):
-        _paint_lesion(d, (cx, cy, r), findings, colour, skin, rng)
+        _paint_lesion(d, (cx, cy, r), findings, colour, skin, rng, halo)
     return _degrade(img, rng, config)
 
 
@@ -227,7 +289,7 @@ _DOT, _SCALE, _HALO, _RIM_LIGHT, _RIM_DARK = (10, 10, 30), (255, 255, 255), (225
 
 
 def _paint_lesion(d: ImageDraw.ImageDraw, lesion: tuple[int, int, int], findings: Findings, colour: tuple[int, ...],
-                  skin: tuple[int, ...], rng: random.Random) -> None:
+                  skin: tuple[int, ...], rng: random.Random, halo: tuple[int, ...] = _HALO) -> None:
     """One lesion and the extra findings on it, each large enough to survive the 64-pixel model input.
 
     v2.4: before, a dark central dot on a black lesion and white scale on a white one were invisible, a small
@@ -238,7 +300,7 @@ def _paint_lesion(d: ImageDraw.ImageDraw, lesion: tuple[int, int, int], findings
     cx, cy, r = lesion
     if "a red halo" in findings.extras:
         h = _reach(findings, r) - 1  # the ring's outer edge; ``_reach`` keeps it clear of neighbouring lesions
-        d.ellipse((cx - h, cy - h, cx + h, cy + h), fill=_HALO)
+        d.ellipse((cx - h, cy - h, cx + h, cy + h), fill=halo)
         d.ellipse((cx - h + 3, cy - h + 3, cx + h - 3, cy + h - 3), fill=skin)
     bb = (cx - r, cy - r, cx + r, cy + r)
     if findings.border == "annular":
@@ -574,12 +636,14 @@ def generate_case(index: int, seed: int = 0, tier: str | None = None,
     scores = expert_scores(claims, cond, truth)
     raters = rate(scores, rng, config)
     expert = {dim: sum(r[dim] for r in raters) / len(raters) for dim in DIMENSIONS}
-    image = draw_image(truth, rng, config) if render_image else None  # drawn last: texts never depend on it
+    tone = skin_tone_of(index, seed, config)
+    image = draw_image(truth, rng, config, tone) if render_image else None  # drawn last: texts never depend on it
     return {
         "case_id": f"synth-{SYNTHETIC_VERSION}-{seed}-{index:06d}",
         "image": image,
         "category": cond.category,
         "label": cond.label,
+        "skin_tone": tone,
         "findings": {**asdict(truth), "extras": list(truth.extras)},
         "reference": reference_narrative(cond, truth),
         "narrative": render_narrative(claims),
@@ -602,6 +666,7 @@ def features():
         "image": Image(),
         "category": Value("string"),
         "label": Value("string"),
+        "skin_tone": Value("string"),
         "findings": {"colour": Value("string"), "count": Value("int32"), "border": Value("string"),
                      "size": Value("string"), "site": Value("string"), "extras": List(Value("string"))},
         "reference": Value("string"),
