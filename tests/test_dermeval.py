@@ -83,6 +83,10 @@ def test_only_lora_and_declared_modules_change(tmp_path):
     recorded = recorded_stage1_settings(str(tmp_path))
     assert recorded == stage1_settings(*args)
     assert recorded["training"]["max_steps"] == 3 and recorded["script"]["synthetic_train_cases"] == 16
+    # new synthetic pictures are new training data: the version is part of what decided the weights
+    from dermtrl.cases.synthetic import SYNTHETIC_VERSION
+
+    assert recorded["script"]["synthetic_version"] == SYNTHETIC_VERSION
 
 
 def test_trained_model_scores_all_six_and_batches_agree(sft_adapter):

@@ -16,6 +16,7 @@ import torch
 from trl import ModelConfig, ScriptArguments
 
 from dermtrl.cases.loading import FORMATS_PAGE, SYNTHETIC, load_cases, validate_cases
+from dermtrl.cases.synthetic import SYNTHETIC_VERSION
 from dermtrl.errors import DataError
 from dermtrl.tiny import resolve_model_name
 
@@ -196,6 +197,9 @@ def stage1_settings(script_args: Any, training_args: Any, model_args: Any) -> di
     groups = {"script": script_args, "model": model_args, "training": training_args}
     settings = {group: {name: getattr(groups[group], name, None) for name in names}
                 for group, names in _WEIGHT_SETTINGS.items()}
+    if str(settings["script"].get("dataset_name") or "").startswith("dermtrl:synthetic"):
+        # new synthetic pictures (another version) are other training data, though no setting changed
+        settings["script"]["synthetic_version"] = SYNTHETIC_VERSION
     return json.loads(json.dumps(settings, default=str))  # what the JSON file will read back as
 
 
