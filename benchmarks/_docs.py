@@ -9,13 +9,16 @@ does). Sections of other benchmarks are left as they are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import io
 import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +37,17 @@ def add_write_docs_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def commit() -> str:
-    """The checked-out commit, marked ``-dirty`` when tracked files differ from it (the number is then not its)."""
+    """The checked-out commit, marked ``-dirty`` when tracked files differ from it (the number is then not its).
+
+    The page itself is left out of the check: sections written by earlier runs do not change what is measured, so
+    several benchmarks run one after another all name the commit they ran.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        page = DOCS_PAGE.relative_to(ROOT).as_posix()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){page}"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
@@ -81,10 +89,42 @@ def write_docs(name: str, title: str, body: str, command: str | None = None, pag
     return page
 
 
-def write_console_docs(name: str, title: str, console: object) -> Path:
+def write_console_docs(name: str, title: str, console: object, page: Path = DOCS_PAGE) -> Path:
     """Write what a script printed to a ``Console(record=True)`` (its tables, ratios and targets) as its section."""
     text = console.export_text(clear=False).rstrip()  # type: ignore[attr-defined]
-    path = write_docs(name, title, f"```text\n{text}\n```")
+    path = write_docs(name, title, f"```text\n{text}\n```", page=page)
+    print(f"wrote the {name} section of {path}")
+    return path
+
+
+def report_only(console: object) -> None:
+    """Forget what a ``Console(record=True)`` recorded so far (launches, per-run progress), so that the section
+    written by ``write_console_docs`` holds the report printed after this call and nothing before it."""
+    console.export_text(clear=True)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def recording_stdout() -> Iterator[io.StringIO]:
+    """Print as usual and keep a copy: for scripts that report with ``print`` rather than a rich console."""
+    copy = io.StringIO()
+    real = sys.stdout
+
+    class _Tee(io.TextIOBase):
+        def write(self, text: str) -> int:
+            copy.write(text)
+            return real.write(text)
+
+        def flush(self) -> None:
+            real.flush()
+
+    with contextlib.redirect_stdout(_Tee()):
+        yield copy
+
+
+def write_text_docs(name: str, title: str, text: str, page: Path = DOCS_PAGE) -> Path:
+    """Write plain printed text (what ``recording_stdout`` kept) as the section ``name``."""
+    text = text.strip("\n").rstrip()
+    path = write_docs(name, title, f"```text\n{text}\n```", page=page)
     print(f"wrote the {name} section of {path}")
     return path
 

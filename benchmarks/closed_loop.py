@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, recording_stdout, write_text_docs  # noqa: E402
 from _shared import ROOT, file_digest, finished, mark_finished, run_settings  # noqa: E402
 
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS  # noqa: E402
@@ -185,7 +186,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="a few steps and cases per run: checks that everything runs; the numbers mean nothing")
     parser.add_argument("recipe_args", nargs="*", help="more recipe flags after --, e.g. -- --max_steps 20")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
+    if args.write_docs and args.smoke:
+        parser.error("--write-docs with --smoke: a smoke run checks the pipeline and measures nothing to publish")
     extra = [*(SMOKE if args.smoke else ()), *args.recipe_args]
     out = Path(args.out) / ("smoke" if args.smoke else "full")
 
@@ -207,10 +211,13 @@ def main() -> None:
     for (arm, _seed), result in zip(runs, done, strict=True):
         results.setdefault(arm, []).append(result)
     steps = {r["steps"] for res in results.values() for r in res}
-    print(f"GRPO steps per run: {sorted(steps)} (equal across arms: {'yes' if len(steps) == 1 else 'NO'})")
-    report(results)
+    with recording_stdout() as printed:
+        print(f"GRPO steps per run: {sorted(steps)} (equal across arms: {'yes' if len(steps) == 1 else 'NO'})")
+        report(results)
     if args.smoke:
         print("\n(smoke run: a pipeline check, not a result)")
+    if args.write_docs:
+        write_text_docs("closed_loop", "The closed loop: GRPO against DermEval", printed.getvalue())
 
 
 if __name__ == "__main__":

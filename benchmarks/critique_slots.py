@@ -29,6 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402
+
 from dermtrl.cases.synthetic import (  # noqa: E402
     EXTRAS,
     SYNTHETIC_VERSION,
@@ -136,8 +139,9 @@ def picture_readings(records: Iterable[dict]) -> tuple[dict[str, Counter], dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", nargs="+", help="DermEval per-case records (JSONL) of synthetic cases")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 140, record=True)
     for path in args.records:
         records = read_records(path)
         if not records:
@@ -171,6 +175,8 @@ def main() -> None:
             rates = [f"{tally[k] / tally[f'n {k}']:.0%}" if tally[f"n {k}"] else "-" for k in ("present", "absent")]
             seen.add_row(extra, str(tally["n present"]), rates[0], str(tally["n absent"]), rates[1])
         console.print(seen)
+    if args.write_docs:
+        write_console_docs("critique_slots", "Which part of DermEval's critique goes wrong", console)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -18,6 +19,9 @@ from rich.table import Table
 
 from dermtrl.cases.loading import load_cases
 from dermtrl.dermeval.evaluator import DermEval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402
 
 
 def measure(evaluator: DermEval, images, narratives, batch_size: int, repeats: int) -> tuple[float, float]:
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     evaluator = (DermEval.from_pretrained(adapter=args.adapter) if args.adapter
@@ -52,10 +57,12 @@ def main() -> None:
         table.add_column(col, justify="right")
     for bs, (eps, tps) in rows.items():
         table.add_row(str(bs), f"{eps:.1f}", f"{tps:.0f}")
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 120, record=True)
     console.print(table)
     ratio = rows[8][0] / rows[1][0]
     console.print(f"batch 8 / batch 1 throughput: {ratio:.2f}x (goal >= 4x): {'met' if ratio >= 4 else 'NOT met'}")
+    if args.write_docs:
+        write_console_docs("inference_speed", "DermEval inference: batch 8 against batch 1", console)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from dermtrl.metrics import agreement
 from dermtrl.report import render_table, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402
 from _shared import HELD_OUT_START, ROOT, launch  # noqa: E402  (test cases from 200,000, as every benchmark)
 
 
@@ -39,9 +40,10 @@ def main() -> None:
     parser.add_argument("--sft-adapter", default=None, help="a trained Stage-1 adapter (skips training)")
     parser.add_argument("--config", default=str(ROOT / "recipes/configs/demo_sft.yaml"))
     parser.add_argument("--soreb-config", default=str(ROOT / "recipes/configs/demo_soreb.yaml"))
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 140, record=True)
     out = Path(args.out)
     held_out = load_cases("dermtrl:synthetic", n=args.eval_cases, start=HELD_OUT_START)
     experts = held_out["expert_scores"]
@@ -71,9 +73,12 @@ def main() -> None:
     reports.append(agreement_from_records(records, label="DermEval Stage 2 (SOREB)"))
 
     paths = write_report(reports, out)
+    report_only(console)
     console.print(f"Held-out synthetic cases: {len(held_out)} (indices from {HELD_OUT_START}); reports: "
                   + ", ".join(str(p) for p in paths.values()))
     console.print(render_table(reports, title="Agreement with expert scores on held-out cases (MAE, lower is better)"))
+    if args.write_docs:
+        write_console_docs("learnability", "Does DermEval learn? Table 1 by training stage", console)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ sequences, not measured at full length. ``dermtrl.trainer.memory`` states the me
 minutes on 2 idle cores. With ``--device cuda`` it builds the full 32-layer model on the GPU
 and measures every setting for real (``torch.cuda.max_memory_allocated``, wall time).
 
+``--write-docs`` writes the plan into the ``memory_plan`` section of docs/source/benchmarks.md, and a CUDA run into
+its own ``memory_plan_cuda`` section, so the measurement stands beside the plan instead of replacing it.
+
 The lengths: ``--lengths`` reads a recipe's ``label_lengths.json`` (prompt and y* token counts of the training
 set); without it they are measured on 500 synthetic cases with the 7B-shaped tokenizer, as the recipes measure
 them. The longest prompt and the longest y* are used (the longest batch sets the peak); the SOREB completion is
@@ -22,6 +25,7 @@ them. The longest prompt and the longest y* are used (the longest batch sets the
     python benchmarks/memory_plan.py [--lengths outputs/dermeval-7b-sft] [--max-completion-length 512]
     python benchmarks/memory_plan.py --device cuda
     python benchmarks/memory_plan.py --passes full   # SOREB with full-length logits, to see what keeping saves
+    python benchmarks/memory_plan.py --write-docs    # and write the result into docs/source/benchmarks.md
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from rich.table import Table
 
 from dermtrl.testing.llava7b import IMAGE_SEQ_LENGTH, llava15_7b_config
 from dermtrl.trainer.memory import GIB, LORA, Shape, checkpoint_bytes, fits, measure, parameter_counts, predicted_peak
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402
 
 GPUS = {"24 GB (RTX 4090)": 24, "80 GB (A100/H100)": 80}
 #: the CPU probes (prompt, y*, completion tokens; batch 1, text only): short, since a 4096-wide layer is slow here
@@ -114,12 +121,13 @@ def main() -> None:
     parser.add_argument("--passes", choices=["fused", "full"], default="fused",
                         help="SOREB's teacher-forced passes as the trainer runs them (logits kept for the completion "
                         "and the label only) or with full-length logits (the earlier form), to see the saving")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     fused = args.passes == "fused"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (run without it to extrapolate on CPU)")
     torch.set_num_threads(args.threads)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 140, record=True)
     prompt, label, source = recorded_lengths(args.lengths)
     settings = [Shape(b, prompt, label, args.max_completion_length) for b in args.batch_sizes]
     counts = parameter_counts(llava15_7b_config())
@@ -167,6 +175,11 @@ def main() -> None:
             table.add_row("SFT" if mode == "sft" else "SOREB", str(shape.batch),
                           "OOM" if peak == float("inf") else f"{peak:.1f}", *timing, *verdicts)
     console.print(table)
+    if args.write_docs:
+        if args.device == "cpu":
+            write_console_docs("memory_plan", "Will it fit? The memory plan of LLaVA-1.5-7B steps (CPU)", console)
+        else:
+            write_console_docs("memory_plan_cuda", "Will it fit? LLaVA-1.5-7B steps measured on a GPU", console)
 
 
 if __name__ == "__main__":

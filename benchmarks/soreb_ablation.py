@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402
 from _shared import (  # noqa: E402
     HELD_OUT_START,
     ROOT,
@@ -239,6 +240,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="train and score every run afresh instead of reusing finished ones in --out")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
@@ -251,7 +253,7 @@ def main() -> None:
     from dermtrl.cases.loading import load_cases
 
     torch.set_num_threads(1)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = Console(width=None if sys.stdout.isatty() else 160, record=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -306,7 +308,10 @@ def main() -> None:
             console.print(f"arm {arm} ({ARMS[arm]}) seed {seed}: macro MAE {macro_mae(err):.3f}, "
                           f"{diag['wall_seconds']:.0f} s" + ("" if fresh else " (finished earlier, reused)"))
         results[arm] = {"errors": np.stack(errs), "diagnostics": diags, "spearman": rhos, "lr": lr}
+    report_only(console)
     write_outputs(console, results, stage1_err, out, args, time.time() - started, reused_seconds)
+    if args.write_docs:
+        write_console_docs("soreb_ablation", "What Stage 2 adds: SOREB ablation at equal compute", console)
 
 
 def write_outputs(console, results: dict, stage1_err: np.ndarray, out: Path, args, seconds: float,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402
 from _shared import (  # noqa: E402
     ROOT,
     errors,
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--common", default="", help="overrides added to every variant (e.g. '--max_steps 2')")
     parser.add_argument("--out", default="outputs/stage1_validation")
     parser.add_argument("--overwrite", action="store_true")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
@@ -73,7 +75,7 @@ def main() -> None:
     from dermtrl.cases.synthetic import IMAGE_DEPENDENT
 
     torch.set_num_threads(1)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 140, record=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -106,6 +108,7 @@ def main() -> None:
             console.print(f"{name} seed {seed}: image-dependent MAE {macro_mae(t, img):.3f}, "
                           f"mismatched / true {macro_mae(m, img) / macro_mae(t, img):.2f}x")
 
+    report_only(console)
     table = Table(title=f"Stage-1 variants on {args.cases} validation cases (from {STAGE1_VALIDATION_START:,}), "
                         f"seeds {seeds}; image-dependent dimensions")
     for column in ("variant", "MAE, true (per seed)", "mismatched / true (per seed)", "MAE, true", "vs first [95% CI]"):
@@ -120,6 +123,8 @@ def main() -> None:
         table.add_row(name, per_seed_mae, per_seed_ratio, f"{macro_mae(t, img):.3f}", diff)
     console.print(table)
     console.print(f"Wall time: {(time.time() - started) / 60:.1f} min; runs and per-case records in {out}")
+    if args.write_docs:
+        write_console_docs("stage1_validation", "Stage-1 settings on validation cases", console)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, write_console_docs  # noqa: E402
 from _shared import HELD_OUT_START, constant_errors, fmt_ci  # noqa: E402
 from critique_slots import picture_readings, read_records  # noqa: E402
 
@@ -46,7 +48,7 @@ from dermtrl.cases.synthetic import (  # noqa: E402
     finding_words,
     generate_case,
 )
-from dermtrl.console import console  # noqa: E402
+from dermtrl.console import WIDTH  # noqa: E402
 from dermtrl.dimensions import DIMENSIONS  # noqa: E402
 from dermtrl.metrics import case_errors, macro_mae, paired_bootstrap  # noqa: E402
 
@@ -113,7 +115,9 @@ def main() -> None:
                         help="DermEval records (JSONL) of synthetic cases scored with their own images "
                         "(not the mismatched or text-only arms): add the reading-limited rows")
     parser.add_argument("--reading-draws", type=int, default=20, help="readings sampled per case")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
+    console = Console(width=None if sys.stdout.isatty() else WIDTH, record=True)
 
     idx = range(HELD_OUT_START, HELD_OUT_START + args.eval_cases)
     draws = [draw_case(i) for i in idx]
@@ -176,6 +180,8 @@ def main() -> None:
                       f"mismatched / true {fmt_ci(ratio, 2)}. Above what DermEval reached, the difference is what "
                       "the rest costs (miscopies of the narrative, the other sentences, the scores written from them); "
                       "below 3x, nothing but a better reading of the pictures reaches the goal.")
+    if args.write_docs:
+        write_console_docs("task_bounds", "What the synthetic task allows", console)
 
 
 if __name__ == "__main__":

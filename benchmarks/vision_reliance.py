@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402
 from _shared import (  # noqa: E402
     HELD_OUT_START,
     ROOT,
@@ -72,6 +73,7 @@ def main() -> None:
                         help="training seeds per arm (the config's seed, +1, ...); intervals then resample seeds too")
     parser.add_argument("--overwrite", action="store_true",
                         help="train and score every arm afresh instead of reusing finished ones in --out")
+    add_write_docs_argument(parser)
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
@@ -79,7 +81,7 @@ def main() -> None:
         parser.error("--sft-adapter / --text-only-adapter reuse one trained adapter each: "
                      "they cannot be given with --seeds > 1")
     torch.set_num_threads(1)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 140, record=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -137,8 +139,11 @@ def main() -> None:
     arms = {name: np.stack(errs) if len(errs) > 1 else errs[0] for name, errs in per_seed.items()}
     constant = constant_errors(train["expert_scores"], experts)
     arms["Constant train-mean baseline"] = np.stack([constant] * len(seeds)) if len(seeds) > 1 else constant
+    report_only(console)
     report(console, arms, out, len(held_out), time.time() - started, demo_budget=args.epochs is None, epochs=epochs,
            seeds=seeds, reused_seconds=reused_seconds)
+    if args.write_docs:
+        write_console_docs("vision_reliance", "Does DermEval look at the picture?", console)
 
 
 def report(console: Console, arms: dict[str, np.ndarray], out: Path, n: int, seconds: float, *, demo_budget: bool,
