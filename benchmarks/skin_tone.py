@@ -16,6 +16,7 @@ to choose settings) with a DermEval adapter (default: the demo Stage-1 adapter t
 There is no target on the gap's size; the one target line says whether the gap's CI covers seeds as well as cases.
 
     python benchmarks/skin_tone.py                            # the demo adapter, 600 test cases x 3 case seeds
+                                                              # (3,600 evaluations: about 2 h on 2 CPU cores)
     python benchmarks/skin_tone.py --n 12 --seeds 2           # a quick check
     python benchmarks/skin_tone.py --adapter run-seed0 --adapter run-seed1   # adapters of several training seeds
 
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     from dermtrl.cases.loading import load_cases
     from dermtrl.cases.splits import TEST_START
     from dermtrl.dermeval.evaluator import DermEval
+    from dermtrl.progress import library_bars_off
 
     console = Console(width=None if sys.stdout.isatty() else 160, record=True)
     out = Path(args.out)
@@ -377,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     case_seeds = list(range(args.seeds))
     runs: dict[str, list[list[list[dict]]]] = {key: [] for key in CONDITIONS}
     for a, adapter in enumerate(adapters):
-        evaluator = DermEval.from_pretrained(adapter=adapter)
+        with library_bars_off():  # the project's bars only, not "Loading weights"
+            evaluator = DermEval.from_pretrained(adapter=adapter)
         for key in CONDITIONS:
             runs[key].append([])
         for s in case_seeds:
