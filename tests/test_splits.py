@@ -55,7 +55,7 @@ def test_every_default_reads_test_cases():
     from dermtrl.bench.config import DatasetSpec
     from dermtrl.cli import build_parser
     from dermtrl.cli.dispatch import _eval_split
-    from dermtrl.scripts.soreb import HELD_OUT_START
+    from dermtrl.scripts.demo import HELD_OUT_START
 
     parser = build_parser()
     synth = parser.parse_args(["synth", "--out", "x"])

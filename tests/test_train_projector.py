@@ -65,7 +65,7 @@ def test_stage2_refuses_an_adapter_trained_on_another_base(tmp_path):
 def test_the_recipe_sets_aside_its_own_stage1_output_trained_on_another_base(tmp_path, capsys):
     """`make demo` after an upgrade of the tiny model: the old Stage-1 output is renamed (kept), so Stage 1 runs
     again on the current base instead of Stage 2 continuing an adapter that does not fit it."""
-    from dermtrl.scripts.soreb import set_aside_if_trained_on_another_base
+    from dermtrl.scripts.demo import set_aside_if_trained_on_another_base
 
     model, _ = _trainable(False)
     adapter = tmp_path / "dermeval-tiny-sft"
@@ -92,7 +92,7 @@ def test_the_recipe_sets_aside_a_stage1_output_its_edited_config_would_not_produ
 
     from dermtrl.scripts import sft
     from dermtrl.scripts.script_args import save_stage1_settings, stage1_settings
-    from dermtrl.scripts.soreb import set_aside_if_trained_otherwise
+    from dermtrl.scripts.demo import set_aside_if_trained_otherwise
 
     config = tmp_path / "sft.yaml"
     settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())
@@ -122,7 +122,7 @@ _GUARD_SCRIPT = """
 import os
 import sys
 
-from dermtrl.scripts.soreb import set_aside_stale_stage1
+from dermtrl.scripts.demo import set_aside_stale_stage1
 from dermtrl.trainer.soreb_config import SOREBConfig
 
 adapter, base, config, out = sys.argv[1:5]
