@@ -39,7 +39,8 @@ class HeldOutReportCallback(TrainerCallback):
     ``before.jsonl``, ``after.jsonl``, ``mismatched.jsonl``, the agreement report and ``summary.txt`` under
     ``out_dir``, and prints the table and the summary lines. ``cases`` need
     ``image``, ``narrative``, ``expert_scores`` and ``case_id``; ``image_dims`` names the dimensions whose scores
-    need the picture (for synthetic cases, ``dermtrl.cases.synthetic.IMAGE_DEPENDENT``).
+    need the picture (for synthetic cases, ``dermtrl.cases.synthetic.IMAGE_DEPENDENT``). Cases with a
+    ``skin_tone`` add one line, the MAE after training by skin-tone group, and ``slices_skin_tone.*`` files.
     """
 
     def __init__(self, cases: Any, out_dir: str | Path, processor: Any, *, image_dims: tuple[str, ...] = (),
@@ -70,7 +71,7 @@ class HeldOutReportCallback(TrainerCallback):
             return
         from dermtrl.cases.controls import mismatched
         from dermtrl.console import console
-        from dermtrl.dermeval.held_out import summary_lines
+        from dermtrl.dermeval.held_out import summary_lines, write_skin_tone_slices
         from dermtrl.report import render_table, write_report
 
         after = self._report(model, self.labels[1], "after", self.cases, state.global_step)
@@ -78,7 +79,8 @@ class HeldOutReportCallback(TrainerCallback):
                                mismatched(self.cases), state.global_step)
         write_report([self.before.report, after.report], self.out_dir)
         console.print(render_table([self.before.report, after.report], title=self.title))
-        self.lines = summary_lines(self.before, after, swapped, self.image_dims or None)
+        skin_tone = write_skin_tone_slices(self.before, after, self.out_dir)  # None: the cases have no skin tone
+        self.lines = summary_lines(self.before, after, swapped, self.image_dims or None, skin_tone=skin_tone)
         (self.out_dir / "summary.txt").write_text("\n".join(self.lines) + "\n")
         for line in self.lines:
             console.print(line)
