@@ -45,7 +45,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import add_write_docs_argument, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
+from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
 
 from dermtrl.agreement.reliability import Estimate, bootstrap_counts, finite_or_none, percentile_ci  # noqa: E402
 from dermtrl.agreement.subgroups import FEW_CASES, Slices, slice_table, write_slices  # noqa: E402
@@ -269,6 +269,7 @@ def type_table(slices: Slices, title: str) -> Table:
 
 
 def gap_table(gaps: Sequence[GroupedGap], title: str) -> Table:
+    """One row per image condition and set of dimensions: the grouped types and the gap, each with its CI."""
     table = Table(title=title)
     for col in ("Images", "Dimensions", *(f"{g} [CI]" for g in GROUPS), f"Gap {DARK} - {LIGHT} [CI]"):
         table.add_column(col, justify="left" if col in ("Images", "Dimensions") else "right")
@@ -281,6 +282,8 @@ def report(console: Console, data: Mapping[str, ToneErrors], out: Path, *, n_boo
            adapters: Sequence[str] = (), case_seeds: Sequence[int] = (), seconds: float | None = None) -> dict:
     """Print the per-type tables, the grouped gap and the target line; write ``skin_tone.json`` and the slices
     (Markdown, CSV, JSON and the grouped plot). ``data`` maps ``true`` / ``mismatched`` to their errors."""
+    if not data:
+        raise ValueError("skin-tone report: no image condition to report")
     out.mkdir(parents=True, exist_ok=True)
     slices, gaps = [], []
     first = next(iter(data.values()))
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.n_bootstrap < 1:
         parser.error(f"--n-bootstrap must be at least 1, got {args.n_bootstrap}")
+    if args.write_docs and args.n * args.seeds < MIN_CASES * len(FITZPATRICK_TYPES):
+        parser.error(f"--write-docs with {args.n} cases x {args.seeds} case seed(s): under {MIN_CASES} cases per "
+                     "Fitzpatrick type is a smoke run, which measures nothing to publish")
 
     from dermtrl.cases.controls import mismatched
     from dermtrl.cases.loading import load_cases
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"{Path(adapter).name}, case seed {s}: {args.n} test cases with {CONDITIONS[key]}")
                 runs[key][a].append(score(evaluator, ds, out / name, fresh=args.fresh))
     data = {key: stack_runs(r, where=f"{out} ({CONDITIONS[key]})") for key, r in runs.items()}
-    console.export_text(clear=True)  # the docs section holds the report, not the progress lines above
+    report_only(console)  # the docs section holds the report, not the progress lines above
     report(console, data, out, n_bootstrap=args.n_bootstrap, adapters=adapters, case_seeds=case_seeds,
            seconds=time.time() - started)
     if args.write_docs:

@@ -143,3 +143,22 @@ def test_adapters_must_have_scored_the_same_cases(bench):
     a = _records({t: 0.0 for t in TYPES}, 12)
     with pytest.raises(ValueError, match=r"adapter 2, case seed 0\): no record of case"):
         bench.stack_runs([[a], [a[:6]]])
+
+
+def test_an_unscored_case_is_left_out_not_counted_as_zero(bench):
+    recs = _records({"I": 1.0, "II": 1.0, "III": 0.0, "IV": 0.0, "V": 2.0, "VI": 2.0}, 24)
+    recs[0] = {**recs[0], "scores": None, "error": "image: unreadable"}  # a type-I case whose image failed
+    recs[6] = {**recs[6], "scores": dict(EXPERT)}  # another type-I case, scored perfectly
+    data = bench.stack_runs([[recs]])
+    assert np.isnan(data.errors[0, 0, 0]).all()
+    slices = bench.per_type(data, "t", n_bootstrap=50)
+    assert slices.groups[0].value == "I" and slices.groups[0].macro.value == pytest.approx(2 / 3)
+    gap = bench.grouped_gaps(data, "t", n_bootstrap=50)[0]
+    assert gap.groups["I-II"].value == pytest.approx((0 + 1 + 1 + 4 * 1) / 7)
+    assert gap.gap.value == pytest.approx(2.0 - 6 / 7)
+
+
+def test_a_smoke_run_is_not_published(bench, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--n", "12", "--seeds", "2", "--write-docs"])
+    assert exc.value.code == 2 and "measures nothing to publish" in capsys.readouterr().err
