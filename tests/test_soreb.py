@@ -307,3 +307,54 @@ def test_a_model_name_is_loaded_as_trl_trainers_load_it(tmp_path):
     with pytest.raises(ValueError, match="model_init_kwargs applies only when model is a string"):
         SOREBTrainer(model=model, args=SOREBConfig(**settings), train_dataset=generate_cases(4),
                      processing_class=AutoProcessor.from_pretrained(tiny_llava_path()), reward_funcs=[length_reward])
+
+
+# -- the demo around the script (`make demo`: sft_config, report_cases) --------------------------------------------
+
+def test_the_demo_runs_stage1_when_its_output_is_absent_and_keeps_a_current_one(tmp_path, capsys):
+    """`make demo` on a fresh machine: no Stage-1 output, so Stage 1 runs with sft_config; the next run finds that
+    output current (same base, same settings) and continues it untouched."""
+    from pathlib import Path
+
+    import yaml
+
+    from dermtrl.scripts.demo import prepare_stage1
+    from dermtrl.tiny import resolve_model_name
+
+    root = Path(__file__).resolve().parents[1]
+    settings = yaml.safe_load((root / "recipes/configs/demo_sft.yaml").read_text())
+    settings.update(synthetic_train_cases=2, max_steps=1, per_device_train_batch_size=2, dataloader_num_workers=0,
+                    lora_r=4, lora_alpha=8)
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    adapter = tmp_path / "dermeval-tiny-sft"
+    args = SOREBConfig(output_dir=str(tmp_path / "soreb"), use_cpu=True, report_to="none")
+    base = resolve_model_name("dermtrl:tiny")
+    prepare_stage1(str(adapter), base, str(config), args)
+    assert f"Stage 1 output {adapter} is absent: running Stage 1 with {config}" in capsys.readouterr().out
+    weights = adapter / "adapter_model.safetensors"
+    trained = weights.stat().st_mtime_ns
+    prepare_stage1(str(adapter), base, str(config), args)
+    out = capsys.readouterr().out
+    assert "is absent" not in out and "moved it" not in out
+    assert weights.stat().st_mtime_ns == trained and not list(tmp_path.glob("dermeval-tiny-sft.*"))
+
+
+def test_the_demo_report_reads_held_out_test_cases_and_is_refused_where_it_would_deadlock(tmp_path):
+    from types import SimpleNamespace
+
+    from dermtrl.cases.splits import TEST_START
+    from dermtrl.scripts.demo import add_held_out_report, check_report
+    from dermtrl.trainer.callbacks import HeldOutReportCallback
+
+    added = []
+    trainer = SimpleNamespace(add_callback=added.append)
+    callback = add_held_out_report(trainer, 3, None, tmp_path)
+    assert added == [callback] and isinstance(callback, HeldOutReportCallback)
+    assert callback.cases["case_id"][0].endswith(f"-{TEST_START:06d}") and len(callback.cases) == 3
+    assert callback.out_dir == tmp_path / "report" and callback.labels[1] == "After SOREB (Stage 2)"
+    zero3 = SimpleNamespace(world_size=2, deepspeed_plugin=SimpleNamespace(zero_stage=3), fsdp_plugin_args=None)
+    with pytest.raises(ValueError, match=r"report_cases=5: .*ZeRO-3.*report_cases: 0"):
+        check_report(5, zero3)
+    check_report(0, zero3)  # no report asked: nothing to refuse
+    check_report(5, SimpleNamespace(world_size=1, deepspeed_plugin=None, fsdp_plugin_args=None))
