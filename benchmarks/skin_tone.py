@@ -7,7 +7,7 @@ to choose settings) with a DermEval adapter (default: the demo Stage-1 adapter t
 
 - per Fitzpatrick type, with each case's own image and with the **mismatched-image control** (every case shown
   another test case's picture, same narrative; the case keeps its own type): Table 1's MAE (rounded scores) on the
-  image-dependent dimensions, their macro and the macro over all six, with a 95% bootstrap CI over cases
+  image-dependent dimensions and their macro, and the macro over all six with a 95% bootstrap CI over cases
   (:mod:`dermtrl.agreement.subgroups`);
 - the grouped types I-II, III-IV and V-VI and the gap **V-VI minus I-II** (positive: larger error on darker skin),
   with a 95% CI over cases *and* seeds: several case seeds (``--seeds``: independent draws of the test cases) and,
