@@ -158,3 +158,117 @@ def test_an_http_proxy_from_the_environment_is_used(make_openai_server, monkeypa
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+class _Scripted:
+    """A loopback TCP server answering each request (read through its Content-Length) with the next scripted bytes,
+    then closing the connection if the script says so; it records every raw request and connection."""
+
+    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+        import socket
+        import threading
+
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(10)
+        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(10)
+                reader = conn.makefile("rb")
+                while self.answers:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = reader.readline()
+                        if not line:
+                            break
+                        head += line
+                    if not head:
+                        break
+                    length = int(next(v for k, v in (ln.split(b":", 1) for ln in head.split(b"\r\n")[1:] if b":" in ln)
+                                      if k.strip().lower() == b"content-length"))
+                    self.requests.append(head + reader.read(length))
+                    answer, close = self.answers.pop(0)
+                    conn.sendall(answer)
+                    if close:
+                        break
+                reader.close()
+
+    def stop(self) -> None:
+        self._sock.close()
+        self._thread.join(5)
+
+
+_OK = b'{"ok": true}'
+
+
+def test_answers_are_read_as_http_1_1_defines_them():
+    """Interim 1xx answers are skipped; a body comes by Content-Length, as chunks (extensions and trailers
+    ignored) or up to the end of an HTTP/1.0 connection; a repeated header keeps its last value; a connection the
+    server closes or asks to close is not reused, every other one is."""
+    answers = [
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-Seen: a\r\nX-Seen: b\r\n\r\n"
+         + _OK, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\n{\"ok\"\r\n7\r\n: true}\r\n0\r\n"
+         b"Trailer: x\r\n\r\n", False),
+        (b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n", True),
+        (b"HTTP/1.0 200 OK\r\n\r\n" + _OK, True),  # no length: the body ends with the connection
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n" + _OK, False),
+    ]
+    server = _Scripted(answers)
+    transport = HTTPTransport(server.base_url, {"Authorization": "Bearer k"})
+    try:
+        status, headers, data = transport.post("/chat/completions", b'{"q": 1}', 5.0)
+        assert (status, data, headers["x-seen"], headers["content-length"]) == (200, _OK, "b", "12")
+        assert transport.post("/chat/completions", b'{"q": 2}', 5.0)[::2] == (200, _OK)
+        status, headers, data = transport.post("/chat/completions", b'{"q": 3}', 5.0)
+        assert (status, headers["retry-after"], data) == (429, "1", b"")
+        assert transport.post("/chat/completions", b'{"q": 4}', 5.0)[::2] == (200, _OK)
+        assert transport.post("/chat/completions", b'{"q": 5}', 5.0)[::2] == (200, _OK)
+    finally:
+        transport.close()
+        server.stop()
+    assert server.connections == 3  # requests 1-3 on one, 4 on the next, 5 on a third
+    first = server.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and first.endswith(b'\r\n\r\n{"q": 1}')
+    assert b"\r\nHost: 127.0.0.1:" in first and b"\r\nContent-Length: 8\r\n" in first
+    assert b"\r\nAuthorization: Bearer k\r\n" in first and b"\r\nContent-Type: application/json\r\n" in first
+
+
+@pytest.mark.parametrize("answer", [
+    b"garbage\r\n\r\n",  # not a status line
+    b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n" + _OK,  # the body is cut short
+    b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n" + _OK,
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"",  # the server hangs up without answering
+])
+def test_a_broken_answer_is_a_connection_error(answer):
+    server = _Scripted([(answer, True)])
+    transport = HTTPTransport(server.base_url, {})
+    try:
+        with pytest.raises(TransportError) as info:
+            transport.post("/chat/completions", b"{}", 5.0)
+        assert info.value.kind == "connection error"
+    finally:
+        transport.close()
+        server.stop()
+
+
+def test_a_header_that_would_break_the_request_is_refused_without_showing_its_value():
+    with pytest.raises(ValueError, match="'Authorization'") as info:
+        HTTPTransport("http://127.0.0.1:9/v1", {"Authorization": "Bearer sk-secret\r\nX-Evil: 1"})
+    assert "sk-secret" not in str(info.value)
+    with pytest.raises(ValueError, match="'X-Key'") as info:
+        HTTPTransport("http://127.0.0.1:9/v1", {"X-Key": "sk-sécret-€"})
+    assert "sécret" not in str(info.value)
