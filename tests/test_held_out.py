@@ -97,6 +97,12 @@ def test_the_skin_tone_line_gives_each_group_its_mae_ci_and_the_largest_gap():
     text = skin_tone_line(big)
     assert "few cases" not in text.split("unknown")[0] and "unknown 3.000 [3.00, 3.00] (n=3, few cases)" in text
     assert "largest gap III-IV - I-II +1.000 [+1.00, +1.00] (of the 3 groups with 10+ cases)" in text
+    unscored = _toned(["I", "V"], [0, 0])  # evaluations whose scores could not be read: said, never 0
+    for r in unscored.records:
+        r["scores"] = {}
+    assert skin_tone_line(skin_tone_slices(unscored)) == ("Skin tone (after SOREB): MAE I-II n/a (n=1, few cases), "
+                                                          "V-VI n/a (n=1, few cases); largest gap n/a (fewer than "
+                                                          "two groups with a value)")
 
 
 def test_without_a_skin_tone_nothing_is_sliced_written_or_printed(tmp_path):

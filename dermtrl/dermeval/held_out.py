@@ -110,8 +110,8 @@ def skin_tone_line(slices: Slices) -> str:
                  + (f"{slices.min_cases}+ cases)" if large else "a value)"))
         gap = f"largest gap {slices.gap_groups[0]} - {slices.gap_groups[1]} {_value(slices.gap, '+')}{among}"
     label = _short_label(slices.label)
-    return (f"Skin tone{f' ({label})' if label else ''}: {slices.statistic} {groups}; {gap} "
-            f"({slices.ci_level:.0%} bootstrap CIs)")
+    note = f" ({slices.ci_level:.0%} bootstrap CIs)" if any(g.macro.ci for g in slices.groups) else ""
+    return f"Skin tone{f' ({label})' if label else ''}: {slices.statistic} {groups}; {gap}{note}"
 
 
 def write_skin_tone_slices(before: HeldOut, after: HeldOut, out_dir: str | Path) -> Slices | None:
