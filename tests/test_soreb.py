@@ -352,6 +352,7 @@ def test_the_demo_report_reads_held_out_test_cases_and_is_refused_where_it_would
     callback = add_held_out_report(trainer, 3, None, tmp_path)
     assert added == [callback] and isinstance(callback, HeldOutReportCallback)
     assert callback.cases["case_id"][0].endswith(f"-{TEST_START:06d}") and len(callback.cases) == 3
+    assert callback.cases["skin_tone"] == ["III", "IV", "V"]  # 200,000 % 6 = 2: the report's skin-tone line reads it
     assert callback.out_dir == tmp_path / "report" and callback.labels[1] == "After SOREB (Stage 2)"
     zero3 = SimpleNamespace(world_size=2, deepspeed_plugin=SimpleNamespace(zero_stage=3), fsdp_plugin_args=None)
     with pytest.raises(ValueError, match=r"report_cases=5: .*ZeRO-3.*report_cases: 0"):
