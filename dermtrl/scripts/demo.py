@@ -2,8 +2,8 @@
 
 The demo config (``recipes/configs/demo_soreb.yaml``) names a Stage-1 output (``sft_adapter``), the Stage-1 config
 that produces it (``sft_config``) and a number of held-out synthetic cases (``report_cases``). From a fresh machine
-one command then trains both stages and prints Table 1 before and after Stage 2. None of this is needed to train
-on real data: :mod:`dermtrl.scripts.soreb` calls these functions only when those two keys are set.
+one command then trains both stages and prints Table 1 before and after Stage 2. None of this acts when training
+on real data: with ``sft_config`` and ``report_cases`` unset, :mod:`dermtrl.scripts.soreb` trains and saves only.
 
 - :func:`prepare_stage1`: a Stage-1 output trained on another base, or with settings ``sft_config`` would not give,
   is renamed (kept, never deleted or reused), then Stage 1 runs when its output is absent;
