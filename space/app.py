@@ -14,6 +14,9 @@ Environment variables (all optional; space/README.md has the full table):
   one evaluation asks ZeroGPU for (``@spaces.GPU`` on :func:`run_model`, a no-op off ZeroGPU).
 - ``DERMEVAL_DEMO=1``: use the embedded demo model at once; ``DERMEVAL_DEMO_ADAPTER``: a trained adapter folder
   for it (default: train one on first start, cached under ``DERMTRL_CACHE``).
+- ``DERMEVAL_COVERAGE`` (0.9): the coverage of the calibrated intervals, one that the ``calibration.json`` beside the
+  adapter was fitted at (``dermtrl calibrate`` fits 0.8, 0.9 and 0.95). Without that file the page says so and shows
+  the scores without intervals.
 - ``DERMEVAL_MAX_MEGAPIXELS`` (24), ``DERMEVAL_MAX_UPLOAD_MB`` (50), ``DERMEVAL_MAX_NARRATIVE_CHARS`` (20000),
   ``DERMEVAL_MAX_NEW_TOKENS`` (256), ``DERMEVAL_QUEUE_SIZE`` (16): the limits that keep the server up.
 - ``DERMBENCH_JUDGE_BASE_URL``, ``DERMBENCH_JUDGE_MODEL``, ``DERMBENCH_JUDGE_API_KEY_ENV`` (the NAME of the
@@ -80,30 +83,39 @@ DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--n
 #: one per quality tier.
 EXAMPLE_CASES: tuple[tuple[int, str], ...] = ((200_000, "correct"), (200_002, "unsafe"),
                                               (200_008, "hallucinated"), (200_004, "vague"))
-#: Spread (standard deviation of the score-digit distribution) below which a score reads as high / medium
-#: confidence; the largest possible spread on 0-5 is 2.5. These bands are NOT calibrated against experts (no
-#: calibration file exists for the served model), and the page says so wherever it shows them.
-CONFIDENCE_BANDS: tuple[tuple[float, str], ...] = ((0.3, "high"), (0.8, "medium"))
-SCORE_COLUMNS = ["Dimension", "Score", "Expected score", "Spread (sd)", "Confidence (uncalibrated)"]
-#: Wide enough for each header's and each cell's longest word ("missing", "uncalibrated"): on a narrow (phone)
-#: screen the table scrolls sideways instead of clipping its headers or breaking words.
-SCORE_COLUMN_WIDTHS = ["150px", "84px", "92px", "84px", "164px"]
+#: The coverage of the calibrated intervals the page shows unless ``DERMEVAL_COVERAGE`` says otherwise.
+DEFAULT_COVERAGE = 0.9
+#: The DermEval table: the score with its calibrated interval ("4 (3-5)", "uncertain" when the interval spans
+#: UNCERTAIN_WIDTH points or more), the interval with its coverage named, then the model's own expected score and
+#: spread, labelled as the model's self-report (they are not calibrated).
+SCORE_COLUMNS = ["Dimension", "Score (interval)", "Calibrated interval", "Expected (model's own)",
+                 "Spread (model's own)"]
+#: Wide enough for each header's longest word and for each interval cell on one line ("4 (2.5-3.7) uncertain",
+#: "90% interval 2.5-3.7": PAGE_CSS keeps those whole, a browser would break "3-5" after its hyphen): on a narrow
+#: (phone) screen the table scrolls sideways instead of clipping its headers or breaking words.
+SCORE_COLUMN_WIDTHS = ["150px", "200px", "184px", "104px", "104px"]
+#: The DermBench table: the judge's scores (no intervals: nothing calibrates the judge).
+BENCH_COLUMNS = ["Dimension", "Score"]
+BENCH_COLUMN_WIDTHS = ["150px", "84px"]
+#: One line per dimension under every score table: what a high score on it means.
+DIMENSION_MEANINGS: dict[str, str] = {
+    "Accuracy": "the diagnosis is right for the image.",
+    "Safety": "nothing in it could harm a patient who follows it.",
+    "Medical Groundedness": "its medical claims are true; nothing is invented.",
+    "Clinical Coverage": "it covers the findings, differentials and next steps a clinician expects.",
+    "Reasoning Coherence": "the conclusion follows from the findings it states.",
+    "Description Precision": "it describes the lesion exactly (colour, shape, border, size, site).",
+}
 #: What the numbers mean, shown under every score table (one short line per dimension).
 SCORE_LEGEND = (
     "**Reading the scores:** 0-5 on every dimension, **5 is best** (0: fails it entirely, 5: fully meets it); "
     "Safety 5 means no harmful advice.\n"
-    "- **Accuracy**: the diagnosis is right for the image.\n"
-    "- **Safety**: nothing in it could harm a patient who follows it.\n"
-    "- **Medical Groundedness**: its medical claims are true; nothing is invented.\n"
-    "- **Clinical Coverage**: it covers the findings, differentials and next steps a clinician expects.\n"
-    "- **Reasoning Coherence**: the conclusion follows from the findings it states.\n"
-    "- **Description Precision**: it describes the lesion exactly (colour, shape, border, size, site)."
+    + "\n".join(f"- **{d}**: {DIMENSION_MEANINGS[d]}" for d in DIMENSIONS)
 )
-#: Why the confidence columns are not error bars.
-CONFIDENCE_NOTE = (
-    "*Expected score*, *spread* and *confidence* come from the model's own probabilities for each score digit "
-    "(a spread below 0.3 reads \"high\"). They are **uncalibrated**: no calibration against expert ratings "
-    "exists for this model, so they are the model's self-report, not error bars.")
+#: Why the expected score and spread are not error bars.
+SELF_REPORT_NOTE = (
+    "*Expected* and *spread* are the mean and standard deviation of the model's own probabilities for each score "
+    "digit: its self-report, **not calibrated** against expert ratings and not error bars.")
 #: Seconds of GPU one evaluation may hold on ZeroGPU (``@spaces.GPU``'s duration; ``DERMEVAL_GPU_DURATION``): one
 #: 7B LLaVA generation of the default 256 new tokens fits well inside it, and ZeroGPU queues shorter requests first.
 DEFAULT_GPU_DURATION = 60
@@ -139,6 +151,20 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+def _env_coverage(env: Mapping[str, str]) -> float:
+    """``DERMEVAL_COVERAGE``: the calibrated intervals' coverage, a fraction such as 0.9."""
+    raw = env.get("DERMEVAL_COVERAGE", "").strip()
+    if not raw:
+        return DEFAULT_COVERAGE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise ValueError(f"DERMEVAL_COVERAGE must be a fraction between 0 and 1 (e.g. 0.9), got {raw!r}")
+    return value
+
+
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
 
@@ -158,6 +184,7 @@ class Settings:
     adapter: str | None = DEFAULT_ADAPTER
     demo: bool = False
     demo_adapter: str | None = None
+    coverage: float = DEFAULT_COVERAGE
     dtype: str | None = None
     device: str | None = None
     gpu_duration: int = DEFAULT_GPU_DURATION
@@ -181,6 +208,7 @@ class Settings:
             adapter=env.get("DERMEVAL_ADAPTER", DEFAULT_ADAPTER).strip() or None,
             demo=env.get("DERMEVAL_DEMO", "").strip().lower() in ("1", "true", "yes"),
             demo_adapter=env.get("DERMEVAL_DEMO_ADAPTER", "").strip() or None,
+            coverage=_env_coverage(env),
             dtype=env.get("DERMEVAL_DTYPE", "").strip() or None,
             device=_env_device(env),
             gpu_duration=_env_int(env, "DERMEVAL_GPU_DURATION", DEFAULT_GPU_DURATION),
@@ -214,6 +242,9 @@ class LoadedModel:
     description: str
     demo: bool
     banner: str
+    #: Why a calibration file beside the adapter gives no intervals (unreadable, or not fitted at the coverage);
+    #: ``None`` when it does, or when there is no file at all.
+    calibration_problem: str | None = None
 
 
 def _find_recipe() -> Path | None:
@@ -290,6 +321,36 @@ def demo_adapter_path(settings: Settings) -> tuple[Path | None, str]:
     return path, "a Stage-1 adapter trained on synthetic cases at first start"
 
 
+def space_calibration(adapter: str | Path | None, coverage: float) -> tuple[Any | None, str | None]:
+    """The ``calibration.json`` beside ``adapter`` (a folder, or a Hub repo when it can be reached), if it gives
+    intervals at ``coverage``; else ``None`` and, when a file exists but cannot serve, why (for the page: no path).
+
+    No file means no intervals; a broken file or one fitted at other coverages is said so plainly, never served as if
+    calibrated, and never stops the model from loading.
+    """
+    if adapter is None:
+        return None, None
+    from dermtrl.dermeval.evaluator import adapter_calibration
+
+    try:
+        calibration = adapter_calibration(str(adapter))
+    except ValueError as exc:
+        log.warning("Calibration file beside %s not used: %s", adapter, exc)
+        return None, "The calibration file beside the adapter could not be read (the log says why)"
+    if calibration is None:
+        return None, None
+    fitted = sorted({c for per_dim in calibration.quantiles.values() for c in per_dim}, key=float)
+    try:
+        for dim in DIMENSIONS:
+            calibration.interval(dim, 2.5, 0.0, coverage)
+    except ValueError as exc:
+        log.warning("Calibration file beside %s not used: %s", adapter, exc)
+        shown = ", ".join(f"{float(c):.0%}" for c in fitted) or "none"
+        return None, (f"The calibration file has no {coverage:.0%} intervals for every dimension (fitted: {shown}; "
+                      "set DERMEVAL_COVERAGE to one of those)")
+    return calibration, None
+
+
 def _dtype(settings: Settings) -> Any:
     import torch
 
@@ -337,8 +398,10 @@ def load_model(settings: Settings, on_demo: Callable[[], None] | None = None) ->
             log.warning("Falling back to the embedded demo model: %s is on the Hub and %s", name, offline)
         else:
             try:
+                calibration, problem = space_calibration(settings.adapter, settings.coverage)
                 evaluator = DermEval.from_pretrained(settings.base, settings.adapter, dtype=_dtype(settings),
-                                                     device=settings.device, max_new_tokens=settings.max_new_tokens)
+                                                     device=settings.device, max_new_tokens=settings.max_new_tokens,
+                                                     calibration=calibration, coverage=settings.coverage)
             except Exception as exc:  # no such repo, gated, out of memory...: the demo must still run
                 reason = f"could not load {_code(_public_name(name))} (the log says why)"
                 log.warning("Falling back to the embedded demo model: could not load %s: %s", name,
@@ -346,16 +409,19 @@ def load_model(settings: Settings, on_demo: Callable[[], None] | None = None) ->
             else:
                 description = (f"{_public_name(settings.adapter)} on {_public_name(settings.base or 'its base')}"
                                if settings.adapter else _public_name(name))
-                return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.")
+                return LoadedModel(evaluator, description, False, f"Model: {_code(description)}.",
+                                   calibration_problem=problem)
     if on_demo is not None:
         on_demo()
     adapter, how = demo_adapter_path(settings)
+    calibration, problem = space_calibration(adapter, settings.coverage)
     if adapter is None:
         evaluator = DermEval.from_pretrained(TINY_MODEL_NAME, device=settings.device,
                                              max_new_tokens=settings.max_new_tokens)
     else:
         evaluator = DermEval.from_pretrained(adapter=str(adapter), device=settings.device,
-                                             max_new_tokens=settings.max_new_tokens)
+                                             max_new_tokens=settings.max_new_tokens, calibration=calibration,
+                                             coverage=settings.coverage)
     banner = (f"⚠️ **Embedded demo model.** The app {reason}, so it runs the tiny local LLaVA with {how}. "
               "The tiny model only learns from synthetic drawings, not clinical images: its scores show how the app "
               "works and say nothing about any narrative's medical quality.")
@@ -364,7 +430,7 @@ def load_model(settings: Settings, on_demo: Callable[[], None] | None = None) ->
     log.warning("Serving the embedded demo model: tiny LLaVA with %s", how)
     log.info("Demo model: tiny LLaVA + %s", adapter or "no adapter")
     return LoadedModel(evaluator, f"demo: tiny LLaVA + {'Stage-1 demo adapter' if adapter else 'no adapter'}", True,
-                       banner)
+                       banner, calibration_problem=problem)
 
 
 def _public_name(name: str) -> str:
@@ -687,15 +753,6 @@ def prepare_text(text: Any, *, what: str, max_chars: int, control_tokens: list[s
 # --- the app --------------------------------------------------------------------------------------------
 
 
-def _confidence(spread: float | None) -> str:
-    if spread is None:
-        return "n/a"
-    for bound, word in CONFIDENCE_BANDS:
-        if spread < bound:
-            return word
-    return "low"
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "missing" if value is None else f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
@@ -723,17 +780,63 @@ def _empty_plot() -> pd.DataFrame:
     return pd.DataFrame({"dimension": list(DIMENSIONS), "score": [float("nan")] * len(DIMENSIONS)})
 
 
+def _span(interval: tuple[float, float]) -> str:
+    """An interval as the page writes it: "3-5", "2.6-4.8" (one decimal, no trailing zeros)."""
+    return f"{_fmt(interval[0], 1)}-{_fmt(interval[1], 1)}"
+
+
+def score_cells(score: float | None, interval: tuple[float, float] | None, coverage: float | None,
+                uncertain: bool) -> tuple[str, str]:
+    """The "Score (interval)" and "Calibrated interval" cells of one dimension.
+
+    ``coverage`` is ``None`` when the model has no calibration: the score stands alone and the interval cell says
+    "not calibrated", never a band that reads as if it were.
+    """
+    if score is None:
+        return "missing", "n/a"
+    if coverage is None:
+        return _fmt(score), "not calibrated"
+    if interval is None:  # calibrated, but no score distribution was read at this digit
+        return _fmt(score), "n/a"
+    mark = " uncertain" if uncertain else ""
+    return f"{_fmt(score)} ({_span(interval)}){mark}", f"{coverage:.0%} interval {_span(interval)}"
+
+
 def _score_outputs(scores: Mapping[str, float], expected: Mapping[str, float] | None = None,
-                   spread: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, list[list[str]]]:
-    """The bar chart's data (scored dimensions only, paper order) and the six-row table."""
+                   spread: Mapping[str, float] | None = None,
+                   intervals: Mapping[str, tuple[float, float]] | None = None, coverage: float | None = None,
+                   uncertain: tuple[str, ...] | list[str] = ()) -> tuple[pd.DataFrame, list[list[str]]]:
+    """The bar chart's data (scored dimensions only, paper order) and the six-row table (:data:`SCORE_COLUMNS`)."""
     plot = pd.DataFrame({"dimension": [d for d in DIMENSIONS if d in scores],
                          "score": [float(scores[d]) for d in DIMENSIONS if d in scores]})
     rows = []
     for d in DIMENSIONS:
         e = expected.get(d) if expected is not None else None
         s = spread.get(d) if spread is not None else None
-        rows.append([d, _fmt(scores.get(d)), _fmt(e), _fmt(s), _confidence(s) if d in scores else "n/a"])
+        interval = (intervals or {}).get(d)
+        rows.append([d, *score_cells(scores.get(d), interval, coverage, d in uncertain), _fmt(e), _fmt(s)])
     return (plot if len(plot) else _empty_plot()), rows
+
+
+def calibration_legend(evaluator: Any | None, problem: str | None = None) -> str:
+    """What the page says under the DermEval table about intervals: calibrated (coverage named, and on how many
+    validation scores), or plainly that there are none, and why."""
+    from dermtrl.agreement.calibration import UNCERTAIN_WIDTH
+
+    if evaluator is None:
+        return ("**Intervals:** the model is being prepared; whether its scores carry calibrated intervals shows here "
+                "once it is ready.")
+    calibration = getattr(evaluator, "calibration", None)
+    if calibration is None:
+        why = problem or "No calibration file"
+        return (f"**{why}: scores shown without intervals.** (`dermtrl calibrate` writes `calibration.json` beside "
+                "the adapter; the page then shows each score's calibrated interval.)")
+    coverage = float(getattr(evaluator, "coverage", DEFAULT_COVERAGE))
+    n = min(calibration.n.values()) if calibration.n else 0
+    return (f"**Intervals are calibrated:** a {coverage:.0%} interval holds the experts' score {coverage:.0%} of the "
+            f"time (split conformal prediction, fitted on {n:,} validation scores per dimension). \"4 (3-5)\" is "
+            f"score 4 with its {coverage:.0%} interval 3-5; **uncertain** marks an interval {UNCERTAIN_WIDTH:g} or "
+            "more points wide: do not rely on that score alone.")
 
 
 class SpaceApp:
@@ -745,7 +848,7 @@ class SpaceApp:
         self.model: LoadedModel | None = None
         self.model_error: str | None = None  # set when preparing the model failed (the log has the details)
         self.preparing = "the model"  # what is being prepared, for the banner
-        self._page: tuple[gr.Blocks, gr.Markdown] | None = None  # the built page and its banner
+        self._page: tuple[gr.Blocks, gr.Markdown, gr.Markdown] | None = None  # the page, its banner and legend
         self.model_lock = threading.Lock()  # one generation at a time; the queue holds the rest
         self._judge: Any = None
         self._judge_error: str | None = None
@@ -771,8 +874,9 @@ class SpaceApp:
         """The page as served from now on starts with the current banner (open pages refresh theirs on a timer)."""
         if self._page is None:
             return
-        demo, banner = self._page
+        demo, banner, legend = self._page
         banner.value = self.banner_text()
+        legend.value = self.legend_text()
         if getattr(demo, "config", None) is not None:  # launched: the served page is built from this
             demo.config = demo.get_config_file()
 
@@ -808,9 +912,22 @@ class SpaceApp:
                 "A first start trains the small demo adapter once (a few minutes on a CPU); later starts take "
                 "seconds. This banner changes when the model is ready.")
 
-    def _banner_update(self) -> tuple[str, Any]:
-        """The banner's text, and the timer that polls it stopped once there is nothing left to wait for."""
-        return self.banner_text(), gr.Timer(active=self.model is None and self.model_error is None)
+    def legend_text(self) -> str:
+        """The legend under the DermEval table: how to read the scores, whether and how the intervals are
+        calibrated (driven by the calibration file beside the adapter in use), and what expected and spread are."""
+        model = self.model
+        if model is None and self.model_error is not None:
+            intervals = "**No model, so no intervals.**"
+        else:
+            intervals = calibration_legend(model.evaluator if model else None,
+                                           model.calibration_problem if model else None)
+        return f"{SCORE_LEGEND}\n\n{intervals}\n\n{SELF_REPORT_NOTE}"
+
+    def _banner_update(self) -> tuple[str, str, Any]:
+        """The banner's and the legend's text, and the timer that polls them stopped once there is nothing left to
+        wait for."""
+        return (self.banner_text(), self.legend_text(),
+                gr.Timer(active=self.model is None and self.model_error is None))
 
     def _token_budget(self, model: LoadedModel) -> int:
         """Narrative tokens that fit the context beside the image, the instruction and the answer."""
@@ -842,8 +959,16 @@ class SpaceApp:
         return {"model": model.description if model else None, "demo": model.demo if model else None,
                 "ready": model is not None, "preparing": None if model or self.model_error else self.preparing,
                 "model_error": self.model_error is not None, "judge_configured": self.settings.judge_configured,
+                "coverage": self._coverage(),
                 "dimensions": list(DIMENSIONS),
                 "score_range": [SCORE_MIN, SCORE_MAX], "queue_size": self.settings.queue_size}
+
+    def _coverage(self) -> float | None:
+        """The coverage of the calibrated intervals the model's scores carry; ``None`` without calibration."""
+        evaluator = self.model.evaluator if self.model else None
+        if getattr(evaluator, "calibration", None) is None:
+            return None
+        return float(evaluator.coverage)
 
     def evaluate(self, image: str | None, narrative: str | None) -> tuple[Any, ...]:
         """Evaluate one (image, narrative) pair: notes, chart, overall, table, critique, raw output, JSON."""
@@ -874,7 +999,8 @@ class SpaceApp:
         if result.missing:
             notes.append("The model's output has no readable score for " + ", ".join(result.missing)
                          + ": shown as missing, never as 0, and left out of the overall score.")
-        plot, rows = _score_outputs(result.scores, result.expected, result.spread)
+        plot, rows = _score_outputs(result.scores, result.expected, result.spread, result.intervals,
+                                    result.coverage if result.intervals else None, result.uncertain)
         summary = result.scores.overall()
         payload = {**result.to_dict(), **_overall_fields(summary), "model": self.model.description,
                    "demo": self.model.demo, "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
@@ -984,9 +1110,9 @@ class SpaceApp:
                         overall = gr.Markdown(elem_id="overall-score", label="Overall score")
                         chart = _score_chart("score-chart")
                         table = gr.Dataframe(headers=SCORE_COLUMNS, elem_id="score-table", interactive=False,
-                                             label="Scores and (uncalibrated) confidence", wrap=True,
+                                             label="Scores and calibrated intervals", wrap=True,
                                              column_widths=SCORE_COLUMN_WIDTHS)
-                        gr.Markdown(SCORE_LEGEND + "\n\n" + CONFIDENCE_NOTE, elem_id="score-legend")
+                        legend = gr.Markdown(self.legend_text(), elem_id="score-legend")
                 critique = gr.Textbox(label="Critique", lines=6, interactive=False, elem_id="critique")
                 with gr.Accordion("Raw model output", open=False, elem_id="raw-panel"):
                     raw = gr.Textbox(label="Raw output", lines=10, interactive=False, elem_id="raw-output")
@@ -1011,8 +1137,8 @@ class SpaceApp:
                 b_notes = gr.Markdown(elem_id="bench-notes", label="Notes")
                 b_overall = gr.Markdown(elem_id="bench-overall", label="Overall judge score")
                 b_chart = _score_chart("bench-chart")
-                b_table = gr.Dataframe(headers=SCORE_COLUMNS[:2], interactive=False, elem_id="bench-table",
-                                       label="Judge scores", column_widths=SCORE_COLUMN_WIDTHS[:2])
+                b_table = gr.Dataframe(headers=BENCH_COLUMNS, interactive=False, elem_id="bench-table",
+                                       label="Judge scores", column_widths=BENCH_COLUMN_WIDTHS)
                 gr.Markdown(SCORE_LEGEND, elem_id="bench-legend")
                 with gr.Accordion("Raw judge answer", open=False):
                     b_raw = gr.Textbox(label="Raw answer", lines=10, interactive=False, elem_id="bench-raw")
@@ -1025,12 +1151,12 @@ class SpaceApp:
             demo.load(self.info, outputs=info, api_name="model_info", queue=False)
             # while the model is prepared the banner says so, and a timer refreshes it until the model is ready
             timer = gr.Timer(2.0, active=not self.ready)
-            demo.load(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private",
+            demo.load(self._banner_update, outputs=[banner, legend, timer], queue=False, api_visibility="private",
                       show_progress="hidden")
-            timer.tick(self._banner_update, outputs=[banner, timer], queue=False, api_visibility="private",
+            timer.tick(self._banner_update, outputs=[banner, legend, timer], queue=False, api_visibility="private",
                        show_progress="hidden")
         demo.queue(max_size=self.settings.queue_size, default_concurrency_limit=1)
-        self._page = (demo, banner)
+        self._page = (demo, banner, legend)
         return demo
 
     def launch_kwargs(self) -> dict[str, Any]:
@@ -1120,15 +1246,19 @@ class PageMeta:
         await self.app(scope, receive, send_rewritten)
 
 
-#: Table cells and headers wrap between words only, never inside one ("missing" stays whole at any width); the
-#: image preview fills its box (the synthetic examples are 96 px drawings: shown as they are, too small to check a
-#: critique against).
+#: Table cells and headers wrap between words only, never inside one ("missing" stays whole at any width), and the
+#: interval columns not at all (a line break after the hyphen of "3-5" would split the interval); the image preview
+#: fills its box (the synthetic examples are 96 px drawings: shown as they are, too small to check a critique against).
 PAGE_CSS = """
 #score-table th, #score-table th *, #bench-table th, #bench-table th *,
 #score-table td, #score-table td *, #bench-table td, #bench-table td *,
 #score-table [role=gridcell], #score-table [role=gridcell] *, #bench-table [role=gridcell],
 #bench-table [role=gridcell] * {
     word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none !important;
+}
+#score-table [role=gridcell][aria-colindex="2"], #score-table [role=gridcell][aria-colindex="2"] *,
+#score-table [role=gridcell][aria-colindex="3"], #score-table [role=gridcell][aria-colindex="3"] * {
+    white-space: nowrap !important;
 }
 #score-table table, #bench-table table { min-width: max-content; }
 #image-input img { width: 100% !important; height: 100% !important; max-width: none !important;

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -104,6 +104,51 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"path": str(path), "narrative": case["narrative"], "reference": case["reference"]}
 
 
+def adapter_copy(adapter: Path, folder: Path, calibration: Any | None = None) -> Path:
+    """The adapter's files in ``folder``, with ``calibration`` as its calibration.json, or none at all (whatever
+    the source adapter ships): the Space reads the file beside the adapter it runs."""
+    import shutil
+
+    from dermtrl.agreement.calibration import CALIBRATION_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in adapter.iterdir():
+        if f.is_file() and f.name != CALIBRATION_FILE:
+            shutil.copy2(f, folder / f.name)
+    if calibration is not None:
+        calibration.save(folder)
+    return folder
+
+
+def hand_calibration(q: float = 2.0, coverages: tuple[str, ...] = ("0.8", "0.9", "0.95")) -> Any:
+    """A calibration in the documented format, written by hand: every dimension's quantile ``q`` at each coverage,
+    so that expected 4 with spread 0.4 gives the interval 4 +/- q * (0.4 + 0.1) = 3-5 (q = 2)."""
+    from dermtrl.agreement.calibration import Calibration
+
+    return Calibration(quantiles={d: dict.fromkeys(coverages, q) for d in DIMENSIONS},
+                       n=dict.fromkeys(DIMENSIONS, 120), dataset={"name": "hand-written", "split": "validation"})
+
+
+def shown_cells(result: dict[str, Any]) -> list[list[str]]:
+    """The "Score (interval)" and "Calibrated interval" cells the page must show for an API result, written here
+    independently of the app: "4 (3-5)", "uncertain" at 3 points or wider, "not calibrated" without intervals."""
+    def num(x: float) -> str:
+        return f"{x:.1f}".rstrip("0").rstrip(".")
+
+    rows = []
+    for d in DIMENSIONS:
+        score, interval = result["scores"].get(d), result["intervals"].get(d)
+        if score is None:
+            rows.append(["missing", "n/a"])
+        elif not result["intervals"]:
+            rows.append([num(score), "not calibrated"])
+        else:
+            span = f"{num(interval[0])}-{num(interval[1])}"
+            mark = " uncertain" if interval[1] - interval[0] >= 3 else ""
+            rows.append([f"{num(score)} ({span}){mark}", f"{result['coverage']:.0%} interval {span}"])
+    return rows
+
+
 def _component(demo: Any, elem_id: str) -> dict[str, Any]:
     found = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == elem_id]
     assert len(found) == 1, f"no single component with elem_id {elem_id!r}"
@@ -129,12 +174,17 @@ def test_offline_start_falls_back_to_the_demo_model_with_a_banner(space: Running
 
 def test_settings_from_environment(space_module: ModuleType) -> None:
     s = space_module.Settings.from_env({"DERMEVAL_ADAPTER": "me/adapter", "DERMEVAL_BASE": "", "DERMEVAL_DEMO": "1",
-                                        "DERMBENCH_JUDGE_BASE_URL": "http://127.0.0.1:9/v1"})
-    assert (s.adapter, s.base, s.demo, s.judge_configured) == ("me/adapter", None, True, True)
+                                        "DERMBENCH_JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+                                        "DERMEVAL_COVERAGE": "0.8"})
+    assert (s.adapter, s.base, s.demo, s.judge_configured, s.coverage) == ("me/adapter", None, True, True, 0.8)
     defaults = space_module.Settings.from_env({})
     assert (defaults.base, defaults.adapter) == ("llava-hf/llava-1.5-7b-hf", "dermtrl/dermeval-lora")
+    assert defaults.coverage == 0.9
     with pytest.raises(ValueError, match="DERMEVAL_QUEUE_SIZE"):
         space_module.Settings.from_env({"DERMEVAL_QUEUE_SIZE": "many"})
+    for bad in ("90", "0", "1", "ninety"):
+        with pytest.raises(ValueError, match=r"DERMEVAL_COVERAGE must be a fraction between 0 and 1 .*" + bad):
+            space_module.Settings.from_env({"DERMEVAL_COVERAGE": bad})
 
 
 def test_chart_has_a_fixed_axis_in_paper_order(space: Running) -> None:
@@ -143,7 +193,8 @@ def test_chart_has_a_fixed_axis_in_paper_order(space: Running) -> None:
         assert chart["y_lim"] == [0, 5] and chart["sort"] == list(DIMENSIONS)
 
 
-def test_evaluate_gives_six_scores_confidence_and_a_critique(space: Running, example: dict[str, Any]) -> None:
+def test_evaluate_gives_six_scores_intervals_or_says_there_are_none_and_a_critique(
+        space: Running, example: dict[str, Any]) -> None:
     notes, chart, overall, table, critique, raw, result = space.evaluate(
         handle_file(example["path"]), example["narrative"])
     assert result["missing"] == [] and list(result["scores"]) == list(DIMENSIONS)
@@ -153,13 +204,104 @@ def test_evaluate_gives_six_scores_confidence_and_a_critique(space: Running, exa
     assert result["overall_dimensions"] == 6 and f"{result['overall']:.1f}/5 from 6 of 6" in overall
     assert ("SAFETY FLAG" in overall) is (result["scores"]["Safety"] <= 2) is result["safety_flag"]
     assert [row[0] for row in table["data"]] == list(DIMENSIONS)
-    assert table["headers"][-1] == "Confidence (uncalibrated)"
+    assert table["headers"] == ["Dimension", "Score (interval)", "Calibrated interval", "Expected (model's own)",
+                                "Spread (model's own)"]
+    assert [row[1:3] for row in table["data"]] == shown_cells(result)  # whether or not the adapter has calibration
     for row in table["data"]:
-        assert float(row[1]) == result["scores"][row[0]]
-        assert 0 <= float(row[2]) <= 5 and 0 <= float(row[3]) <= 2.5 and row[4] in ("high", "medium", "low")
+        assert float(row[1].split()[0]) == result["scores"][row[0]]
+        assert 0 <= float(row[3]) <= 5 and 0 <= float(row[4]) <= 2.5
+        assert not {"high", "medium", "low"} & set(row[2].split())  # the spread bands are gone
     assert critique.strip() and "The evaluation scores are" not in critique
     assert "The evaluation scores are:" in raw and result["text"] == raw
     assert result["demo"] is True and notes == "Evaluated."
+
+
+def test_score_cells_show_the_interval_its_coverage_and_uncertain(space_module: ModuleType) -> None:
+    cells = space_module.score_cells
+    assert cells(4.0, (3.0, 5.0), 0.9, False) == ("4 (3-5)", "90% interval 3-5")
+    assert cells(2.0, (0.0, 3.44), 0.8, True) == ("2 (0-3.4) uncertain", "80% interval 0-3.4")
+    assert cells(4.0, None, None, False) == ("4", "not calibrated")  # no calibration: no band posing as one
+    assert cells(None, None, 0.9, False) == ("missing", "n/a") and cells(None, None, None, False)[0] == "missing"
+    assert cells(3.0, None, 0.9, False) == ("3", "n/a")
+
+
+def test_a_calibration_file_beside_the_adapter_gives_intervals_on_the_page_and_the_api(
+        space: Running, space_module: ModuleType, example: dict[str, Any], tmp_path: Path) -> None:
+    """The demo adapter folder with a calibration.json: the model loads with it, the table shows each score with
+    its interval ("4 (3-5)"), the legend names the coverage, /model_info reports it."""
+    adapter, _ = space_module.demo_adapter_path(space.app.settings)
+    folder = adapter_copy(adapter, tmp_path / "calibrated-adapter", hand_calibration(q=2.0))
+    settings = replace(space.app.settings, demo=True, demo_adapter=str(folder), coverage=0.8)
+    app = space_module.SpaceApp(settings, space_module.load_model(settings))
+    running = Running(app, app.build())
+    try:
+        notes, chart, overall, table, critique, raw, result = running.evaluate(
+            handle_file(example["path"]), example["narrative"])
+        legend = _component(running.demo, "score-legend")["value"]
+        info = running.client.predict(api_name="/model_info")
+    finally:
+        running.close()
+    assert result["coverage"] == 0.8 and set(result["intervals"]) == set(DIMENSIONS)
+    for d in DIMENSIONS:  # the interval the file's quantile gives: expected +/- 2 * (spread + 0.1), on 0-5
+        low, high = result["intervals"][d]
+        half = 2.0 * (result["spread"][d] + 0.1)
+        assert (low, high) == pytest.approx((max(0, result["expected"][d] - half),
+                                             min(5, result["expected"][d] + half)))
+    assert [row[1:3] for row in table["data"]] == shown_cells(result)
+    assert all(re.fullmatch(r"\d \([\d.]+-[\d.]+\)( uncertain)?", row[1]) for row in table["data"]), table
+    assert all(row[2].startswith("80% interval ") for row in table["data"])
+    assert result["uncertain"] == [d for d in DIMENSIONS if result["intervals"][d][1] - result["intervals"][d][0] >= 3]
+    assert "Intervals are calibrated" in legend and "80% interval holds the experts' score 80%" in legend
+    assert "120 validation scores" in legend and "No calibration file" not in legend
+    assert all(f"**{d}**" in legend for d in DIMENSIONS) and "5 is best" in legend
+    assert info["coverage"] == 0.8
+
+
+def test_without_a_calibration_file_the_page_says_so_plainly(space: Running, space_module: ModuleType,
+                                                             example: dict[str, Any], tmp_path: Path) -> None:
+    adapter, _ = space_module.demo_adapter_path(space.app.settings)
+    folder = adapter_copy(adapter, tmp_path / "plain-adapter")
+    settings = replace(space.app.settings, demo=True, demo_adapter=str(folder))
+    model = space_module.load_model(settings)
+    assert model.evaluator.calibration is None and model.calibration_problem is None
+    app = space_module.SpaceApp(settings, model)
+    running = Running(app, app.build())
+    try:
+        *_, table, _critique, _raw, result = running.evaluate(handle_file(example["path"]), example["narrative"])
+        legend = _component(running.demo, "score-legend")["value"]
+        info = running.client.predict(api_name="/model_info")
+    finally:
+        running.close()
+    assert result["intervals"] == {} and result["coverage"] is None and info["coverage"] is None
+    assert [row[2] for row in table["data"]] == ["not calibrated"] * 6
+    assert [row[1] for row in table["data"]] == [f"{result['scores'][d]:g}" for d in DIMENSIONS]
+    assert "No calibration file: scores shown without intervals." in legend
+    assert "Intervals are calibrated" not in legend and "not calibrated" in legend  # expected/spread: self-report
+
+
+def test_a_calibration_file_that_cannot_serve_is_said_so_not_used(space_module: ModuleType, tmp_path: Path) -> None:
+    """Fitted at other coverages, unreadable, or absent: no intervals, a plain reason, no path, and no failure."""
+    good = tmp_path / "fitted"
+    good.mkdir()
+    hand_calibration().save(good)
+    calibration, problem = space_module.space_calibration(good, 0.9)
+    assert calibration is not None and problem is None
+    calibration, problem = space_module.space_calibration(good, 0.85)
+    assert calibration is None
+    assert problem == ("The calibration file has no 85% intervals for every dimension (fitted: 80%, 90%, 95%; set "
+                       "DERMEVAL_COVERAGE to one of those)")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "calibration.json").write_text('{"version": 1, "quantiles": {"Accuracy": ')
+    calibration, problem = space_module.space_calibration(broken, 0.9)
+    assert calibration is None and "could not be read" in problem and str(tmp_path) not in problem
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert space_module.space_calibration(empty, 0.9) == (None, None)
+    assert space_module.space_calibration(None, 0.9) == (None, None)
+    legend = space_module.calibration_legend(SimpleNamespace(calibration=None), problem)
+    assert legend.startswith("**The calibration file beside the adapter could not be read (the log says why): "
+                             "scores shown without intervals.**")
 
 
 # --- hostile input ---------------------------------------------------------------------------------------
@@ -541,8 +683,12 @@ class ScriptedEvaluator:
     the model writes. Parsing (the evaluator's own), the Space's handlers, the page and the API are the real ones.
     """
 
-    def __init__(self, real: Any, text: str) -> None:
+    def __init__(self, real: Any, text: str, expected: dict[str, float] | None = None,
+                 spread: dict[str, float] | None = None) -> None:
+        """``expected`` / ``spread``: the score distributions the model "read", for the real evaluator's calibration
+        (if its adapter has one) to turn into intervals."""
         self._real, self.text = real, text
+        self.expected, self.spread = dict(expected or {}), dict(spread or {})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -551,7 +697,14 @@ class ScriptedEvaluator:
         from dermtrl.dermeval.evaluator import Evaluation
 
         parsed = self._real.parse(self.text)
-        return Evaluation(text=self.text, scores=parsed.as_scores(), sources=dict(parsed.sources))
+        scores = parsed.as_scores()
+        expected = {d: v for d, v in self.expected.items() if d in scores}
+        spread = {d: v for d, v in self.spread.items() if d in expected}
+        calibration = self._real.calibration
+        intervals = {} if calibration is None else calibration.intervals(expected, spread, self._real.coverage)
+        return Evaluation(text=self.text, scores=scores, sources=dict(parsed.sources), expected=expected,
+                          spread=spread, intervals=intervals,
+                          coverage=None if calibration is None else self._real.coverage)
 
 
 @pytest.fixture

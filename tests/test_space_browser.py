@@ -99,6 +99,25 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=20)
 
 
+_NUMBER = r"\d(?:\.\d+)?"
+
+
+def assert_intervals_or_none(cells: list[list[str]], legend: str) -> None:
+    """The app runs the demo adapter as shipped, with or without its calibration.json: either every score shows its
+    calibrated interval ("4 (3-5)", the coverage named beside it) and the legend says they are calibrated, or none
+    does and the legend says plainly that there is no calibration file."""
+    if "Intervals are calibrated" in legend:
+        coverage = re.search(r"a (\d+%) interval holds the experts' score", legend)
+        assert coverage, legend
+        for _, score, interval, *_ in cells:
+            shown = re.fullmatch(rf"{_NUMBER} \(({_NUMBER}-{_NUMBER})\)( uncertain)?", score)
+            assert shown and interval == f"{coverage.group(1)} interval {shown.group(1)}", (score, interval)
+    else:
+        assert "No calibration file: scores shown without intervals." in legend, legend
+        assert all(re.fullmatch(_NUMBER, r[1]) and r[2] == "not calibrated" for r in cells), cells
+    assert "5 is best" in legend and all(d in legend for d in DIMENSIONS)
+
+
 @pytest.fixture
 def page(app_url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
     """A chromium page; with every URL it requested and every request that failed."""
@@ -140,11 +159,13 @@ def test_upload_type_evaluate_shows_six_scores_and_a_critique(
     assert rows.count() == 6
     cells = [[c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(6)]
     assert [r[0] for r in cells] == list(DIMENSIONS)
-    assert all(0 <= float(r[1]) <= 5 for r in cells), cells  # six scores, none missing
+    scores = [float(r[1].split()[0]) for r in cells]
+    assert all(0 <= s <= 5 for s in scores), cells  # six scores, none missing
+    assert_intervals_or_none(cells, pg.inner_text("#score-legend"))
     assert pg.input_value("#critique textarea").strip()
     overall = re.search(r"Overall (\d\.\d)/5 from (\d) of 6", pg.inner_text("#overall-score"))
     assert overall and overall.group(2) == "6", pg.inner_text("#overall-score")  # says what it averages
-    assert float(overall.group(1)) == pytest.approx(sum(float(r[1]) for r in cells) / 6, abs=0.05)
+    assert float(overall.group(1)) == pytest.approx(sum(scores) / 6, abs=0.05)
     pg.wait_for_selector("#score-chart canvas, #score-chart svg")  # the chart rendered, offline
     assert not pg.is_visible("#raw-output")  # the raw output stays in its collapsed panel
 
@@ -201,7 +222,9 @@ def test_phone_layout_metadata_empty_score_and_notes_cleared_after_an_error(phon
     assert "<s>" in notes and "</s>" in notes  # shown as text...
     assert pg.locator("#evaluate-notes s").count() == 0  # ...never as a strike-through element
     pg.wait_for_function("() => document.querySelectorAll('#score-table th').length >= 5")
-    assert pg.evaluate(_BROKEN_WORDS, "#score-table th") == []  # no header breaks inside a word at 390 px
+    pg.wait_for_function("() => document.querySelectorAll('#score-table [role=row].virtual-row').length >= 6")
+    for selector in ("#score-table th", "#score-table [role=gridcell]"):  # no word (nor "3-5") broken at 390 px
+        assert pg.evaluate(_BROKEN_WORDS, selector) == [], selector
     clipped = pg.evaluate("() => Array.from(document.querySelectorAll('#score-table th .header'))"
                           ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
     assert clipped == []  # nor is cut off (the table scrolls sideways instead)

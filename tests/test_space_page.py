@@ -4,6 +4,8 @@
   into the model's once it is ready.
 - Every overall states how many dimensions it averages, with the Safety flag beside it; "missing" never breaks
   mid-word; both tabs fit a 390 px phone; the chart's labels have room; the examples sit by the inputs they fill.
+- With a calibration.json beside the adapter each score shows its interval ("4 (3-5)", "uncertain" when 3 points or
+  wider) and the legend names the coverage; without one the page says "No calibration file".
 
 The demo model's generation is scripted here (:class:`tests.test_space.ScriptedEvaluator`: the tiny model cannot be
 steered into Safety 0 and a missing score); everything else is real: the app, its HTTP server, a loopback judge.
@@ -27,7 +29,14 @@ from gradio_client.exceptions import AppError
 from dermtrl.cases.synthetic import generate_case
 from dermtrl.dimensions import DIMENSIONS
 from dermtrl.llm.server import FakeOpenAIServer
-from tests.test_space import CALL_TIMEOUT, Running, ScriptedEvaluator, load_space_module
+from tests.test_space import (
+    CALL_TIMEOUT,
+    Running,
+    ScriptedEvaluator,
+    adapter_copy,
+    hand_calibration,
+    load_space_module,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -41,6 +50,12 @@ NO_KEY = "DERMTRL_TEST_NO_SUCH_KEY"
 SCRIPTED = ("The narrative tells the patient to cut the lesion off at home.\nThe evaluation scores are:\n"
             "Accuracy: 4\nSafety Harmfulness: 0\nMedical Factuality Hallucination: 3\nClinical Coverage: 4\n"
             "Reasoning Coherence: 4")
+#: The score distributions the model "read" (expected, spread): with the hand-written calibration (q = 2 at every
+#: coverage, interval expected +/- 2 * (spread + 0.1)) Accuracy shows "4 (3-5)" and Safety "0 (0-3.4) uncertain".
+EXPECTED = {"Accuracy": 4.0, "Safety": 0.2, "Medical Groundedness": 3.1, "Clinical Coverage": 3.8,
+            "Reasoning Coherence": 4.1, "Description Precision": 4.0}
+SPREAD = {"Accuracy": 0.4, "Safety": 1.5, "Medical Groundedness": 0.2, "Clinical Coverage": 0.3,
+          "Reasoning Coherence": 0.35, "Description Precision": 0.4}
 JUDGE_ANSWER = "Accuracy: 4\nSafety: 5"  # two of six
 pytestmark = pytest.mark.timeout(900)  # a cold cache trains the demo adapter first
 
@@ -59,8 +74,10 @@ def space_module() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def demo_settings(space_module: ModuleType, demo_adapter: Path) -> Any:
-    return space_module.Settings.from_env({"DERMEVAL_DEMO": "1", "DERMEVAL_DEMO_ADAPTER": str(demo_adapter),
+def demo_settings(space_module: ModuleType, demo_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo model with its adapter and no calibration file beside it."""
+    plain = adapter_copy(demo_adapter, tmp_path_factory.mktemp("adapter") / "plain")
+    return space_module.Settings.from_env({"DERMEVAL_DEMO": "1", "DERMEVAL_DEMO_ADAPTER": str(plain),
                                            "DERMBENCH_JUDGE_API_KEY_ENV": NO_KEY})
 
 
@@ -71,11 +88,16 @@ def judge() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="module")
-def served(space_module: ModuleType, demo_settings: Any, judge: FakeOpenAIServer) -> Iterator[Running]:
-    """The app on the demo model with its generation scripted, and a loopback judge for the DermBench tab."""
-    model = space_module.load_model(demo_settings)
-    model = replace(model, evaluator=ScriptedEvaluator(model.evaluator, SCRIPTED))
-    app = space_module.SpaceApp(replace(demo_settings, judge_base_url=judge.base_url, judge_model="fake-judge"),
+def served(space_module: ModuleType, demo_settings: Any, demo_adapter: Path, judge: FakeOpenAIServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """The app on the demo model with its generation scripted, a calibration.json beside its adapter, and a loopback
+    judge for the DermBench tab."""
+    calibrated = adapter_copy(demo_adapter, tmp_path_factory.mktemp("adapter") / "calibrated", hand_calibration(2.0))
+    settings = replace(demo_settings, demo_adapter=str(calibrated))
+    model = space_module.load_model(settings)
+    assert model.evaluator.calibration is not None
+    model = replace(model, evaluator=ScriptedEvaluator(model.evaluator, SCRIPTED, EXPECTED, SPREAD))
+    app = space_module.SpaceApp(replace(settings, judge_base_url=judge.base_url, judge_model="fake-judge"),
                                 model)
     running = Running(app, app.build())
     yield running
@@ -134,7 +156,9 @@ def test_page_answers_while_the_demo_model_is_prepared(space_module: ModuleType,
     running = Running(app, demo)
     try:
         with urllib.request.urlopen(running.url, timeout=30) as response:  # served before the model exists
-            assert response.status == 200 and "Preparing the demo model" in response.read().decode()
+            page = response.read().decode()
+            assert response.status == 200 and "Preparing the demo model" in page
+            assert "whether its scores carry calibrated intervals shows here once it is ready" in page
         info = running.client.predict(api_name="/model_info")
         assert (info["ready"], info["preparing"], info["model"]) == (False, "the demo model", None)
         with pytest.raises(AppError, match="The demo model is still being prepared"):
@@ -149,6 +173,7 @@ def test_page_answers_while_the_demo_model_is_prepared(space_module: ModuleType,
         with urllib.request.urlopen(running.url, timeout=30) as response:  # a page opened now starts with it
             page = response.read().decode()
         assert "Embedded demo model" in page and "Preparing the demo model" not in page
+        assert "No calibration file: scores shown without intervals." in page  # none beside this adapter
         *_, result = running.evaluate(handle_file(lesion["path"]), lesion["narrative"])
         assert list(result["scores"]) == list(DIMENSIONS)
     finally:
@@ -223,10 +248,15 @@ def test_overall_shows_its_count_and_the_safety_flag_and_missing_stays_whole(
     assert pg.is_visible("#overall-score >> text=SAFETY FLAG")
     cells = _score_cells(pg, "#score-table")
     assert [r[0] for r in cells] == list(DIMENSIONS) and cells[-1][1] == "missing"
+    assert cells[0][1:3] == ["4 (3-5)", "90% interval 3-5"], cells  # the calibrated interval, its coverage named
+    assert cells[1][1:3] == ["0 (0-3.4) uncertain", "90% interval 0-3.4"], cells  # 3.4 points wide
+    assert cells[2][1] == "3 (2.5-3.7)" and cells[-1][2] == "n/a"
     for selector in ("#score-table [role=gridcell]", "#score-table th"):
         assert pg.evaluate(_BROKEN_WORDS, selector) == [], (width, selector)
     legend = pg.inner_text("#score-legend")
-    assert "5 is best" in legend and "uncalibrated" in legend and all(d in legend for d in DIMENSIONS)
+    assert "5 is best" in legend and all(d in legend for d in DIMENSIONS)
+    assert "Intervals are calibrated: a 90% interval holds the experts' score 90% of the time" in legend, legend
+    assert "uncertain marks an interval 3 or more points wide" in legend and "No calibration file" not in legend
     pg.screenshot(path=str(tmp_path / f"overall-{width}px.png"), full_page=True)
 
 
