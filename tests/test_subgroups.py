@@ -50,6 +50,11 @@ def test_gap_ci_covers_zero_when_groups_do_not_differ():
     assert s.groups[0].macro.ci[0] < s.groups[0].macro.value < s.groups[0].macro.ci[1]
 
 
+def test_equal_groups_give_a_pair_of_two_groups():
+    s = slice_table(np.ones((30, len(DIMENSIONS))), ["I"] * 15 + ["VI"] * 15, n_bootstrap=0)
+    assert s.gap_groups is not None and s.gap_groups[0] != s.gap_groups[1] and s.gap.value == 0
+
+
 def test_any_column_and_mean_scores():
     scores = np.array([[4.0] * 6, [2.0] * 6, [3.0] * 6])
     s = slice_table(scores, ["clinic A", "clinic B", "clinic A"], column="site", statistic="mean score",

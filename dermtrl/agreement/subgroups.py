@@ -168,8 +168,9 @@ def slice_table(per_case: np.ndarray, groups: Sequence[Any], *, column: str = DE
     pool = [g for g in scored if not g.few] if sum(not g.few for g in scored) >= 2 else scored
     gap, pair = Estimate(None), None
     if len(pool) >= 2:
-        high = max(pool, key=lambda g: g.macro.value)  # type: ignore[arg-type, return-value]
         low = min(pool, key=lambda g: g.macro.value)  # type: ignore[arg-type, return-value]
+        # among the others: with equal values the pair is still two groups, never one group against itself
+        high = max((g for g in pool if g is not low), key=lambda g: g.macro.value)  # type: ignore[arg-type, return-value]
         diff = None
         if n_bootstrap:
             diff = resamples[high.value] - resamples[low.value]  # type: ignore[operator]
