@@ -136,6 +136,14 @@ def picture_readings(records: Iterable[dict]) -> tuple[dict[str, Counter], dict[
     return confusion, extras
 
 
+def writers(records: Iterable[dict]) -> str:
+    """Which weights wrote the records (their ``model`` field, a local folder by its name), with counts: what the
+    tables describe, stated beside them."""
+    counts = Counter(str(r.get("model") or "unknown model") for r in records)
+    names = {m: Path(m).name if Path(m).is_absolute() else m for m in counts}
+    return ", ".join(f"{names[m]} ({n})" for m, n in counts.most_common())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", nargs="+", help="DermEval per-case records (JSONL) of synthetic cases")
@@ -154,6 +162,7 @@ def main() -> None:
             n = tally["n"]
             table.add_row(slot, str(n), *(f"{tally[m] / n:.0%}" if n else "-" for m in MEASURES))
         console.print(table)
+        console.print(f"written by: {writers(records)}")
         parts = Table(title="Sentences that differ from the generator's critique")
         for col in ("sentence", "differs", "of"):
             parts.add_column(col, justify="left" if col == "sentence" else "right")

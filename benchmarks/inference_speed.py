@@ -9,6 +9,7 @@ otherwise trains none and uses the untrained tiny model with a fixed number of n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ def main() -> None:
     console.print(table)
     ratio = rows[8][0] / rows[1][0]
     console.print(f"batch 8 / batch 1 throughput: {ratio:.2f}x (goal >= 4x): {'met' if ratio >= 4 else 'NOT met'}")
+    console.print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other processes on the "
+                  "machine slow both batch sizes, unevenly)")
     if args.write_docs:
         write_console_docs("inference_speed", "DermEval inference: batch 8 against batch 1", console)
 

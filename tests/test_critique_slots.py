@@ -80,3 +80,8 @@ def test_picture_readings_find_a_count_read_as_a_single_and_an_extra_never_seen(
     assert {seen for seen, _ in confusion["Count"]} > {"a single"}
     assert extras["a red halo"]["n present"] > 0 and extras["a red halo"]["present"] == 0
     assert extras["fine white scale"]["present"] == extras["fine white scale"]["n present"]
+
+
+def test_the_writers_of_the_records_are_named_without_local_folders(slots):
+    records = [{"model": "/home/me/outputs/dermeval-sft"}] * 2 + [{"model": "org/dermeval-7b"}, {}]
+    assert slots.writers(records) == "dermeval-sft (2), org/dermeval-7b (1), unknown model (1)"
