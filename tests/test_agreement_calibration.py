@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from dermtrl.agreement.calibration import Calibration, _quantile, coverage_lines, coverage_report, fit
+from dermtrl.agreement.calibration import Calibration, _quantile, coverage_lines, coverage_report, ece, fit
 from dermtrl.dimensions import DIMENSIONS
 
 
@@ -93,13 +93,27 @@ def test_benchmark_reports_coverage_selective_curve_and_targets_last(load_benchm
                 fh.write(json.dumps({**r, "case_id": f"{name}{i}", "scores": scores}) + "\n")
     log = tmp_path / "log.txt"
     with log.open("w") as fh:
-        monkeypatch.setattr(bench, "Console", lambda: Console(file=fh, width=160))
+        monkeypatch.setattr(bench, "Console", lambda **kwargs: Console(file=fh, width=160))
         assert bench.main(["--validation-records", str(tmp_path / "val.jsonl"), "--test-records",
                            str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "out"), "--n-bootstrap", "100"]) == 0
     text = log.read_text().strip().splitlines()
     assert all(line.startswith("Target: coverage at") for line in text[-3:])  # targets last
     assert any("Abstaining on the uncertain 90% intervals" in line for line in text)
+    assert any("Expected calibration error of the confidence the Space shows" in line for line in text)
     result = json.loads((tmp_path / "out" / "calibration_report.json").read_text())
     assert [t["met"] for t in result["targets"]] == [abs(c["coverage"]["value"] - c["nominal"]) <= 0.03
                                                      for c in result["coverage"]]
     assert len(result["risk_coverage"]) == 6 and (tmp_path / "out" / "calibration.json").is_file()
+
+
+def test_expected_calibration_error_by_hand():
+    # two bands: 3 scores claimed at 90% and hit 70% of the time, 1 claimed at 60% and hit 60%: (3 * 0.2 + 0) / 4
+    assert ece([0.9, 0.6], [0.7, 0.6], [3, 1]) == pytest.approx(0.15)
+    # nominal coverages against measured ones, equally weighted: (0.02 + 0.03 + 0) / 3
+    assert ece([0.8, 0.9, 0.95], [0.78, 0.93, 0.95]) == pytest.approx(0.05 / 3)
+    assert ece([0.8, 0.9], [0.8, 0.9]) == 0.0  # every claim holds as often as it says
+    # an empty band (no scores, NaN rate) is left out, not counted as a gap
+    assert ece([0.9, float("nan")], [0.5, float("nan")], [2, 0]) == pytest.approx(0.4)
+    assert np.isnan(ece([float("nan")], [0.5]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        ece([0.9, 0.8], [0.5])

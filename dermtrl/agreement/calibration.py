@@ -33,7 +33,7 @@ from dermtrl.agreement.reliability import Estimate, bootstrap_counts, estimate
 from dermtrl.dimensions import DIMENSIONS, SCORE_MAX, SCORE_MIN
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_VERSION", "Calibration", "CoverageRow", "coverage_lines",
-           "coverage_report", "fit", "score_matrices"]
+           "coverage_report", "ece", "fit", "score_matrices"]
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1
@@ -224,6 +224,21 @@ def coverage_report(calibration: Calibration, records: Sequence[Mapping[str, Any
                                 uncertain=estimate(unc[0], unc[1:] if boot else None, ci), per_dimension=per_dim,
                                 n_scores=int(scored.sum())))
     return rows
+
+
+def ece(claimed: Sequence[float], observed: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    """Expected calibration error: the weighted mean gap ``|claimed - observed|`` over bins (confidence bands, or
+    nominal coverages with their measured coverage), weighted by each bin's share of the scores (equal weights when
+    ``weights`` is None); bins with a NaN or zero weight are left out. 0 means every claim holds as often as it says.
+    """
+    c, o = np.asarray(claimed, dtype=float), np.asarray(observed, dtype=float)
+    w = np.ones_like(c) if weights is None else np.asarray(weights, dtype=float)
+    if not c.shape == o.shape == w.shape:
+        raise ValueError(f"ece: claimed, observed and weights differ in shape ({c.shape}, {o.shape}, {w.shape})")
+    keep = np.isfinite(c) & np.isfinite(o) & np.isfinite(w) & (w > 0)
+    if not keep.any():
+        return float("nan")
+    return float(np.sum(w[keep] * np.abs(c[keep] - o[keep])) / np.sum(w[keep]))
 
 
 def coverage_lines(rows: Sequence[CoverageRow]) -> list[str]:
