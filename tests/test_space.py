@@ -527,13 +527,18 @@ def test_instruction_like_lines_are_noted_not_medical_prose(space_module: Module
     assert any("read like instructions" in n for n in prepared.notes) is flagged
 
 
-def test_configured_adapter_loads_without_the_banner(space: Running, space_module: ModuleType) -> None:
-    """With DERMEVAL_ADAPTER naming a loadable adapter (here a folder) the app serves it, not the demo."""
-    adapter, _ = space_module.demo_adapter_path(space.app.settings)
+def test_configured_adapter_loads_without_the_banner(space: Running, space_module: ModuleType,
+                                                     tmp_path: Path) -> None:
+    """With DERMEVAL_ADAPTER naming a loadable adapter (here a folder) the app serves it, not the demo, with the
+    calibration.json beside it at DERMEVAL_COVERAGE."""
+    adapter = adapter_copy(space_module.demo_adapter_path(space.app.settings)[0], tmp_path / "my-adapter",
+                           hand_calibration())
     model = space_module.load_model(space_module.Settings.from_env({"DERMEVAL_ADAPTER": str(adapter),
-                                                                    "DERMEVAL_BASE": ""}))
+                                                                    "DERMEVAL_BASE": "", "DERMEVAL_COVERAGE": "0.95"}))
     assert model.demo is False and "Embedded demo model" not in model.banner and adapter.name in model.banner
     assert str(adapter) not in model.banner and str(adapter.parent) not in model.description  # no server paths
+    assert model.evaluator.calibration is not None and model.evaluator.coverage == 0.95
+    assert model.calibration_problem is None
 
 
 # --- nothing internal shown, nothing looks wrong (issue 12, point 6) ------------------------------------------
