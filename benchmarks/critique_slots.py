@@ -162,7 +162,9 @@ def main() -> None:
             n = tally["n"]
             table.add_row(slot, str(n), *(f"{tally[m] / n:.0%}" if n else "-" for m in MEASURES))
         console.print(table)
-        console.print(f"written by: {writers(records)}")
+        cases = sorted({_case_index(r["case_id"]) for r in records})
+        console.print(f"written by: {writers(records)}; synthetic {SYNTHETIC_VERSION} cases {cases[0]:,}-{cases[-1]:,} "
+                      f"({len(cases)} distinct)")
         parts = Table(title="Sentences that differ from the generator's critique")
         for col in ("sentence", "differs", "of"):
             parts.add_column(col, justify="left" if col == "sentence" else "right")
