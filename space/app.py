@@ -832,9 +832,10 @@ def calibration_legend(evaluator: Any | None, problem: str | None = None) -> str
         return (f"**{why}: scores shown without intervals.** (`dermtrl calibrate` writes `calibration.json` beside "
                 "the adapter; the page then shows each score's calibrated interval.)")
     coverage = float(getattr(evaluator, "coverage", DEFAULT_COVERAGE))
-    n = min(calibration.n.values()) if calibration.n else 0
+    counts = sorted(calibration.n.values()) or [0]
+    n = f"{counts[0]:,}" if counts[0] == counts[-1] else f"{counts[0]:,}-{counts[-1]:,}"
     return (f"**Intervals are calibrated:** a {coverage:.0%} interval holds the experts' score {coverage:.0%} of the "
-            f"time (split conformal prediction, fitted on {n:,} validation scores per dimension). \"4 (3-5)\" is "
+            f"time (split conformal prediction, fitted on {n} validation scores per dimension). \"4 (3-5)\" is "
             f"score 4 with its {coverage:.0%} interval 3-5; **uncertain** marks an interval {UNCERTAIN_WIDTH:g} or "
             "more points wide: do not rely on that score alone.")
 
@@ -1000,7 +1001,7 @@ class SpaceApp:
             notes.append("The model's output has no readable score for " + ", ".join(result.missing)
                          + ": shown as missing, never as 0, and left out of the overall score.")
         plot, rows = _score_outputs(result.scores, result.expected, result.spread, result.intervals,
-                                    result.coverage if result.intervals else None, result.uncertain)
+                                    result.coverage, result.uncertain)
         summary = result.scores.overall()
         payload = {**result.to_dict(), **_overall_fields(summary), "model": self.model.description,
                    "demo": self.model.demo, "notes": notes, "evaluated_narrative_chars": len(prepared.text)}
