@@ -13,6 +13,11 @@ and, per kind of sentence (each slot, extra findings seen, "Not visible: ...", t
 differs from the generator's own critique. Diagnostics only: nothing here chooses a setting.
 
     python benchmarks/critique_slots.py outputs/vision_reliance/true-seed42.jsonl [more.jsonl ...]
+
+Records of any adapter on the synthetic test cases come from ``dermtrl eval``, e.g. the Space's demo adapter's:
+
+    dermtrl eval --adapter DIR --dataset dermtrl:synthetic --n 200 --out outputs/critique_slots/demo-adapter-test
+    python benchmarks/critique_slots.py outputs/critique_slots/demo-adapter-test/evaluations.jsonl --write-docs
 """
 
 from __future__ import annotations
