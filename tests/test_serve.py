@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +16,14 @@ import pytest
 
 from dermtrl.agreement.calibration import Calibration
 from dermtrl.cases.synthetic import generate_case
-from dermtrl.dermeval.serve import EXTRA_FIELD, DermEvalServer, ServeConfig
+from dermtrl.dermeval.serve import (
+    EXTRA_FIELD,
+    FIRST_WINDOW_MS,
+    WINDOW_SHARE,
+    Batcher,
+    DermEvalServer,
+    ServeConfig,
+)
 from dermtrl.dimensions import DIMENSIONS
 
 pytestmark = pytest.mark.timeout(600)
@@ -158,11 +166,57 @@ def test_bad_requests_get_400_naming_the_field(evaluator, payload, field):
     assert body["error"]["param"] == field and field in body["error"]["message"]
 
 
+class _FixedTimeEvaluator:
+    """An evaluator whose every generate call takes ``seconds`` (the batcher's window follows that time); its
+    evaluations are the narratives, and it records every batch it ran."""
+
+    batch_size = 1
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls: list[list[str]] = []
+
+    def evaluate_batch(self, images, narratives):
+        time.sleep(self.seconds)
+        self.calls.append(list(narratives))
+        return list(narratives)
+
+
+def test_the_window_is_a_tenth_of_one_generate_call_and_catches_what_arrives_within_it():
+    evaluator = _FixedTimeEvaluator(1.0)
+    batcher = Batcher(evaluator, ServeConfig(max_batch_size=4))
+    try:
+        assert batcher.generate_s is None and batcher.window_s == FIRST_WINDOW_MS / 1000
+        assert batcher.submit([(None, "a")])[0].result(30) == "a"
+        assert batcher.generate_s >= 1.0 and batcher.window_s == WINDOW_SHARE * batcher.generate_s  # >= 100 ms
+        first = batcher.submit([(None, "b")])
+        time.sleep(0.01)  # well within the window: "c" joins "b"'s batch
+        second = batcher.submit([(None, "c")])
+        assert [f.result(30) for f in first + second] == ["b", "c"]
+    finally:
+        batcher.close()
+    assert evaluator.calls == [["a"], ["b", "c"]]
+    assert batcher.windows[0] == FIRST_WINDOW_MS / 1000 and batcher.windows[1] >= WINDOW_SHARE * 1.0
+
+
+def test_a_fixed_window_stays_fixed():
+    batcher = Batcher(_FixedTimeEvaluator(0.05), ServeConfig(max_batch_size=4, max_wait_ms=0))
+    try:
+        batcher.submit([(None, "a")])[0].result(30)
+        assert batcher.generate_s >= 0.05 and batcher.window_s == 0.0
+    finally:
+        batcher.close()
+
+
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="request_timeout_s"):
         ServeConfig(request_timeout_s=0)
+    for wait in (-1, float("nan"), True):
+        with pytest.raises(ValueError, match="max_wait_ms"):
+            ServeConfig(max_wait_ms=wait)
+    assert ServeConfig().max_wait_ms is None  # the window follows the generate time
 
 
 def test_serve_is_a_cli_command_and_a_module():

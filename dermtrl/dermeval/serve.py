@@ -15,8 +15,16 @@ DermEval where they can reach it. Endpoints:
     liveness (with the queue's depth) and the served model's id.
 
 **Dynamic batching.** Every request's items join one bounded queue; a single worker takes the first waiting item,
-gathers what arrives within ``max_wait_ms`` (up to ``max_batch_size``) and runs them as one ``evaluate_batch``.
+gathers what arrives within a window (up to ``max_batch_size``) and runs them as one ``evaluate_batch``.
 A full queue answers 429 with ``Retry-After``; an item not done within ``request_timeout_s`` answers 504.
+
+**The window** is a tenth of one generate call (:data:`WINDOW_SHARE` of the median time of the last batches), unless
+``max_wait_ms`` fixes it. Waiting delays the batch's first item by the window; an item that arrives within it is
+answered with that batch instead of after the next whole generate call. A tenth bounds the first cost at 10 % of an
+answer's time whatever the model and hardware, which no fixed window can: one generate call takes from a fraction of
+a second (a small model on a GPU) to many seconds (a 7B model, or any model on CPU cores), while the clients a batch
+has just answered send their next requests over some milliseconds. Before the first batch has been timed the window
+is :data:`FIRST_WINDOW_MS`.
 
 **Access.** Loopback by default. ``api_key_env`` names an environment variable holding one or more
 comma-separated keys; requests then need ``Authorization: Bearer <key>``. Keys are never logged or echoed.
@@ -31,10 +39,12 @@ import hmac
 import json
 import os
 import queue
+import statistics
 import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -50,6 +60,12 @@ from dermtrl.llm.loopback import LoopbackServer
 EXTRA_FIELD = "dermeval"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: With no fixed ``max_wait_ms``, a batch waits for more items this share of one generate call (module docstring).
+WINDOW_SHARE = 0.1
+#: The window, in ms, until a generate call has been timed.
+FIRST_WINDOW_MS = 5.0
+#: The window follows the median time of this many most recent batches (one slow batch does not stretch it).
+_TIMED_BATCHES = 8
 
 
 class RequestError(ValueError):
@@ -66,7 +82,8 @@ class ServeConfig:
 
     Args:
         max_batch_size: most items in one ``evaluate_batch`` (1 turns batching off).
-        max_wait_ms: how long the worker waits for more items after the first one of a batch arrives.
+        max_wait_ms: how long the worker waits for more items after the first one of a batch arrives; ``None``
+            (the default): :data:`WINDOW_SHARE` of one generate call, measured as the server runs.
         max_queue: most items waiting; beyond it requests get 429.
         request_timeout_s: a request's items must be evaluated within this, else 504.
         api_key_env: name of the environment variable with the accepted keys (comma-separated); ``None``: open.
@@ -75,7 +92,7 @@ class ServeConfig:
     """
 
     max_batch_size: int = 8
-    max_wait_ms: float = 5.0
+    max_wait_ms: float | None = None
     max_queue: int = 64
     request_timeout_s: float = 120.0
     api_key_env: str | None = None
@@ -89,7 +106,10 @@ class ServeConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("max_wait_ms", "request_timeout_s"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or (name == "request_timeout_s" and value == 0):
+            if name == "max_wait_ms" and value is None:
+                continue
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0
+                    or (name == "request_timeout_s" and value == 0)):
                 raise ValueError(f"{name} must be a number {'> 0' if name == 'request_timeout_s' else '>= 0'}, "
                                  f"got {value!r}")
 
@@ -197,7 +217,7 @@ class _Item:
 
 class Batcher:
     """One worker thread that runs queued (image, narrative) items through ``evaluator.evaluate_batch`` in batches
-    of what arrived within ``max_wait_ms`` of each other."""
+    of what arrived within :attr:`window_s` of each batch's first item."""
 
     def __init__(self, evaluator: Any, config: ServeConfig) -> None:
         self.evaluator = evaluator
@@ -207,12 +227,31 @@ class Batcher:
         self._lock = threading.Lock()
         self._pending = 0
         self.batches: list[int] = []  # the size of every batch run, in order (for /health and the benchmark)
+        self.windows: list[float] = []  # the window (seconds) each of those batches waited for more items
+        self._durations: deque[float] = deque(maxlen=_TIMED_BATCHES)  # seconds of the last evaluate_batch calls
         self._thread = threading.Thread(target=self._run, name="dermtrl-serve-batcher", daemon=True)
         self._thread.start()
 
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def generate_s(self) -> float | None:
+        """Seconds one generate call takes: the median of the last batches' ``evaluate_batch`` times (``None``
+        before the first)."""
+        with self._lock:
+            durations = list(self._durations)
+        return statistics.median(durations) if durations else None
+
+    @property
+    def window_s(self) -> float:
+        """How long the next batch waits for more items after its first: ``max_wait_ms`` when set, else
+        :data:`WINDOW_SHARE` of :attr:`generate_s` (:data:`FIRST_WINDOW_MS` before the first batch)."""
+        if self.config.max_wait_ms is not None:
+            return self.config.max_wait_ms / 1000
+        generate = self.generate_s
+        return FIRST_WINDOW_MS / 1000 if generate is None else WINDOW_SHARE * generate
 
     def submit(self, pairs: Sequence[tuple[Any, str]]) -> list[Future]:
         """Queue every pair or none: ``QueueFull`` when they do not all fit."""
@@ -235,7 +274,8 @@ class Batcher:
             if first is None:
                 return
             batch = [first]
-            deadline = time.monotonic() + self.config.max_wait_ms / 1000
+            window = self.window_s
+            deadline = time.monotonic() + window
             stop = False
             while len(batch) < self.config.max_batch_size:
                 left = deadline - time.monotonic()
@@ -251,7 +291,11 @@ class Batcher:
             try:
                 if live:
                     self.batches.append(len(live))
+                    self.windows.append(window)
+                    started = time.monotonic()
                     results = self.evaluator.evaluate_batch([i.image for i in live], [i.narrative for i in live])
+                    with self._lock:
+                        self._durations.append(time.monotonic() - started)
                     for item, result in zip(live, results, strict=True):
                         item.future.set_result(result)
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
@@ -310,6 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/health":
             self._send(200, {"status": "ok", "model": owner.config.model_name, "queue": owner.batcher.pending,
                              "max_queue": owner.config.max_queue, "max_batch_size": owner.config.max_batch_size,
+                             "window_ms": round(owner.batcher.window_s * 1000, 1),
                              "calibrated": owner.calibration is not None})
             return
         if not self._authorised():
@@ -444,7 +489,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed at start)")
     p.add_argument("--max-batch-size", type=int, default=8, help="most items in one generate batch (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more items")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="how long a batch waits for more items (default: a tenth of one generate call, measured as "
+                        "the server runs)")
     p.add_argument("--max-queue", type=int, default=64, help="most waiting items; beyond it requests get 429")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its evaluation")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -490,7 +537,9 @@ def run(args: argparse.Namespace) -> int:
                             verbose=args.verbose)
     server.start()
     print(f"DermEval ({evaluator.model_id}) serving at {server.base_url} as {config.model_name!r}; "
-          f"batches of up to {config.max_batch_size}, {config.max_wait_ms:g} ms window"
+          f"batches of up to {config.max_batch_size}, "
+          + (f"{config.max_wait_ms:g} ms window" if config.max_wait_ms is not None
+             else f"a window of {WINDOW_SHARE:.0%} of one generate call")
           + (", intervals from calibration.json" if calibration is not None else ""), flush=True)
     try:
         while True:
