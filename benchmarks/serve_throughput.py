@@ -121,7 +121,6 @@ def main() -> None:
                      requests=args.requests) for b in (1, args.max_batch_size)]
     window = "fixed" if args.max_wait_ms is not None else "1/10 generate"
     with recording_stdout() as printed:
-        print(setup)
         print(f"\n{'mode':<30}{'requests':>9}{'errors':>8}{'wall s':>9}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}"
               f"{'batches':>9}{'mean batch':>12}{'window ms':>11}")
         for r in rows:
@@ -138,7 +137,7 @@ def main() -> None:
         print(f"target: >= {TARGET:g}x ... {'met' if ratio >= TARGET else 'NOT met'}")
     if args.write_docs:
         write_text_docs("serve_throughput", "`dermtrl serve`: dynamic batching against batch size 1",
-                        printed.getvalue())
+                        setup + "\n" + printed.getvalue())
 
 
 if __name__ == "__main__":
