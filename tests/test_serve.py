@@ -119,6 +119,8 @@ def test_concurrent_requests_share_a_batch(evaluator, cases):
         for t in threads:
             t.join(120)
         batches = list(server.batcher.batches)
+        health = get(server.base_url.removesuffix("/v1") + "/health")[1]
+    assert health["window_ms"] == 1500.0  # a fixed window is reported as set
     assert answers == [200] * len(cases)
     assert sum(batches) == len(cases) and max(batches) > 1, batches
 
