@@ -76,8 +76,8 @@ DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "dermtrl/dermeval-lora"
 #: Bump when the demo adapter's training overrides change, so a stale cached adapter is never reused.
 DEMO_ADAPTER_VERSION = "dermeval-demo-sft-v6"  # v6: synthetic v2.5 (skin tone), with calibration.json; v5: LoRA rank 64
-#: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 6 minutes on 2 cores). What
-#: it writes on the four offered examples (synthetic v2.5, tiny model v7) is in the README's Space section.
+#: The Stage-1 run of the demo recipe (recipes/configs/demo_sft.yaml, 1,200 steps; about 6 minutes on 2 cores), used
+#: only when the package's shipped adapter of this version is absent (it then has no calibration.json).
 DEMO_TRAIN_OVERRIDES: tuple[str, ...] = ("--synthetic_train_cases", "2400", "--num_train_epochs", "4")
 #: Synthetic test cases offered as examples (dermtrl.cases.splits: never trained on, never used to choose a setting),
 #: one per quality tier.
