@@ -113,7 +113,8 @@ def main() -> None:
     adapter = args.adapter or (None if args.model else str(demo_adapter()))
     evaluator = DermEval.from_pretrained(args.model, adapter, max_new_tokens=args.max_new_tokens, device=args.device)
     cases = [(png_b64(c["image"]), c["narrative"]) for c in (generate_case(TEST_START + i) for i in range(32))]
-    setup = (f"DermEval {evaluator.model_id} on {evaluator.model.device}, max_new_tokens {evaluator.max_new_tokens}; "
+    shown = Path(evaluator.model_id).name if Path(evaluator.model_id).exists() else evaluator.model_id  # no local path
+    setup = (f"DermEval {shown} on {evaluator.model.device}, max_new_tokens {evaluator.max_new_tokens}; "
              f"{args.clients} clients x {args.requests} requests per mode")
     print(setup, flush=True)
     run_mode(evaluator, cases, batch=args.max_batch_size, wait_ms=args.max_wait_ms, clients=2, requests=1)  # warm-up
