@@ -22,6 +22,7 @@ def test_intervals_come_from_the_adapters_calibration_file(demo_adapter, tmp_pat
 
     adapter = tmp_path / "adapter"
     shutil.copytree(demo_adapter, adapter)
+    (adapter / CALIBRATION_FILE).unlink(missing_ok=True)  # the shipped demo adapter has one
     plain = DermEval.from_pretrained(adapter=str(adapter)).evaluate(case["image"], case["narrative"])
     assert plain.intervals == {} and plain.uncertain == [] and plain.coverage is None
 
@@ -86,6 +87,9 @@ def test_calibrate_command_fits_on_validation_and_score_shows_intervals(demo_ada
     assert main(["score", str(image), case["narrative"], "--adapter", str(adapter)]) == 0
     table = capsys.readouterr().out
     assert "Interval" in table and "calibrated on validation cases" in table
-    assert main(["score", str(image), case["narrative"], "--adapter", str(demo_adapter)]) == 0
+    uncalibrated = tmp_path / "uncalibrated"
+    shutil.copytree(demo_adapter, uncalibrated)
+    (uncalibrated / CALIBRATION_FILE).unlink(missing_ok=True)  # the shipped demo adapter has one
+    assert main(["score", str(image), case["narrative"], "--adapter", str(uncalibrated)]) == 0
     assert "No calibration file beside this adapter" in capsys.readouterr().out
     assert main(["calibrate", "--adapter", "owner/not-here", "--dataset", "dermtrl:synthetic", "--n", "2"]) == 2

@@ -598,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # a shell without job control starts background jobs with SIGINT ignored: `kill -INT` must still stop it
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"stand-in judge ({args.mode}) at {server.base_url} (model {args.model!r}); Ctrl-C stops it", flush=True)
     try:
         while not stop.wait(0.5):
