@@ -91,8 +91,8 @@ def test_the_recipe_sets_aside_a_stage1_output_its_edited_config_would_not_produ
     import yaml
 
     from dermtrl.scripts import sft
-    from dermtrl.scripts.script_args import save_stage1_settings, stage1_settings
     from dermtrl.scripts.demo import set_aside_if_trained_otherwise
+    from dermtrl.scripts.script_args import save_stage1_settings, stage1_settings
 
     config = tmp_path / "sft.yaml"
     settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/configs/demo_sft.yaml").read_text())
