@@ -33,8 +33,8 @@ from dermtrl.agreement.reliability import Estimate, bootstrap_counts, finite_or_
 from dermtrl.dimensions import ABBREVIATIONS, DIMENSIONS, Scores
 from dermtrl.metrics import case_errors
 
-__all__ = ["DEFAULT_COLUMN", "Group", "Slices", "default_column", "slice_agreement", "slice_records", "slice_table",
-           "write_slices"]
+__all__ = ["DEFAULT_COLUMN", "Group", "Slices", "default_column", "format_estimate", "slice_agreement", "slice_records",
+           "slice_table", "write_slices"]
 
 DEFAULT_COLUMN = "skin_tone"
 UNKNOWN = "unknown"
@@ -86,14 +86,16 @@ class Slices:
         out = [f"{self.label + ': ' if self.label else ''}{self.statistic} by {self.column}"]
         for g in self.groups:
             few = f" ({FEW_CASES})" if g.few else ""
-            out.append(f"  {g.value}: n = {g.n}{few}, macro {self.statistic} {_cell(g.macro)}")
+            out.append(f"  {g.value}: n = {g.n}{few}, macro {self.statistic} {format_estimate(g.macro)}")
         if self.gap_groups is not None:
-            out.append(f"  largest difference {self.gap_groups[0]} - {self.gap_groups[1]}: {_cell(self.gap, '+')} "
+            gap = format_estimate(self.gap, "+")
+            out.append(f"  largest difference {self.gap_groups[0]} - {self.gap_groups[1]}: {gap} "
                        f"({self.ci_level:.0%} unpaired bootstrap CI; the largest of {self.gap_among} groups)")
         return out
 
 
-def _cell(e: Estimate, sign: str = "") -> str:
+def format_estimate(e: Estimate, sign: str = "") -> str:
+    """``0.412 [0.38, 0.45]``: the value to 3 decimals, its CI to 2; ``n/a`` when there is none."""
     if e.value is None:
         return "n/a"
     text = f"{e.value:{sign}.3f}"
@@ -214,15 +216,16 @@ def default_column(columns: Sequence[str], by: str | None = None) -> str | None:
 
 def _markdown(slices: Slices) -> str:
     header = ["Group", "n", f"Macro {slices.statistic} [CI]", *(ABBREVIATIONS[d] for d in DIMENSIONS), "Note"]
-    rows = [[g.value, str(g.n), _cell(g.macro), *("n/a" if g.per_dimension[d] is None else f"{g.per_dimension[d]:.3f}"
-                                                 for d in DIMENSIONS), FEW_CASES if g.few else ""]
+    rows = [[g.value, str(g.n), format_estimate(g.macro),
+             *("n/a" if g.per_dimension[d] is None else f"{g.per_dimension[d]:.3f}" for d in DIMENSIONS),
+             FEW_CASES if g.few else ""]
             for g in slices.groups]
     lines = [f"### {slices.label + ': ' if slices.label else ''}{slices.statistic} by {slices.column}", "",
              "| " + " | ".join(header) + " |", "| --- | " + " | ".join(["---:"] * (len(header) - 2)) + " | --- |",
              *("| " + " | ".join(r) + " |" for r in rows), ""]
     if slices.gap_groups is not None:
         lines.append(f"Largest difference, {slices.gap_groups[0]} minus {slices.gap_groups[1]}: "
-                     f"{_cell(slices.gap, '+')} ({slices.ci_level:.0%} unpaired percentile bootstrap CI, "
+                     f"{format_estimate(slices.gap, '+')} ({slices.ci_level:.0%} unpaired percentile bootstrap CI, "
                      f"{slices.n_bootstrap} resamples, seed {slices.seed}; the largest of {slices.gap_among} groups, "
                      "so biased upwards).")
     else:

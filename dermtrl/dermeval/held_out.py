@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dermtrl.agreement.reliability import Estimate
-from dermtrl.agreement.subgroups import FEW_CASES, Slices, slice_records, write_slices
+from dermtrl.agreement.subgroups import FEW_CASES, Slices, format_estimate, slice_records, write_slices
 from dermtrl.metrics import AgreementReport, agreement, case_errors, constant_predictions, macro_mae, paired_bootstrap
 
 SKIN_TONE = "skin_tone"
@@ -91,16 +90,9 @@ def skin_tone_slices(held: HeldOut, *, label: str | None = None, n_bootstrap: in
                          min_cases=min_cases)
 
 
-def _value(e: Estimate, sign: str = "") -> str:
-    if e.value is None:
-        return "n/a"
-    text = f"{e.value:{sign}.3f}"
-    return text if e.ci is None else f"{text} [{e.ci[0]:{sign}.2f}, {e.ci[1]:{sign}.2f}]"
-
-
 def skin_tone_line(slices: Slices) -> str:
     """One line: each group's MAE with its CI and size ("few cases" under ``min_cases``), then the largest gap."""
-    groups = ", ".join(f"{g.value} {_value(g.macro)} (n={g.n}{', ' + FEW_CASES if g.few else ''})"
+    groups = ", ".join(f"{g.value} {format_estimate(g.macro)} (n={g.n}{', ' + FEW_CASES if g.few else ''})"
                        for g in slices.groups)
     if slices.gap_groups is None:
         gap = "largest gap n/a (fewer than two groups with a value)"
@@ -108,7 +100,7 @@ def skin_tone_line(slices: Slices) -> str:
         large = sum(1 for g in slices.groups if not g.few and g.macro.value is not None) >= 2
         among = ("" if slices.gap_among == len(slices.groups) else f" (of the {slices.gap_among} groups with "
                  + (f"{slices.min_cases}+ cases)" if large else "a value)"))
-        gap = f"largest gap {slices.gap_groups[0]} - {slices.gap_groups[1]} {_value(slices.gap, '+')}{among}"
+        gap = f"largest gap {slices.gap_groups[0]} - {slices.gap_groups[1]} {format_estimate(slices.gap, '+')}{among}"
     label = _short_label(slices.label)
     note = f" ({slices.ci_level:.0%} bootstrap CIs)" if any(g.macro.ci for g in slices.groups) else ""
     return f"Skin tone{f' ({label})' if label else ''}: {slices.statistic} {groups}; {gap}{note}"
