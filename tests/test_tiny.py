@@ -222,6 +222,7 @@ def test_a_damaged_shipped_copy_is_refused_by_name(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.environ.get("DERMTRL_SLOW_TESTS") != "1",
                     reason="rebuilds the tiny base (about 13 minutes); set DERMTRL_SLOW_TESTS=1")
+@pytest.mark.timeout(3600)  # the suite's 300 s per test would stop the build half-way
 def test_a_rebuild_reproduces_the_shipped_base(tmp_path):
     """On the pinned kernels (AVX2, one thread) the build reproduces the shipped weights bit for bit."""
     import hashlib
