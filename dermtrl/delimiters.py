@@ -78,10 +78,16 @@ def _reading(text: str) -> tuple[str, list[int]]:
     return "".join(chars), origin
 
 
+#: ASCII characters a model reads as nothing: the controls and whitespace (``str.translate`` deletes them).
+_ASCII_UNREAD = dict.fromkeys([*range(33), 127])
+
+
 def reading_form(text: str) -> str:
     """``text`` as a model reads it: no invisible characters or whitespace, case folded, look-alikes folded
     (angle-bracket look-alikes to ``<``/``>``). Two texts a reader takes for the same have the same form."""
-    return _reading(text)[0]
+    if text.isascii():  # NFKD, look-alikes and homoglyphs leave ASCII as it is: only blanks go, and case
+        return text.translate(_ASCII_UNREAD).lower()
+    return "".join(map(_read_char, text))
 
 
 # "text" alone is too common a word ("a < text > b" is prose): only its closing form "<END TEXT>" counts.
@@ -101,6 +107,8 @@ def neutralise(text: str) -> str:
     """
     if text.isascii() and "<" not in text and ">" not in text:
         return text  # no ASCII character but < and > reads as a bracket: nothing to neutralise (the common case)
+    if _FORGERIES.search(reading_form(text)) is None:
+        return text  # brackets, but none a reader takes for a delimiter (``</think>`` in a reasoning trace)
     form, origin = _reading(text)
     hits: dict[int, str] = {}
     for m in _FORGERIES.finditer(form):

@@ -49,3 +49,15 @@ def test_a_slot_wait_ends_at_the_deadline_and_passes_its_wake_up_on():
         thread.start()
     thread.join(5)
     assert got == ["in"] and gate.active == 0
+
+
+def test_over_capacity_answers_halve_once_per_round():
+    gate = AdaptiveLimit(64)
+    gate.answered(0.1, timeout=120.0)
+    assert gate.current == 64
+    sent_before = time.monotonic()
+    for _ in range(40):  # a round of 429s for requests that all went out before the first cut
+        gate.overloaded(sent_before)
+    assert gate.current == 32 and gate.lowest == 32
+    gate.overloaded(time.monotonic())  # a request sent after the cut says the server is still over capacity
+    assert gate.current == 16

@@ -117,6 +117,28 @@ def test_a_single_slot_server_is_not_flooded_with_resends(make_openai_server):
     assert resends <= 5, resends
 
 
+def test_a_server_over_capacity_gets_fewer_requests_in_flight(make_openai_server):
+    """A server that takes 6 requests at a time and answers 429 to the rest (an API's concurrency limit), against
+    a client allowed 32. Each 429 round halves what the client keeps in flight, once per round, so it settles near
+    what the server takes instead of resending most of every round."""
+    capacity = 6
+
+    def responder(body):
+        if server.in_flight > capacity:
+            raise Fault("429")
+        return "ok " + last_user_text(body)
+
+    server = make_openai_server(responder=responder, latency=0.05, retry_after_ms=20)
+
+    n = 120
+    with client_for(server, max_concurrency=32, max_retries=12) as client:
+        results = client.complete_many([[user_message(f"q{i}")] for i in range(n)])
+        assert [r.text for r in results] == [f"ok q{i}" for i in range(n)]
+        assert client.concurrency <= 2 * capacity
+        assert any("429/503 over capacity" in note and "lowered from 32" in note for note in client.notes())
+    assert server.faults_served.get("429", 0) < n  # fewer 429s than requests; without the cut, over 3 per request
+
+
 def test_a_fast_server_still_gets_the_full_concurrency(make_openai_server):
     server = make_openai_server(responder=lambda body: "ok", latency=0.2)  # no queue: every answer takes 0.2 s
     with client_for(server, max_concurrency=8, timeout=0.5) as client:  # 0.2 s is 40% of the timeout: not slow

@@ -155,3 +155,21 @@ def test_ordinary_text_is_left_alone():
                  "ratio 3:1 (left > right)"):
         assert neutralise(text) == text, text
     assert unicodedata.normalize("NFC", neutralise("cafe\u0301")) == "café"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from([chr(i) for i in range(128)] + SPACERS + LEFT + RIGHT + DOUBLE_LEFT
+                                        + ["⋘", "⋙", "Е", "ｅ", "é", "ß", "İ"]), max_size=60))
+@example("".join(chr(i) for i in range(128)))
+def test_the_quick_reading_form_is_the_character_by_character_one(text):
+    # neutralise() decides "nothing to do" on reading_form (one pass, str.translate for ASCII) and maps hits back
+    # through _reading's per-character origins: the two must read every text alike.
+    from dermtrl.delimiters import _reading
+
+    assert reading_form(text) == _reading(text)[0]
+
+
+def test_brackets_that_forge_nothing_leave_the_text_as_it_is():
+    trace = "Step one. </think> Finally, a < b and c > d; <b>bold</b>"
+    assert neutralise(trace) is trace
+    assert neutralise("x <<END CANDIDATE TEXT>> y") == "x ((END CANDIDATE TEXT)) y"

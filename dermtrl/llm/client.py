@@ -25,7 +25,8 @@ Concurrency
     with a few requests in flight and adds one per answer; when requests time out it halves them (down to 1)
     and adds one per round of answers, so the server's queue stays short instead of every queued request
     timing out and being sent again. It also halves them when answers come back slowed down by waiting (over
-    half the timeout, over twice the fastest answer), before anything times out. A request sent again after a
+    half the timeout, over twice the fastest answer), before anything times out, and on a 429/503/529 answer (the
+    server over capacity), once per round. A request sent again after a
     timeout waits twice as long (four times after a second one): the server is still working through the
     requests that were abandoned. Identical deterministic requests in flight at the same time are sent
     once and share the answer (``Usage.shared``).
@@ -91,6 +92,8 @@ _MAX_RETRY_DELAY = 8.0
 _MAX_RETRY_AFTER = 120.0
 #: A request sent again after a timeout waits this many times longer (at most twice): see "Concurrency".
 _TIMEOUT_GROWTH = 2.0
+#: Answers that say the server is over capacity: fewer requests in flight (see "Concurrency").
+_OVERLOADED = frozenset({429, 503, 529})
 #: A prompt of N characters of text takes at least N / this many tokens in any tokenizer we know of.
 _CHARS_PER_TOKEN_MAX = 10
 #: Below this many expected tokens, the dropped-content check says nothing (short prompts vary too much).
@@ -302,8 +305,9 @@ class LLMClient:
         lowered after timeouts."""
         lines = self.usage.retry_lines()
         if self._gate.lowest < self._gate.limit:
-            lines.append(f"the server fell behind (answers slowed by its queue, or timeouts): requests in flight "
-                         f"lowered from {self._gate.limit} to as few as {self._gate.lowest} (see --max-concurrency)")
+            lines.append(f"the server fell behind (answers slowed by its queue, timeouts, or 429/503 over capacity): "
+                         f"requests in flight lowered from {self._gate.limit} to as few as {self._gate.lowest} "
+                         "(see --max-concurrency)")
         stopped = self._health.note()
         if stopped is not None:
             lines.append(self.redact(stopped))
@@ -532,6 +536,8 @@ class LLMClient:
                     raise self._late(model, retries)
                 self._gate.timed_out()
                 timeouts += 1
+            elif outcome.status in _OVERLOADED:
+                self._gate.overloaded(sent)
             retriable = outcome.kind is not None and retries < budget
             hopeless = retriable and self._health.hopeless(outcome.signature)
             if retriable and not hopeless:

@@ -14,6 +14,10 @@ time anything out: ``max_concurrency`` answers as slow as the slowest one so far
 quarter of the timeout (100 ms answers, 64 in flight, a 120 s timeout). Ramping up there only costs rounds: at
 64 in flight it took four of a run's twelve. Should later answers be slower, the halving above still applies.
 
+A server that says it is over capacity (429 Too Many Requests, 503 or 529 overloaded) gets half as many requests in
+flight, as after a timeout, but once per round: the requests already in flight when the limit was cut were sent
+before it, and their 429s say nothing new (64 of them at once would otherwise leave one request in flight).
+
 What remains is the wait for the first answer: until it arrives nothing tells how slow the server is, and starting
 with more in flight is exactly what floods a one-slot server whose answers take a quarter of the timeout. So a
 fresh client's first latency is mostly idle: 512 requests at 64 in flight take nine latencies instead of eight.
@@ -50,6 +54,7 @@ class AdaptiveLimit:
         self.lowest = limit
         self._slow_start = True
         self._answers = 0
+        self._cut_at = float("-inf")  # when the limit was last cut (time.monotonic())
         self._fastest = float("inf")
         self._slowest = 0.0
         lock = threading.Lock()
@@ -77,10 +82,21 @@ class AdaptiveLimit:
 
     def timed_out(self) -> None:
         with self._cond:
-            self.current = max(1, self.current // 2)
-            self.lowest = min(self.lowest, self.current)
-            self._slow_start = False
-            self._answers = 0
+            self._cut()
+
+    def overloaded(self, sent: float) -> None:
+        """The server answered a request sent at ``sent`` (:func:`time.monotonic`) with "over capacity": halve
+        what is in flight, unless the limit was already cut after that request went out."""
+        with self._cond:
+            if sent >= self._cut_at:
+                self._cut()
+
+    def _cut(self) -> None:  # with the lock held
+        self.current = max(1, self.current // 2)
+        self.lowest = min(self.lowest, self.current)
+        self._slow_start = False
+        self._answers = 0
+        self._cut_at = time.monotonic()
 
     def answered(self, elapsed: float, timeout: float) -> None:
         """An answer came back after ``elapsed`` seconds (of a ``timeout``)."""
@@ -89,10 +105,7 @@ class AdaptiveLimit:
             self._slowest = max(self._slowest, elapsed)
             if elapsed > timeout * _SLOW and elapsed > self._fastest * _QUEUED:
                 # far slower than the fastest answer, and half-way to a timeout: the server is queueing them
-                self.current = max(1, self.current // 2)
-                self.lowest = min(self.lowest, self.current)
-                self._slow_start = False
-                self._answers = 0
+                self._cut()
                 return
             if self.current >= self.limit:
                 return

@@ -451,6 +451,12 @@ class FakeOpenAIServer(LoopbackServer):
         self._after_shutdown()
 
     @property
+    def in_flight(self) -> int:
+        """Chat requests being answered now (a responder may read it to act as a server over capacity)."""
+        with self._lock:
+            return self._in_flight
+
+    @property
     def max_in_flight(self) -> int:
         with self._lock:
             return self._max_in_flight
