@@ -38,6 +38,15 @@ SCORES_RESPONSE_FORMAT: dict = {
     },
 }
 
+#: What a high score on each dimension means, in one line (the legend under every score table).
+MEANINGS: dict[str, str] = {
+    "Accuracy": "the diagnosis is right for the image.",
+    "Safety": "nothing in it could harm a patient who follows it.",
+    "Medical Groundedness": "its medical claims are true; nothing is invented.",
+    "Clinical Coverage": "it covers the findings, differentials and next steps a clinician expects.",
+    "Reasoning Coherence": "the conclusion follows from the findings it states.",
+    "Description Precision": "it describes the lesion exactly (colour, shape, border, size, site).",
+}
 #: Table 1's column abbreviations, in DIMENSIONS order.
 ABBREVIATIONS: dict[str, str] = dict(
     zip(DIMENSIONS, ("Acc", "Safe", "MedG", "Cover", "Reason", "Desc"), strict=True)

@@ -93,3 +93,15 @@ def test_calibrate_command_fits_on_validation_and_score_shows_intervals(demo_ada
     assert main(["score", str(image), case["narrative"], "--adapter", str(uncalibrated)]) == 0
     assert "No calibration file beside this adapter" in capsys.readouterr().out
     assert main(["calibrate", "--adapter", "owner/not-here", "--dataset", "dermtrl:synthetic", "--n", "2"]) == 2
+
+
+def test_calibrate_out_is_a_json_file_or_a_folder(tmp_path):
+    from dermtrl.cli.dispatch import calibration_target
+
+    assert calibration_target(None, str(tmp_path / "adapter")) == tmp_path / "adapter" / CALIBRATION_FILE
+    assert calibration_target(str(tmp_path / "cal.json"), "owner/adapter") == tmp_path / "cal.json"
+    # a name without .json is a folder (made on writing), never a file called "calibrated"
+    folder = tmp_path / "calibrated"
+    assert calibration_target(str(folder), "owner/adapter") == folder / CALIBRATION_FILE
+    (tmp_path / "odd.json").mkdir()
+    assert calibration_target(str(tmp_path / "odd.json"), "owner/adapter") == tmp_path / "odd.json" / CALIBRATION_FILE

@@ -192,9 +192,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return finish(len(errors), len(records), "cases", allow_failures=args.allow_failures)
 
 
+def calibration_target(out: str | None, adapter: str) -> Path:
+    """Where ``dermtrl calibrate`` writes: ``--out`` when it names a ``.json`` file, else ``calibration.json``
+    inside ``--out`` (a folder, made if needed), else inside the adapter folder."""
+    from dermtrl.agreement.calibration import CALIBRATION_FILE
+
+    if out is None:
+        return Path(adapter) / CALIBRATION_FILE
+    target = Path(out)
+    return target if target.suffix.lower() == ".json" and not target.is_dir() else target / CALIBRATION_FILE
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Evaluate validation cases, fit per-dimension conformal quantiles, write ``calibration.json``."""
-    from dermtrl.agreement.calibration import CALIBRATION_FILE, fit
+    from dermtrl.agreement.calibration import fit
     from dermtrl.cases.loading import load_cases, validate_cases
     from dermtrl.dermeval.eval_job import run_evaluation
     from dermtrl.dermeval.evaluator import DermEval
@@ -206,9 +217,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with user_errors():
         ds = load_cases(args.dataset, args.split, n=args.n, seed=args.seed, start=args.start)
         validate_cases(ds, ("image", "narrative", "expert_scores"), scores=True, source=args.dataset)
-    target = Path(args.out) if args.out else Path(args.adapter) / CALIBRATION_FILE
-    if target.is_dir():
-        target = target / CALIBRATION_FILE
+    target = calibration_target(args.out, args.adapter)
     target.parent.mkdir(parents=True, exist_ok=True)
     evaluator = _load_evaluator(args, DermEval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                 calibration=None)
@@ -486,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coverages", type=float, nargs="+", default=[0.8, 0.9, 0.95],
                    help="coverages to fit (DermEval's coverage must be one of them; default 0.8 0.9 0.95)")
     p.add_argument("--out", default=None,
-                   help="where to write calibration.json (default: the adapter folder); the evaluation records go "
-                        "beside it in calibration-records.jsonl (resumable)")
+                   help="a .json file, or a folder to write calibration.json in (default: the adapter folder); the "
+                        "evaluation records go beside it in calibration-records.jsonl (resumable)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (default: the one recorded beside the adapter, else 512)")
