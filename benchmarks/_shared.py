@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +25,23 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Test cases (never trained on, never used to choose settings) and validation cases (where the benchmarks choose
 #: settings): the synthetic splits of dermtrl.cases.splits.
 HELD_OUT_START = TEST_START
+
+
+def demo_adapter() -> Path:
+    """The Space's demo Stage-1 adapter, found as the Space finds it (the shipped copy, else trained once into the
+    cache); ``SystemExit`` when there is none (then give ``--adapter``)."""
+    name = "dermeval_space_app"
+    space = sys.modules.get(name)
+    if space is None:  # the Space is a script folder, not a package
+        spec = importlib.util.spec_from_file_location(name, ROOT / "space" / "app.py")
+        assert spec is not None and spec.loader is not None
+        space = importlib.util.module_from_spec(spec)
+        sys.modules[name] = space  # dataclasses resolve string annotations through sys.modules
+        spec.loader.exec_module(space)
+    path, _ = space.demo_adapter_path(space.Settings.from_env({**os.environ, "DERMEVAL_DEMO": "1"}))
+    if path is None:
+        raise SystemExit("no demo adapter could be had; give --adapter")
+    return Path(path)
 
 
 #: Written into a run's folder when it finished: the settings it ran with and what it reported.

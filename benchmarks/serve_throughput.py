@@ -17,27 +17,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 from _docs import add_write_docs_argument, recording_stdout, write_text_docs  # noqa: E402  (benchmarks/ is on sys.path)
+from _shared import demo_adapter  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET = 3.0
-
-
-def demo_adapter() -> Path | None:
-    """The Space's demo adapter (trained once per cache on first use), as the tests get it."""
-    sys.path.insert(0, str(ROOT))
-    from tests.test_space import load_space_module
-
-    space = load_space_module()
-    path, _ = space.demo_adapter_path(space.Settings.from_env({**os.environ, "DERMEVAL_DEMO": "1"}))
-    return path
 
 
 def png_b64(image) -> str:

@@ -30,7 +30,6 @@ Writes ``skin_tone.json``, the per-type slices (``skin_tone_slices.md/.csv/.json
 # script is loaded by path, as the tests load benchmarks, without being registered in sys.modules.
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import add_write_docs_argument, report_only, write_console_docs  # noqa: E402  (benchmarks/ is on sys.path)
+from _shared import demo_adapter  # noqa: E402
 
 from dermtrl.agreement.reliability import Estimate, bootstrap_counts, finite_or_none, percentile_ci  # noqa: E402
 from dermtrl.agreement.subgroups import FEW_CASES, Slices, slice_table, write_slices  # noqa: E402
@@ -325,18 +325,6 @@ def report(console: Console, data: Mapping[str, ToneErrors], out: Path, *, n_boo
 # ------------------------------------------------------------------------------------------------ scoring
 
 
-def demo_adapter() -> str:
-    """The Space's demo Stage-1 adapter (the shipped copy, else trained once into the cache)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.test_space import load_space_module
-
-    space = load_space_module()
-    path, _ = space.demo_adapter_path(space.Settings.from_env({**os.environ, "DERMEVAL_DEMO": "1"}))
-    if path is None:
-        raise SystemExit("no demo adapter could be had; give --adapter")
-    return str(path)
-
-
 def score(evaluator: Any, cases: Any, path: Path, *, fresh: bool) -> list[dict]:
     """DermEval's records for ``cases``, appended to ``path`` as each batch finishes (a rerun continues them;
     records of other weights are scored afresh), with the project's progress bar."""
@@ -381,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    adapters = args.adapter or [demo_adapter()]
+    adapters = args.adapter or [str(demo_adapter())]
     case_seeds = list(range(args.seeds))
     runs: dict[str, list[list[list[dict]]]] = {key: [] for key in CONDITIONS}
     for a, adapter in enumerate(adapters):
