@@ -118,6 +118,11 @@ def _candidate_args(p: argparse.ArgumentParser) -> None:
                    help="also judge the dataset's own 'narrative' column as model NAME (with its expert scores)")
 
 
+def _dermeval_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--dermeval-base", default=None, help="DermEval's base model (default: the adapter's)")
+    p.add_argument("--dermeval-batch-size", type=int, default=8)
+
+
 def _candidate_sets(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
     from dermtrl.bench.dermbench import candidate_sets
     from dermtrl.bench.generate import candidates_from_dataset
@@ -437,8 +442,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("DermEval as a second evaluator (Table 2's second half)")
     g.add_argument("--dermeval", metavar="ADAPTER", default=None, help="also score with DermEval (folder or Hub id)")
-    g.add_argument("--dermeval-base", default=None, help="DermEval's base model (default: the adapter's)")
-    g.add_argument("--dermeval-batch-size", type=int, default=8)
+    _dermeval_model_args(g)
     g.add_argument("--dermeval-out", default=None, help="DermEval records JSONL (default: beside --out)")
     p.set_defaults(func=cmd_judge)
 
@@ -458,8 +462,7 @@ def register(subparsers: Any) -> None:
     _dataset_args(p)
     _client_args(p, "judge")
     p.add_argument("--dermeval", metavar="ADAPTER", required=True, help="DermEval adapter (folder or Hub id)")
-    p.add_argument("--dermeval-base", default=None, help="DermEval's base model (default: the adapter's)")
-    p.add_argument("--dermeval-batch-size", type=int, default=8)
+    _dermeval_model_args(p)
     p.add_argument("--parse-retries", type=int, default=2)
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
