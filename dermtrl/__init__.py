@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 
-# peft (PeftModel, get_peft_model) and TRL (unwrap_model_for_generation) still read transformers' deprecated
+# TRL (unwrap_model_for_generation) and peft before 0.22 (PeftModel, get_peft_model) still read transformers' deprecated
 # `model.is_gradient_checkpointing`; the FutureWarning is theirs to fix (nothing in dermtrl reads it) and repeats at
 # every generation step of a training run, burying the progress and the metrics. Only that message is filtered.
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

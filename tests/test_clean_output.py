@@ -56,11 +56,10 @@ _TRIGGER = """
 import warnings
 import dermtrl
 from dermtrl.tiny import tiny_llava_path
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText
 model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path())
 print("reads the property:", model.is_activation_checkpointing is False)
-get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))  # peft reads the deprecated property
+model.is_gradient_checkpointing  # as TRL's unwrap_model_for_generation (and peft before 0.22) still read it
 warnings.warn("some other deprecation", FutureWarning)
 """
 
