@@ -163,6 +163,19 @@ def test_transient_500s_are_still_retried(make_openai_server):
         assert client.usage.retries == 5 and client.usage.failures == 0
 
 
+@pytest.mark.parametrize("status", ["503", "429"])
+def test_answers_that_say_later_are_retried_however_many_requests_got_them(make_openai_server, status):
+    """A server still loading its model (llama.cpp answers 503 "Loading model") or rate-limiting: the first request
+    spends its 2 retries on three of them and fails, and the next one still retries the fourth and is answered,
+    where an error that no retry fixes would fail it at once."""
+    server = make_openai_server(faults=[status] * 4)
+    with client_for(server, max_retries=2, max_concurrency=1) as client:
+        results = client.complete_many([[user_message(f"q{i}")] for i in range(3)])
+        assert isinstance(results[0], CallError) and f"HTTP {status}" in results[0].error
+        assert [r.text for r in results[1:]] == [DEFAULT_SCORE_TEXT] * 2
+        assert not any(n.startswith("not retried") for n in client.notes())
+
+
 @pytest.mark.parametrize(("line", "unsupported"), [
     (MMPROJ, True),
     ("This model does not support image input", True),

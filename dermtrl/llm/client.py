@@ -12,7 +12,7 @@ Retries
     ``max_retries + 1`` HTTP requests per completion. An error names the status and the body's first line.
     Errors that retrying cannot fix are not retried (:mod:`dermtrl.llm.endpoint`): an answer saying the input
     is unsupported, and, once an endpoint has answered every request so far with one and the same HTTP error,
-    that error.
+    that error, unless it says "later" (408, 429, 503, 529).
 Deadline
     ``deadline`` bounds one call in all: the wait for a slot, every attempt, every backoff. When it passes the
     call stops, its retries with it, and an attempt cut short by it does not count as a timeout against the
@@ -94,6 +94,8 @@ _MAX_RETRY_AFTER = 120.0
 _TIMEOUT_GROWTH = 2.0
 #: Answers that say the server is over capacity: fewer requests in flight (see "Concurrency").
 _OVERLOADED = frozenset({429, 503, 529})
+#: Answers that say "try later": always retried, never taken for an endpoint's permanent error.
+_LATER = _OVERLOADED | {408}
 #: A prompt of N characters of text takes at least N / this many tokens in any tokenizer we know of.
 _CHARS_PER_TOKEN_MAX = 10
 #: Below this many expected tokens, the dropped-content check says nothing (short prompts vary too much).
@@ -182,8 +184,10 @@ class _Failure:
 
     @property
     def signature(self) -> str | None:
-        """HTTP errors only: a slow or unreachable server is not "an error that retrying cannot fix"."""
-        return self.what if self.status is not None else None
+        """HTTP errors only: a slow or unreachable server is not "an error that retrying cannot fix", nor is an
+        answer that says "later" (408, 429, 503, 529: llama.cpp's 503 "Loading model" while it starts, a rate
+        limit), however many requests got it."""
+        return self.what if self.status is not None and self.status not in _LATER else None
 
 
 def _retry_delay(retry_index: int, headers: Mapping[str, str] | None) -> float:

@@ -7,7 +7,8 @@ Errors that retrying cannot fix
     way every time, so that answer is not retried (:func:`is_unsupported`). And an endpoint that has answered
     every request so far with one and the same HTTP error, never with a completion, gets no more retries for
     that error (:class:`EndpointHealth`): the first request spent its retries finding out, the others fail at
-    once. One answer from the endpoint ends that, so a server's passing 500s are still retried.
+    once. One answer from the endpoint ends that, so a server's passing 500s are still retried. Answers that say
+    "later" (408, 429, 503, 529: a rate limit, llama.cpp's 503 "Loading model" while it starts) never count.
 Content parts
     A chat template that takes only string content silently drops a message made of content parts (llama.cpp's
     built-in formats do), and the model answers a prompt it never saw. The reported ``usage.prompt_tokens`` is
