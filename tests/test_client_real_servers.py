@@ -136,7 +136,8 @@ def test_a_server_over_capacity_gets_fewer_requests_in_flight(make_openai_server
         assert [r.text for r in results] == [f"ok q{i}" for i in range(n)]
         assert client.concurrency <= 2 * capacity
         assert any("429/503 over capacity" in note and "lowered from 32" in note for note in client.notes())
-    assert server.faults_served.get("429", 0) < n  # fewer 429s than requests; without the cut, over 3 per request
+    # 45-51 in four runs; without the cut the client stays at 32 and some requests spend all 12 retries on 429s
+    assert server.faults_served.get("429", 0) < n
 
 
 def test_a_fast_server_still_gets_the_full_concurrency(make_openai_server):
